@@ -1,0 +1,1 @@
+"""Evaluation tasks (OC20, Matbench Discovery, OOD shift, TTR, symmetry) and the runner."""

@@ -1,0 +1,1 @@
+"""Results store, W&B logging and the static leaderboard site."""

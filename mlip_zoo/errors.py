@@ -1,0 +1,69 @@
+"""Every exception mlip-zoo raises, in one place.
+
+Each one also subclasses the builtin it behaves like, so ``except FileNotFoundError`` keeps
+working for callers who do not know our names, and each message says what to do next.
+"""
+
+from __future__ import annotations
+
+
+class MlipZooError(Exception):
+    """Root of every mlip-zoo error."""
+
+
+class CardError(MlipZooError, ValueError):
+    """A model card is malformed or inconsistent. The message names the file and the field."""
+
+
+class UnknownModelError(MlipZooError, KeyError):
+    """No card has this key."""
+
+    def __str__(self) -> str:  # KeyError would otherwise print the message in quotes
+        return str(self.args[0])
+
+
+class UnknownFamilyError(MlipZooError, KeyError):
+    """A card names a family no adapter is registered for."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class MissingExtraError(MlipZooError, ImportError):
+    """The family's Python package is not installed."""
+
+
+class WeightsError(MlipZooError, OSError):
+    """Weights could not be obtained or verified."""
+
+
+class WeightsNotAvailableError(WeightsError, FileNotFoundError):
+    """No source could provide the file (offline and not cached, 404, no mirror...)."""
+
+
+class ChecksumMismatchError(WeightsError):
+    """A file's sha256 differs from the card (or the lock). The file is quarantined, never loaded."""
+
+
+class UntrustedCheckpointError(WeightsError, PermissionError):
+    """A checkpoint needs full unpickling (which can run code) and the card does not say ``trusted: true``."""
+
+
+class PredictionError(MlipZooError, RuntimeError):
+    """A model could not produce a valid prediction for one structure."""
+
+    def __init__(self, message: str, *, structure: str | int | None = None):
+        super().__init__(message)
+        self.structure = structure
+
+
+class UnsupportedElementError(PredictionError, ValueError):
+    """A structure contains an element outside the card's ``elements``."""
+
+
+class NonFiniteOutputError(PredictionError, ArithmeticError):
+    """A model returned NaN or infinity."""
+
+
+class PropertyNotSupportedError(PredictionError, NotImplementedError):
+    """The model does not compute the requested property (e.g. stress)."""

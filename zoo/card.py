@@ -1,0 +1,312 @@
+"""Model cards: the one schema that says what a potential is and where its weights come from.
+
+A card is a YAML file ``<key>.yaml`` in ``configs/models/`` or in any directory listed in
+``MLIPZOO_CARDS`` (``os.pathsep``-separated). Unknown keys are errors, so a typo never passes
+silently. Nothing here imports a model package or executes anything a card names.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import importlib.resources
+import os
+import re
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal
+
+import yaml
+from ase.data import chemical_symbols
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from mlip_zoo.errors import CardError, UnknownModelError
+
+KEY_PATTERN = r"^[a-z0-9]+(?:[.-][a-z0-9]+)*$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+CARDS_ENV = "MLIPZOO_CARDS"
+
+Capability = Literal["stress", "magmom", "radius_refinement", "test_time_training", "charge_spin"]
+
+# Suffixes whose loading means full unpickling (can run arbitrary code). Torch zip checkpoints are
+# scanned for the globals they reference before loading (see weights.assert_safe_checkpoint).
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".model")
+TORCH_SUFFIXES = (".pt", ".pth", ".tar", ".ckpt")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Author(_Strict):
+    name: str
+    affiliation: str | None = None
+    orcid: str | None = None
+    email: str | None = None
+
+
+class Dates(_Strict):
+    published: dt.date | None = None
+    added: dt.date | None = None
+
+
+class PackageMirror(_Strict):
+    """A copy of the file shipped inside an installed Python package (our offline mirror)."""
+
+    package: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    path: str
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        return _safe_relative_path(value)
+
+
+class UrlMirror(_Strict):
+    url: Annotated[str, Field(pattern=r"^https?://\S+$")]
+
+
+class WeightFile(_Strict):
+    """One file of a model's weights and every place it may be fetched from."""
+
+    filename: str
+    hf_repo: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+    revision: str | None = None
+    sha256: str | None = Field(default=None, pattern=SHA256_PATTERN)
+    size: int | None = Field(default=None, gt=0)
+    format: Literal["torch", "pickle", "safetensors", "json", "other"] | None = None
+    mirrors: list[PackageMirror | UrlMirror] = []
+
+    @field_validator("filename")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        return _safe_relative_path(value)
+
+    @model_validator(mode="after")
+    def _sources(self) -> WeightFile:
+        if not self.hf_repo and not self.mirrors:
+            raise ValueError("needs a source: set hf_repo (with revision) or add a mirror")
+        if self.mirrors and not self.sha256:
+            # A Hub file can be pinned by its first download (weights.lock); a package copy or a
+            # URL has no such anchor, so without a sha256 nothing would tell a swapped file apart.
+            raise ValueError("sha256 is required when the file has a package or URL mirror")
+        if self.hf_repo and not self.revision:
+            raise ValueError("hf_repo needs a revision (a commit sha, or a branch that the lock pins)")
+        return self
+
+    @property
+    def effective_format(self) -> str:
+        if self.format:
+            return self.format
+        name = self.filename.lower()
+        if name.endswith(PICKLE_SUFFIXES):
+            return "pickle"
+        if name.endswith(TORCH_SUFFIXES):
+            return "torch"
+        if name.endswith(".safetensors"):
+            return "safetensors"
+        if name.endswith(".json"):
+            return "json"
+        return "other"
+
+
+class ModelCard(_Strict):
+    """What a potential is, who made it, what it was trained on, and where its weights live.
+
+    The fields are a superset of matbench-discovery's model card (see ``to_matbench_discovery``).
+    """
+
+    key: str = Field(pattern=KEY_PATTERN)
+    name: str
+    version: str
+    family: str = Field(pattern=r"^[a-z0-9]+(?:[_-][a-z0-9]+)*$")
+    description: str | None = None
+    authors: list[Author] = []
+    license: str
+    repo: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    doi: str | None = None
+    paper: str | None = None
+    dates: Dates = Dates()
+    training_sets: list[str] = []
+    model_params: int | None = Field(default=None, ge=0)
+    targets: Literal["E", "EF", "EFS", "EFSM"]
+    elements: list[str] = []
+    cutoff: float | None = Field(default=None, gt=0)
+    capabilities: list[Capability] = []
+    weights: list[WeightFile] | Literal["unavailable"] = []
+    unavailable_reason: str | None = None
+    requires: list[str] = []
+    trusted: bool = False
+    trusted_reason: str | None = None
+    lifecycle: Literal["active", "deprecated", "superseded", "archived"] = "active"
+    # Family-specific settings handed to the adapter (e.g. CHGNet's model_name, SevenNet's modal).
+    options: dict[str, Any] = {}
+    # family: ase only: any importable ASE calculator is a model.
+    calculator: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    calculator_kwargs: dict[str, Any] = {}
+
+    _path: Path | None = PrivateAttr(default=None)
+
+    @field_validator("elements")
+    @classmethod
+    def _known_elements(cls, value: list[str]) -> list[str]:
+        unknown = [e for e in value if e not in chemical_symbols[1:]]
+        if unknown:
+            raise ValueError(f"unknown element symbol(s) {unknown}")
+        if len(set(value)) != len(value):
+            raise ValueError("duplicate element symbols")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelCard:
+        if self.weights == "unavailable" and not self.unavailable_reason:
+            raise ValueError("weights: unavailable needs unavailable_reason (say why, with a source)")
+        if self.trusted and not self.trusted_reason:
+            raise ValueError("trusted: true needs trusted_reason (why full unpickling is acceptable)")
+        if self.family == "ase" and not self.calculator and self.available:
+            raise ValueError("family 'ase' needs calculator: 'module:Class'")
+        if self.family != "ase" and (self.calculator or self.calculator_kwargs):
+            raise ValueError("calculator/calculator_kwargs are only for family 'ase'")
+        if isinstance(self.weights, list):
+            names = [w.filename for w in self.weights]
+            if len(set(names)) != len(names):
+                raise ValueError("weights: two entries share a filename")
+            for i, w in enumerate(self.weights):
+                if w.effective_format == "pickle" and not self.trusted:
+                    raise ValueError(
+                        f"weights.{i} ({w.filename}) is a pickle, and loading it can run code: "
+                        "set trusted: true with a trusted_reason once you have reviewed its source"
+                    )
+        return self
+
+    @property
+    def path(self) -> Path | None:
+        """The YAML file this card was read from (None for cards built in code)."""
+        return self._path
+
+    @property
+    def weight_files(self) -> list[WeightFile]:
+        return self.weights if isinstance(self.weights, list) else []
+
+    @property
+    def available(self) -> bool:
+        return self.weights != "unavailable"
+
+    @property
+    def stress(self) -> bool:
+        return "S" in self.targets
+
+    def to_matbench_discovery(self) -> dict[str, Any]:
+        """The same facts under matbench-discovery's model-card keys (their ``models/*/*.yml``)."""
+        first = self.weight_files[0] if self.weight_files else None
+        url = None
+        if first is not None:
+            urls = [m.url for m in first.mirrors if isinstance(m, UrlMirror)]
+            url = urls[0] if urls else (
+                f"https://huggingface.co/{first.hf_repo}/resolve/{first.revision}/{first.filename}"
+                if first.hf_repo else None)
+        out = {
+            "model_name": self.name,
+            "model_key": self.key,
+            "model_version": self.version,
+            "date_added": self.dates.added.isoformat() if self.dates.added else None,
+            "date_published": self.dates.published.isoformat() if self.dates.published else None,
+            "authors": [a.model_dump(exclude_none=True) for a in self.authors],
+            "repo": self.repo,
+            "doi": self.doi,
+            "paper": self.paper,
+            "checkpoint_url": url,
+            "license": {"code": None, "checkpoint": self.license},
+            "requirements": {r: None for r in self.requires},
+            "targets": {"E": "E", "EF": "EF_G", "EFS": "EFS_G", "EFSM": "EFSM_G"}[self.targets],
+            "model_params": self.model_params,
+            "training_set": list(self.training_sets),
+        }
+        return {k: v for k, v in out.items() if v not in (None, [], {})}
+
+
+def _safe_relative_path(value: str) -> str:
+    p = PurePosixPath(value)
+    if not value or p.is_absolute() or value.startswith("\\") or re.match(r"^[A-Za-z]:", value):
+        raise ValueError(f"{value!r} must be a relative path inside the repository or package")
+    if ".." in p.parts or "\\" in value:
+        raise ValueError(f"{value!r} must not contain '..' or backslashes")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading cards
+
+
+def builtin_cards_dir() -> Path:
+    return Path(str(importlib.resources.files("mlip_zoo.configs") / "models"))
+
+
+def card_dirs() -> list[Path]:
+    """Where cards are read from: the built-in ones, then every directory in ``MLIPZOO_CARDS``."""
+    dirs = [builtin_cards_dir()]
+    extra = os.environ.get(CARDS_ENV, "")
+    dirs += [Path(d).expanduser() for d in extra.split(os.pathsep) if d.strip()]
+    return dirs
+
+
+def _format_validation_error(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid model card"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            fields = sorted(ModelCard.model_fields)
+            hint = difflib.get_close_matches(str(e["loc"][-1]), fields, n=1)
+            msg = "unknown field" + (f" (did you mean {hint[0]!r}?)" if hint else f"; allowed: {', '.join(fields)}")
+        elif e["type"] == "string_pattern_mismatch" and e["loc"][-1] == "key":
+            msg = f"{e['input']!r} is not a valid key: use lower-case letters and digits joined by '-' or '.'"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def read_card(path: str | Path) -> ModelCard:
+    """Parse and validate one card file; every error names the file and the dotted field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CardError(f"{path}: cannot read model card ({exc.strerror or exc})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CardError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CardError(f"{path}: a model card must be a YAML mapping of fields, got {type(data).__name__}")
+    try:
+        card = ModelCard.model_validate(data)
+    except ValidationError as exc:
+        raise CardError(_format_validation_error(path, exc)) from None
+    if path.stem != card.key:
+        raise CardError(f"{path}: key {card.key!r} must match the file name; rename the file to {card.key}.yaml")
+    card._path = path.resolve()
+    return card
+
+
+def load_cards(dirs: list[Path] | None = None) -> dict[str, ModelCard]:
+    """Every card in ``dirs`` (default: ``card_dirs()``), by key. Duplicate keys are an error."""
+    cards: dict[str, ModelCard] = {}
+    for d in dirs if dirs is not None else card_dirs():
+        if not d.is_dir():
+            raise CardError(f"{d}: card directory does not exist (check {CARDS_ENV})")
+        for path in sorted(d.glob("*.yaml")):
+            card = read_card(path)
+            if card.key in cards:
+                raise CardError(f"{path}: key {card.key!r} is already defined by {cards[card.key].path}; "
+                                "rename one of them")
+            cards[card.key] = card
+    return cards
+
+
+def get_card(key: str, cards: dict[str, ModelCard] | None = None) -> ModelCard:
+    cards = load_cards() if cards is None else cards
+    if key in cards:
+        return cards[key]
+    hint = difflib.get_close_matches(key, list(cards), n=3)
+    suggestion = f" Did you mean {', '.join(hint)}?" if hint else ""
+    raise UnknownModelError(f"no model card with key {key!r}.{suggestion} "
+                            "`mlipzoo models list` shows every card.")

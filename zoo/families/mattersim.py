@@ -1,0 +1,14 @@
+"""MatterSim (Microsoft). Its checkpoints are unpickled by the package (weights_only=False), so the
+cards are ``trusted: true`` with the reason stated."""
+
+from __future__ import annotations
+
+from mlip_zoo.zoo.potential import CalculatorPotential
+from mlip_zoo.zoo.registry import require_module
+
+
+def load(card, files, *, device, dtype):
+    forcefield = require_module(card, "mattersim.forcefield")
+    (path,) = files.values()
+    calc = forcefield.MatterSimCalculator(load_path=str(path), device=device, **card.options)
+    return CalculatorPotential(card, calc, device=device, dtype=dtype or "float32")

@@ -1,0 +1,162 @@
+"""The one interface every model family returns.
+
+A ``Potential`` predicts energy (eV), forces (eV/Å) and stress (eV/Å³, ASE Voigt order
+xx yy zz yz xz xy) for a batch of ``ase.Atoms``. Results are float64 on the CPU side, inputs are
+never mutated, and a NaN or an element the model was not trained on raises a named error that
+says which structure — it never passes silently into a metric.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+
+from mlip_zoo.errors import NonFiniteOutputError, PropertyNotSupportedError, UnsupportedElementError
+from mlip_zoo.zoo.card import ModelCard
+
+PROPERTIES = ("energy", "forces", "stress")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One structure's prediction. ``stress`` is None when it was not asked for."""
+
+    energy: float
+    forces: np.ndarray  # (n_atoms, 3)
+    stress: np.ndarray | None = None  # (6,) Voigt
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` picks a CUDA GPU when torch sees one, else the CPU."""
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device must be auto, cpu or cuda[:N], got {device!r}")
+    if device != "auto":
+        return device
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def structure_label(atoms: Atoms, index: int) -> str:
+    """How errors name a structure: its id from ``atoms.info`` when it has one, else its index."""
+    for key in ("sid", "id", "material_id", "structure_id"):
+        if key in atoms.info:
+            return f"{key}={atoms.info[key]}"
+    return f"#{index} ({atoms.get_chemical_formula()})"
+
+
+class Potential(ABC):
+    """A loaded model. Subclasses implement ``_predict_one``; the checks live here, once."""
+
+    def __init__(self, card: ModelCard, *, device: str = "cpu", dtype: str = "float64",
+                 cutoff: float | None = None):
+        self.card = card
+        self.device = device
+        self.dtype = dtype
+        self.cutoff = cutoff if cutoff is not None else card.cutoff
+        self._elements = frozenset(card.elements)
+
+    @property
+    def implemented_properties(self) -> tuple[str, ...]:
+        return PROPERTIES if self.card.stress else ("energy", "forces")
+
+    def predict(self, batch: Sequence[Atoms], properties: Sequence[str] = ("energy", "forces", "stress"),
+                ) -> list[Prediction]:
+        """Predict every structure of ``batch``. Stress is left None for a model whose card does not
+        target it; call ``require("stress")`` first where a task cannot do without it."""
+        want_stress = "stress" in properties and "stress" in self.implemented_properties
+        out = []
+        for i, atoms in enumerate(batch):
+            self.check_elements(atoms, i)
+            energy, forces, stress = self._predict_one(atoms.copy(), want_stress)
+            out.append(self._checked(atoms, i, energy, forces, stress if want_stress else None))
+        return out
+
+    def require(self, prop: str) -> None:
+        if prop not in self.implemented_properties:
+            raise PropertyNotSupportedError(
+                f"{self.card.key} does not predict {prop} (card targets: {self.card.targets}); "
+                "pick a task that does not need it or a model that does")
+
+    def check_elements(self, atoms: Atoms, index: int = 0) -> None:
+        if not self._elements:
+            return
+        missing = sorted(set(atoms.get_chemical_symbols()) - self._elements)
+        if missing:
+            raise UnsupportedElementError(
+                f"structure {structure_label(atoms, index)} contains {', '.join(missing)}, which "
+                f"{self.card.key} was not trained on (see `elements` in its card)",
+                structure=structure_label(atoms, index))
+
+    def _checked(self, atoms: Atoms, index: int, energy, forces, stress) -> Prediction:
+        energy = float(energy)
+        forces = np.asarray(forces, dtype=np.float64).reshape(len(atoms), 3)
+        if stress is not None:
+            stress = np.asarray(stress, dtype=np.float64)
+            if stress.shape == (3, 3):
+                stress = stress[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+            stress = stress.reshape(6)
+        bad = [name for name, v in (("energy", energy), ("forces", forces), ("stress", stress))
+               if v is not None and not np.all(np.isfinite(v))]
+        if bad:
+            label = structure_label(atoms, index)
+            raise NonFiniteOutputError(
+                f"{self.card.key} returned non-finite {', '.join(bad)} for structure {label}; "
+                "check the structure (overlapping atoms, empty or singular cell)", structure=label)
+        return Prediction(energy, forces, stress)
+
+    @abstractmethod
+    def _predict_one(self, atoms: Atoms, stress: bool) -> tuple[float, np.ndarray, np.ndarray | None]:
+        """Energy, forces and (if ``stress``) Voigt stress of one structure, any numeric type."""
+
+    def as_calculator(self) -> Calculator:
+        """An ASE calculator over this potential (for optimizers, MD, any ASE workflow)."""
+        return PotentialCalculator(self)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.card.key!r}, device={self.device!r}, dtype={self.dtype!r})"
+
+
+class CalculatorPotential(Potential):
+    """A potential backed by an ASE calculator, which most model packages provide.
+
+    One calculator instance is reused for every structure (model loaded once). On a CPU a plain
+    loop was measured faster than the packages' own batched paths (CHGNet), so this is the default.
+    """
+
+    def __init__(self, card: ModelCard, calculator: Calculator | Callable[[], Calculator], **kwargs):
+        super().__init__(card, **kwargs)
+        self.calculator = calculator() if callable(calculator) and not isinstance(calculator, Calculator) else calculator
+
+    def _predict_one(self, atoms: Atoms, stress: bool):
+        atoms.calc = self.calculator
+        energy = atoms.get_potential_energy()
+        forces = atoms.get_forces()
+        s = atoms.get_stress(voigt=True) if stress else None
+        return energy, forces, s
+
+
+class PotentialCalculator(Calculator):
+    """ASE's view of a ``Potential``."""
+
+    def __init__(self, potential: Potential, **kwargs):
+        super().__init__(**kwargs)
+        self.potential = potential
+        self.implemented_properties = list(potential.implemented_properties) + ["free_energy"]
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        want = ("energy", "forces", "stress") if "stress" in properties else ("energy", "forces")
+        if "stress" in properties:
+            self.potential.require("stress")
+        (pred,) = self.potential.predict([self.atoms], properties=want)
+        self.results = {"energy": pred.energy, "free_energy": pred.energy, "forces": pred.forces}
+        if pred.stress is not None:
+            self.results["stress"] = pred.stress

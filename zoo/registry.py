@@ -1,0 +1,53 @@
+"""Model families: the adapters that turn a card into a ``Potential``.
+
+Families register under the entry-point group ``mlip_zoo.families`` as lazy ``module:function``
+targets, so a third-party package can add one, and listing them imports no model framework.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from importlib.metadata import EntryPoint, entry_points
+from types import ModuleType
+
+from mlip_zoo.errors import MissingExtraError, UnknownFamilyError
+from mlip_zoo.zoo.card import ModelCard, get_card
+from mlip_zoo.zoo.potential import Potential, resolve_device
+from mlip_zoo.zoo.weights import resolve_weights
+
+FAMILY_GROUP = "mlip_zoo.families"
+
+
+def families() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=FAMILY_GROUP)}
+
+
+def check_family(name: str) -> None:
+    known = families()
+    if name not in known:
+        hint = difflib.get_close_matches(name, list(known), n=1)
+        raise UnknownFamilyError(
+            f"unknown model family {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + f"; known families: {', '.join(sorted(known))}")
+
+
+def require_module(card: ModelCard, module: str) -> ModuleType:
+    """Import a family's framework, or say exactly which extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"{card.key} needs the Python package behind {module!r} ({exc}). "
+            f"Install it with: pip install 'mlip-zoo[{card.family}]'") from exc
+
+
+def load_potential(card: ModelCard | str, *, device: str = "cpu", dtype: str | None = None) -> Potential:
+    """Card (or key) -> verified weights -> the family's ``Potential`` on ``device``."""
+    if isinstance(card, str):
+        card = get_card(card)
+    check_family(card.family)
+    files = {name: f.path for name, f in resolve_weights(card).items()}
+    loader = families()[card.family].load()
+    return loader(card, files, device=resolve_device(device), dtype=dtype)
+
