@@ -251,3 +251,184 @@ def validate(
         out.print(f"{sum(r['ok'] for r in results)} valid, {sum(not r['ok'] for r in results)} invalid")
     if not files or not all(r["ok"] for r in results):
         raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# tasks, eval, run
+
+tasks_app = typer.Typer(help="Evaluation tasks: list them and read their protocols.", no_args_is_help=True)
+app.add_typer(tasks_app, name="tasks")
+
+
+@tasks_app.command("list")
+def tasks_list(as_json: JsonOpt = False) -> None:
+    """List every task with its version, default dataset and headline metric."""
+    from mlip_zoo.evaluators.base import load_task_config, task_keys
+
+    try:
+        configs = [load_task_config(k) for k in task_keys()]
+    except MlipZooError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        return _emit_json([{"key": c.key, "version": c.version, "dataset": c.dataset, "headline": c.headline}
+                           for c in configs])
+    table = Table(title=f"{len(configs)} tasks")
+    for col in ("key", "version", "dataset", "headline metric", "description"):
+        table.add_column(col)
+    for c in configs:
+        spec = c.metrics[c.headline]
+        arrow = "↑" if spec.higher_is_better else "↓"
+        table.add_row(c.key, c.version, c.dataset, f"{spec.label} {arrow}", c.description[:90])
+    out.print(table)
+
+
+@tasks_app.command("show")
+def tasks_show(key: Annotated[str, typer.Argument(help="Task key, e.g. oc20-s2ef")], as_json: JsonOpt = False) -> None:
+    """Show a task's full protocol: constants, metrics with units and direction, dataset."""
+    from mlip_zoo.evaluators.base import load_task_config
+
+    try:
+        config = load_task_config(key)
+    except MlipZooError as exc:
+        raise _fail(exc) from None
+    data = config.model_dump(mode="json")
+    if as_json:
+        return _emit_json(data)
+    import yaml
+    out.print(_escape(yaml.safe_dump(data, sort_keys=False, allow_unicode=True)), highlight=False)
+
+
+def _progress_bar(total: int | None, label: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("[red]{task.fields[failed]} failed"), TextColumn("{task.fields[rate]}"),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
+    task_id = progress.add_task(label, total=total, failed=0, rate="")
+    started = time.perf_counter()
+    counts = {"done": 0, "failed": 0}
+
+    def update(ok: int, failed: int) -> None:
+        counts["done"] += ok + failed
+        counts["failed"] += failed
+        rate = counts["done"] / max(time.perf_counter() - started, 1e-9)
+        progress.update(task_id, completed=counts["done"], failed=counts["failed"], rate=f"{rate:.1f}/s")
+
+    return progress, update
+
+
+def _evaluate_one(model: str, task: str, opts) -> dict:
+    from mlip_zoo.evaluators.base import load_task_config
+    from mlip_zoo.evaluators.data import resolve_dataset
+    from mlip_zoo.evaluators.runner import evaluate
+
+    config = load_task_config(task)
+    total = resolve_dataset(config.dataset, config.dataset_file, opts.dataset).n
+    if opts.limit is not None:
+        total = min(total, opts.limit) if total is not None else opts.limit
+    progress, opts.progress = _progress_bar(total, f"{model} × {task}")
+    with _quiet_stdout(), progress:
+        return evaluate(model, task, opts)
+
+
+def _summary(record: dict) -> str:
+    from mlip_zoo.evaluators.base import load_task_config
+
+    config = load_task_config(record["task"])
+    value = record["metrics"].get(config.headline)
+    shown = "n/a" if value is None else f"{value:.4g}"
+    return f"{config.metrics[config.headline].label} = {shown}"
+
+
+WorkersOpt = Annotated[int, typer.Option(help="Dask worker processes on this machine; 0 runs in-process.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto (a GPU if torch sees one), cpu or cuda[:N].")]
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[str, typer.Argument(help="Model card key (mlipzoo models list).")],
+    task: Annotated[str, typer.Argument(help="Task key (mlipzoo tasks list).")],
+    dataset: Annotated[Optional[Path], typer.Option(help="Your own dataset file instead of the task's embedded one.")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Results folder: writes OUT/MODEL/TASK.json and .parquet.")] = Path("results"),
+    device: DeviceOpt = "cpu",
+    workers: WorkersOpt = 1,
+    scheduler: Annotated[Optional[str], typer.Option(help="Address of a running Dask scheduler to use.")] = None,
+    cluster: Annotated[str, typer.Option(help="local, or slurm (via dask-jobqueue; needs --cluster-config).")] = "local",
+    cluster_config: Annotated[Optional[Path], typer.Option(help="YAML of SLURMCluster arguments (+ jobs: N).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N structures (quick looks; recorded in the result).")] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow legacy OC20 LMDBs (unpickling runs code).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Evaluate one model on one task and write its result record.
+
+    The dataset is streamed and cut into atom-balanced shards that run on Dask; each finished
+    shard is saved, so rerunning the same command after an interruption resumes. Structures that
+    fail (model error, NaN, element not covered) are listed in the result, never fatal.
+    """
+    from mlip_zoo.evaluators.runner import RunOptions
+
+    opts = RunOptions(out=out_dir, dataset=dataset, device=device, workers=workers, scheduler=scheduler,
+                      cluster=cluster, cluster_config=cluster_config, limit=limit, trust_pickle=trust_pickle)
+    try:
+        record = _evaluate_one(model, task, opts)
+    except MlipZooError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        return _emit_json(record)
+    out.print(f"[green]done[/] {model} × {task}: {_summary(record)}  "
+              f"({record['n_structures']} structures, {record['n_failed']} failed) -> "
+              f"{_escape(str(opts.out / model / (task + '.json')))}", highlight=False)
+
+
+@app.command("run")
+def run(
+    config: Annotated[Optional[Path], typer.Argument(help="Run config YAML (default: the embedded configs/default.yaml).")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Results folder (overrides the config's).")] = None,
+    device: DeviceOpt = "cpu",
+    workers: Annotated[Optional[int], typer.Option(help="Dask workers (overrides the config's).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The main job: every model x task listed in the run config, then a summary table.
+
+    A failed (model, task) pair is reported and the others still run; rerunning resumes.
+    """
+    import yaml
+
+    from mlip_zoo.evaluators.runner import RunOptions
+
+    path = config or Path(str(__import__("importlib.resources").resources.files("mlip_zoo.configs") / "default.yaml"))
+    try:
+        plan = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise _fail(ValueError(f"{path}: cannot read run config: {exc}")) from None
+    out_dir = out_dir or Path(plan.get("out", "results"))
+    n_workers = workers if workers is not None else int(plan.get("workers", 1))
+    records, errors = [], []
+    for block in plan.get("runs", []):
+        for model in block["models"]:
+            for task in block["tasks"]:
+                opts = RunOptions(out=out_dir, device=device, workers=n_workers, limit=block.get("limit"))
+                try:
+                    records.append(_evaluate_one(model, task, opts))
+                except Exception as exc:  # keep going: one broken pair must not cost the others
+                    errors.append({"model": model, "task": task, "error": f"{type(exc).__name__}: {exc}"})
+                    err.print(f"[red]failed[/] {model} × {task}: {_escape(str(exc))}", highlight=False)
+    if as_json:
+        _emit_json({"results": records, "errors": errors})
+    else:
+        table = Table(title=f"mlip-zoo run ({path.name}) -> {out_dir}")
+        for col in ("model", "task", "headline", "structures", "failed", "wall s"):
+            table.add_column(col)
+        for r in records:
+            table.add_row(r["model"], r["task"], _summary(r), str(r["n_structures"]), str(r["n_failed"]),
+                          f"{r['provenance']['wall_time_s']:.1f}")
+        for e in errors:
+            table.add_row(e["model"], e["task"], "[red]error[/]", "-", "-", "-")
+        out.print(table)
+    if errors:
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

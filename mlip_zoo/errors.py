@@ -67,3 +67,22 @@ class NonFiniteOutputError(PredictionError, ArithmeticError):
 
 class PropertyNotSupportedError(PredictionError, NotImplementedError):
     """The model does not compute the requested property (e.g. stress)."""
+
+
+class UnknownTaskError(MlipZooError, KeyError):
+    """No task config has this key."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ConfigError(MlipZooError, ValueError):
+    """A task or run config is malformed. The message names the file."""
+
+
+class DatasetError(MlipZooError, ValueError):
+    """A dataset cannot be read or lacks what the task needs. The message names file and record."""
+
+
+class UntrustedDataError(DatasetError, PermissionError):
+    """Reading this dataset means unpickling, which can run code: needs --trust-pickle."""

@@ -136,6 +136,9 @@ class CalculatorPotential(Potential):
         self.calculator = calculator() if callable(calculator) and not isinstance(calculator, Calculator) else calculator
 
     def _predict_one(self, atoms: Atoms, stress: bool):
+        # Forget the previous structure (cached results, neighbour lists): a prediction must not
+        # depend on what was predicted before it, or shard order would change the numbers.
+        self.calculator.reset()
         atoms.calc = self.calculator
         energy = atoms.get_potential_energy()
         forces = atoms.get_forces()

@@ -1,0 +1,139 @@
+"""What a task is: a versioned protocol (``configs/tasks/<key>.yaml``), a way to turn a dataset
+into per-structure prediction rows, and pure metrics over those rows.
+
+Tasks register under the entry-point group ``mlip_zoo.evaluators`` (``module:Class``), so a
+third-party package can add one. Metrics are pure functions of the predictions table, so any
+number can be recomputed later from the Parquet file alone.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pyarrow as pa
+import yaml
+from ase import Atoms
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from mlip_zoo.errors import ConfigError, UnknownTaskError
+from mlip_zoo.zoo.potential import Potential
+
+EVALUATOR_GROUP = "mlip_zoo.evaluators"
+
+
+class MetricSpec(BaseModel):
+    """A metric declared once: its unit and which way is better (the site reads these)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    label: str
+    unit: str = ""
+    higher_is_better: bool
+    description: str = ""
+
+
+class TaskConfig(BaseModel):
+    """The versioned protocol of a task. Changing any constant means bumping ``version``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    key: str
+    version: str
+    description: str
+    evaluator: str  # entry-point name in mlip_zoo.evaluators
+    dataset: str  # default dataset: a name under configs/datasets/ (folder) plus a file
+    dataset_file: str
+    headline: str
+    metrics: dict[str, MetricSpec]
+    splits: list[str] = []
+    shard_atoms: int = 2000  # atoms per shard: balances work across workers, bounds memory
+    options: dict[str, Any] = {}
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def tasks_dir() -> Path:
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("mlip_zoo.configs") / "tasks"))
+
+
+def load_task_config(key: str) -> TaskConfig:
+    path = tasks_dir() / f"{key}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in tasks_dir().glob("*.yaml"))
+        hint = difflib.get_close_matches(key, known, n=2)
+        raise UnknownTaskError(f"no task {key!r}" + (f"; did you mean {', '.join(hint)}?" if hint else "")
+                                + f" Known tasks: {', '.join(known)}")
+    try:
+        data = yaml.safe_load(path.read_text())
+        config = TaskConfig.model_validate(data)
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise ConfigError(f"{path}: invalid task config: {exc}") from None
+    if config.key != key:
+        raise ConfigError(f"{path}: key {config.key!r} must match the file name")
+    return config
+
+
+def task_keys() -> list[str]:
+    return sorted(p.stem for p in tasks_dir().glob("*.yaml"))
+
+
+class Evaluator(ABC):
+    """A task. Subclasses set ``schema`` and implement ``run`` and ``metrics``."""
+
+    schema: ClassVar[pa.Schema]
+
+    def __init__(self, config: TaskConfig):
+        self.config = config
+
+    @property
+    def key(self) -> str:
+        return self.config.key
+
+    @property
+    def version(self) -> str:
+        return self.config.version
+
+    def work_key(self) -> str:
+        """What the per-structure work depends on. Tasks that share it (IS2RE and IS2RS share
+        their relaxations) share shards, so the work runs once."""
+        return f"{self.key}:{self.config.fingerprint()}"
+
+    def accepts(self, atoms: Atoms) -> str | None:
+        """Why a dataset record cannot be used by this task (None when it can)."""
+        return None
+
+    @abstractmethod
+    def run(self, potential: Potential, records: list[Atoms]) -> list[dict]:
+        """One row per record, in order, matching ``schema``. A structure that fails gets
+        ``status="failed"`` and a ``reason``; it never aborts the shard."""
+
+    @abstractmethod
+    def metrics(self, table: pa.Table) -> dict[str, Any]:
+        """Pure function of the predictions table (rows with status "ok")."""
+
+
+def evaluator_for(task: str | TaskConfig) -> Evaluator:
+    config = load_task_config(task) if isinstance(task, str) else task
+    eps = {ep.name: ep for ep in entry_points(group=EVALUATOR_GROUP)}
+    if config.evaluator not in eps:
+        raise ConfigError(f"task {config.key}: evaluator {config.evaluator!r} is not registered under the "
+                        f"{EVALUATOR_GROUP} entry points (known: {', '.join(sorted(eps))})")
+    return eps[config.evaluator].load()(config)
+
+
+def rows_to_table(rows: Iterable[dict], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist(list(rows), schema=schema)
+
+
+def iter_ok(table: pa.Table) -> Iterator[dict]:
+    for row in table.to_pylist():
+        if row["status"] == "ok":
+            yield row

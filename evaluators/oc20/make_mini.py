@@ -1,0 +1,231 @@
+"""Generate oc20-mini (EMT labels), a small set generated in OC20's format.
+
+This is **not OC20**. It reuses OC20's conventions so the OC20 tasks (S2EF, IS2RE, IS2RS) can
+run end to end on any machine in seconds, but every label comes from ASE's EMT, a toy potential
+whose H/C/N/O parameters are rough. Numbers on it say whether a pipeline works, not how good a
+model is for catalysis.
+
+What is OC20-like: adsorbates come from fairchem-data-oc's OC20 adsorbate list; slabs carry OC20's
+tags (0 fixed subsurface, 1 surface, 2 adsorbate) with the tag-0 atoms held by ``FixAtoms``; the
+splits follow OC20's scheme (id, ood_ads, ood_cat, ood_both) by holding out two metals and a third
+of the adsorbates. What is not: slabs are fcc(111) of the seven EMT metals only, and energies are
+total EMT energies, not adsorption energies.
+
+Files are ASE databases (JSON backend: the row model of fairchem v2's ``.aselmdb``, with every
+float at full precision, which extxyz's 8 decimals would not keep; byte-reproducible for a given
+seed and library versions):
+
+- ``is2re.json``: one initial structure per system; key-value pairs ``sid``, ``split``,
+  ``y_init``, ``y_relaxed`` (eV, total) and ``n_steps``; tags and the FixAtoms constraint on the
+  row; ``data.pos_relaxed`` the EMT-relaxed positions.
+- ``s2ef.json``: first, middle and last frame of every relaxation, with EMT energy and forces on
+  all atoms (fixed ones included); key-value pairs ``sid``, ``fid`` (optimizer step), ``split``.
+- ``manifest.json``: seed, relaxation protocol, split sizes, and each file's sha256.
+
+Run ``python -m mlip_zoo.evaluators.oc20.make_mini [--out DIR] [--seed N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.resources
+import json
+import pickle
+import time
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.build import add_adsorbate, fcc111
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.constraints import FixAtoms
+
+from mlip_zoo.evaluators.base import load_task_config
+from mlip_zoo.evaluators.relax import RelaxProtocol, relax
+from mlip_zoo.zoo import load_potential
+
+LABEL = "oc20-mini (EMT labels)"
+# The labels come from the very protocol the IS2RE/IS2RS tasks run, so EMT reproduces them exactly.
+PROTOCOL = RelaxProtocol.model_validate(load_task_config("oc20-is2re").options["relax"])
+ID_METALS = ("Al", "Cu", "Ag", "Ni", "Pt")
+OOD_METALS = ("Au", "Pd")
+SITES = ("ontop", "bridge", "fcc", "hcp")
+N_ADSORBATES, MAX_ADSORBATE_ATOMS, PER_SPLIT = 12, 5, 40
+
+
+class _AseNumpyUnpickler(pickle.Unpickler):
+    """The adsorbate pickle needs only ase and numpy classes; refuse anything else, since an
+    arbitrary global in a pickle can run code."""
+
+    _BUILTINS = {"set", "frozenset", "slice", "complex"}
+
+    def find_class(self, module, name):
+        if module.startswith("ase.") or module == "numpy" or module.startswith("numpy."):
+            return super().find_class(module, name)
+        if module == "builtins" and name in self._BUILTINS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"adsorbates.pkl: refusing to load {module}.{name}")
+
+
+def load_adsorbates() -> dict[int, tuple[Atoms, str, np.ndarray]]:
+    """fairchem-data-oc's OC20 adsorbates: {id: (atoms, smiles, binding_indices)}."""
+    path = importlib.resources.files("fairchem.data.oc.databases.pkls") / "adsorbates.pkl"
+    with path.open("rb") as f:
+        raw = _AseNumpyUnpickler(f).load()
+    # Keep only symbols and positions: some entries carry stray info that extxyz would write out.
+    return {int(k): (Atoms(v[0].get_chemical_symbols(), v[0].get_positions()), str(v[1]),
+                     np.asarray(v[2], dtype=int)) for k, v in raw.items()}
+
+
+def choose_adsorbates(ads, rng) -> tuple[list[int], list[int]]:
+    """A seeded pick of small adsorbates, split into in-distribution and held-out (~1/3)."""
+    small = sorted(k for k, v in ads.items() if len(v[0]) <= MAX_ADSORBATE_ATOMS)
+    chosen = sorted(int(k) for k in rng.choice(small, size=N_ADSORBATES, replace=False))
+    held = sorted(int(k) for k in rng.choice(chosen, size=N_ADSORBATES // 3, replace=False))
+    return [k for k in chosen if k not in held], held
+
+
+def build_system(metal: str, ads: tuple[Atoms, str, np.ndarray], rng) -> Atoms:
+    """An unrelaxed adsorbate on metal(111), tagged and constrained as in OC20."""
+    slab = fcc111(metal, size=(2, 2, 3), vacuum=7.0)
+    # ase numbers layers 1..3 from the top; OC20 tags the top layer 1 and the rest 0 (fixed).
+    slab.set_tags(np.where(slab.get_tags() == 1, 1, 0))
+    molecule, _, binding = ads
+    molecule, b = molecule.copy(), int(binding[0])
+    molecule.set_tags(2)
+    if len(molecule) > 1:
+        # The pickle's orientations are arbitrary: point the molecule away from the surface so
+        # the binding atom is the one facing it, then turn it a little about the normal.
+        others = np.delete(molecule.positions, b, axis=0).mean(axis=0) - molecule.positions[b]
+        if np.linalg.norm(others) > 0.1:
+            molecule.rotate(others, (0, 0, 1), center=molecule.positions[b])
+        molecule.rotate(rng.uniform(-30.0, 30.0), "z", center=molecule.positions[b])
+    add_adsorbate(slab, molecule, height=rng.uniform(1.5, 2.2), position=str(rng.choice(SITES)), mol_index=b)
+    # Rattle only the adsorbate so initial structures are off-minimum but slabs stay ideal.
+    is_ads = slab.get_tags() == 2
+    slab.positions[is_ads] += rng.normal(0.0, 0.05, size=(int(is_ads.sum()), 3))
+    slab.set_constraint(FixAtoms(mask=slab.get_tags() == 0))
+    slab.info = {}  # drop ase.build's adsorbate_info, which is not a dataset field
+    return slab
+
+
+def plan(ads_id: list[int], ads_ood: list[int], seed: int) -> list[tuple[str, str, int]]:
+    """(split, metal, adsorbate) per system: each split cycles through its combinations in a
+    seeded order, so every combination appears PER_SPLIT/len(combos) times, give or take one."""
+    rng = np.random.default_rng([seed, 1])
+    groups = {"id": (ID_METALS, ads_id), "ood_ads": (ID_METALS, ads_ood),
+              "ood_cat": (OOD_METALS, ads_id), "ood_both": (OOD_METALS, ads_ood)}
+    out = []
+    for split, (metals, adsorbates) in groups.items():
+        combos = [(m, a) for m in metals for a in adsorbates]
+        order = rng.permutation(len(combos))
+        out += [(split, *combos[order[i % len(combos)]]) for i in range(PER_SPLIT)]
+    return out
+
+
+def emt_label(atoms: Atoms) -> tuple[float, np.ndarray]:
+    """Energy and raw forces (fixed atoms included) from a fresh EMT, so no cached state leaks."""
+    a = atoms.copy()
+    a.calc = EMT()
+    return float(a.get_potential_energy()), a.get_forces(apply_constraint=False).copy()
+
+
+def ase_json_db(path: Path, images: list[Atoms], arrays: tuple[str, ...] = ()) -> str:
+    """Write an ASE database (JSON backend) holding every float at full precision, and return its
+    sha256. ASE stamps rows with a time, a user and a random unique id; those are replaced by
+    fixed values so the file is byte-reproducible."""
+    import ase.db
+
+    path.unlink(missing_ok=True)
+    with ase.db.connect(str(path), type="json", append=False) as db:
+        for atoms in images:
+            info = dict(atoms.info)
+            data = {name: atoms.arrays[name] for name in arrays}
+            plain = atoms.copy()
+            plain.info = {}
+            for name in arrays:
+                del plain.arrays[name]
+            plain.calc = atoms.calc
+            db.write(plain, key_value_pairs=info, data=data)
+    raw = json.loads(path.read_text())
+    for key, row in raw.items():
+        if isinstance(row, dict) and "ctime" in row:
+            row["ctime"] = row["mtime"] = 0.0
+            row["user"] = "mlip-zoo"
+            ident = f"{row['key_value_pairs']['sid']}/{row['key_value_pairs'].get('fid', '')}"
+            row["unique_id"] = hashlib.md5(ident.encode()).hexdigest()
+    path.write_text(json.dumps(raw, indent=1, sort_keys=True) + "\n")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def generate(out: Path, seed: int = 0) -> dict:
+    t0 = time.perf_counter()
+    adsorbates = load_adsorbates()
+    ads_id, ads_ood = choose_adsorbates(adsorbates, np.random.default_rng([seed, 0]))
+    emt = load_potential("emt")
+    is2re, s2ef, splits, dropped = [], [], {}, []
+    for i, (split, metal, ads_key) in enumerate(plan(ads_id, ads_ood, seed)):
+        sid = "oc20mini-%04d" % i  # numbered before relaxing, so a dropped system leaves a gap
+        initial = build_system(metal, adsorbates[ads_key], np.random.default_rng([seed, 2, i]))
+        frames: dict[int, np.ndarray] = {}
+        try:
+            r = relax(initial, emt, PROTOCOL, on_step=lambda a, step: frames.__setitem__(step, a.get_positions()))
+        except Exception as exc:  # an exploded relaxation is dropped, never written
+            dropped.append(f"{sid} {metal}/{adsorbates[ads_key][1]}: {type(exc).__name__}: {exc}")
+            continue
+        if not r.converged:
+            dropped.append(f"{sid} {metal}/{adsorbates[ads_key][1]}: not converged in {r.steps} steps")
+            continue
+        y_init, _ = emt_label(initial)
+        frame = initial.copy()
+        frame.info = {"sid": sid, "split": split, "y_init": y_init, "y_relaxed": float(r.energy),
+                      "n_steps": int(r.steps)}
+        frame.new_array("pos_relaxed", r.atoms.get_positions())
+        is2re.append(frame)
+        splits[split] = splits.get(split, 0) + 1
+        for step in sorted({0, r.steps // 2, r.steps}):
+            snap = initial.copy()
+            snap.positions = frames[step]
+            energy, forces = emt_label(snap)
+            snap.info = {"sid": sid, "fid": int(step), "split": split}
+            snap.calc = SinglePointCalculator(snap, energy=energy, forces=forces)
+            s2ef.append(snap)
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = {name: {"sha256": ase_json_db(out / name, images, arrays), "n": len(images)}
+             for name, images, arrays in (("is2re.json", is2re, ("pos_relaxed",)), ("s2ef.json", s2ef, ()))}
+    manifest = {
+        "name": "oc20-mini", "label": LABEL,
+        "description": (f"{LABEL}, generated in OC20's format: not OC20. Small fairchem-data-oc adsorbates on "
+                        "fcc(111) slabs of the EMT metals, relaxed and labelled with ASE's EMT. Held out: "
+                        f"metals {list(OOD_METALS)} and adsorbates "
+                        f"{[adsorbates[k][1] for k in ads_ood]}; in distribution: {[adsorbates[k][1] for k in ads_id]}."),
+        "generator": "mlip_zoo.evaluators.oc20.make_mini", "seed": seed,
+        "relax_protocol": PROTOCOL.model_dump(), "files": files, "splits": splits, "dropped": len(dropped),
+        "energy": "total EMT energy, eV (not an adsorption energy)",
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return {"manifest": manifest, "dropped": dropped, "seconds": time.perf_counter() - t0}
+
+
+def main(argv: list[str] | None = None) -> None:
+    default_out = Path(str(importlib.resources.files("mlip_zoo.configs"))) / "datasets" / "oc20-mini"
+    parser = argparse.ArgumentParser(description=f"Generate {LABEL}, in OC20's format (not OC20).")
+    parser.add_argument("--out", type=Path, default=default_out, help=f"output folder (default {default_out})")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    result = generate(args.out, args.seed)
+    m = result["manifest"]
+    print(f"{LABEL} -> {args.out}  ({result['seconds']:.1f} s)")
+    print("  splits: " + ", ".join(f"{k}={v}" for k, v in m["splits"].items()) + f"; dropped: {m['dropped']}")
+    for line in result["dropped"]:
+        print(f"    dropped {line}")
+    for name, entry in m["files"].items():
+        size = (args.out / name).stat().st_size
+        print(f"  {name}: {entry['n']} frames, {size / 1024:.0f} KiB, sha256 {entry['sha256']}")
+
+
+if __name__ == "__main__":
+    main()

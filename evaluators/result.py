@@ -1,0 +1,96 @@
+"""The result record a run produces (``<out>/<model>/<task>.json``) and its provenance."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from mlip_zoo.zoo.card import ModelCard
+from mlip_zoo.zoo.weights import atomic_write_text, sha256_of
+
+RESULT_SCHEMA_VERSION = 1
+# Versions worth recording next to every number: they change answers.
+PACKAGES = ("mlip-zoo", "ase", "numpy", "torch", "e3nn", "chgnet", "sevenn", "diep", "tblite", "mace-torch",
+            "orb-models", "mattersim", "fairchem-core", "pet-mad", "pymatgen", "dask", "distributed", "pyarrow")
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def code_version() -> str:
+    import mlip_zoo
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(mlip_zoo.__file__).parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{mlip_zoo.__version__}+g{commit}" if commit else mlip_zoo.__version__
+
+
+def hardware(n_workers: int, device: str) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = None
+    if device.startswith("cuda"):
+        import torch
+
+        gpu = torch.cuda.get_device_name(torch.device(device))
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "gpu": gpu, "n_workers": n_workers}
+
+
+def card_sha256(card: ModelCard) -> str | None:
+    return sha256_of(card.path) if card.path else None
+
+
+def build_result(*, card: ModelCard, task, dataset, metrics: dict, table_rows: list[dict], predictions: str,
+                 weights: dict[str, str], started: dt.datetime, wall_time_s: float, device: str,
+                 n_workers: int, limit: int | None) -> dict[str, Any]:
+    failures = [{"id": r["id"], "reason": r["reason"]} for r in table_rows if r["status"] != "ok"]
+    return {
+        "schema_version": RESULT_SCHEMA_VERSION,
+        "model": card.key,
+        "task": task.key,
+        "task_version": task.version,
+        "dataset": {"name": dataset.name, "file": dataset.path.name, "sha256": dataset.sha256,
+                    "n": len(table_rows), "limit": limit},
+        "metrics": metrics,
+        "n_structures": len(table_rows),
+        "n_failed": len(failures),
+        "failures": failures,
+        "predictions": predictions,
+        "provenance": {
+            "card_sha256": card_sha256(card),
+            "weights_sha256": weights,
+            "task_config_sha256": task.fingerprint(),
+            "code_version": code_version(),
+            "packages": package_versions(),
+            "hardware": hardware(n_workers, device),
+            "started": started.isoformat(timespec="seconds"),
+            "wall_time_s": round(wall_time_s, 3),
+            "device": device,
+        },
+    }
+
+
+def write_result(path: Path, record: dict) -> None:
+    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=False, allow_nan=False) + "\n")

@@ -1,0 +1,222 @@
+"""Running one model on one task: stream the dataset, cut atom-balanced shards, run them on a Dask
+cluster (an embedded LocalCluster, an existing scheduler, or SLURM through dask-jobqueue), write
+each finished shard atomically as Parquet, then compute metrics and write the result record.
+
+A rerun of the same command skips finished shards, so a killed run resumes where it stopped.
+The scheduler only moves (card, task, shard); each worker loads the model once and keeps it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from ase import Atoms
+
+from mlip_zoo.errors import ConfigError, DatasetError
+from mlip_zoo.evaluators.base import Evaluator, TaskConfig, evaluator_for
+from mlip_zoo.evaluators.data import Dataset, iter_records, record_id, resolve_dataset
+from mlip_zoo.evaluators.result import build_result, card_sha256, write_result
+from mlip_zoo.zoo.card import ModelCard, get_card
+from mlip_zoo.zoo.potential import resolve_device
+
+
+@dataclass
+class RunOptions:
+    out: Path = Path("results")
+    dataset: Path | None = None
+    device: str = "cpu"
+    workers: int = 1  # 0 runs in this process, without Dask
+    scheduler: str | None = None  # address of a running Dask scheduler
+    cluster: str = "local"  # local | slurm
+    cluster_config: Path | None = None  # YAML of dask_jobqueue.SLURMCluster keyword arguments
+    limit: int | None = None
+    trust_pickle: bool = False
+    progress: Callable[[int, int], None] | None = field(default=None, repr=False)  # (done, failed) deltas
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker side: runs in Dask worker processes (or in-process with workers=0).
+
+_POTENTIALS: dict[tuple[str, str, str | None], Any] = {}
+
+
+def _potential(card: ModelCard, device: str, torch_threads: int | None):
+    """The model, loaded once per worker process and reused for every shard it runs."""
+    key = (card.key, device, str(card.path))
+    if key not in _POTENTIALS:
+        if torch_threads:
+            try:
+                import torch
+
+                torch.set_num_threads(torch_threads)  # n workers x threads <= cores: no oversubscription
+            except ImportError:
+                pass
+        from mlip_zoo.zoo.registry import load_potential
+
+        _POTENTIALS[key] = load_potential(card, device=device)
+    return _POTENTIALS[key]
+
+
+def run_shard(card: ModelCard, config: TaskConfig, device: str, records: list[Atoms], path: str,
+              torch_threads: int | None = None) -> tuple[int, int]:
+    """Run one shard and write it atomically; returns (n_ok, n_failed)."""
+    evaluator = evaluator_for(config)
+    rows = evaluator.run(_potential(card, device, torch_threads), records)
+    table = pa.Table.from_pylist(rows, schema=evaluator.schema)
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, target)
+    n_failed = sum(r["status"] != "ok" for r in rows)
+    return len(rows) - n_failed, n_failed
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver side.
+
+
+def _shards(records: Iterator[Atoms], evaluator: Evaluator, shard_atoms: int, limit: int | None,
+            dataset: Dataset) -> Iterator[tuple[int, list[Atoms]]]:
+    """Cut the stream into shards of about ``shard_atoms`` atoms, in dataset order (deterministic,
+    so a rerun cuts the same shards and can skip the finished ones)."""
+    shard, atoms_in_shard, index, seen = [], 0, 0, set()
+    for i, atoms in enumerate(records):
+        if limit is not None and i >= limit:
+            break
+        why = evaluator.accepts(atoms)
+        if why:
+            raise DatasetError(f"{dataset.path}: record {record_id(atoms, i)}: {why}")
+        rid = record_id(atoms, i)
+        if rid in seen:
+            raise DatasetError(f"{dataset.path}: duplicate structure id {rid!r} (record {i}); ids must be unique")
+        seen.add(rid)
+        shard.append(atoms)
+        atoms_in_shard += len(atoms)
+        if atoms_in_shard >= shard_atoms:
+            yield index, shard
+            shard, atoms_in_shard, index = [], 0, index + 1
+    if shard:
+        yield index, shard
+
+
+def work_dir(out: Path, card: ModelCard, evaluator: Evaluator, dataset: Dataset, limit: int | None) -> Path:
+    """Shards live under a fingerprint of everything the per-structure work depends on."""
+    key = json.dumps({"card": card_sha256(card) or card.model_dump_json(), "dataset": dataset.sha256,
+                      "work": evaluator.work_key(), "limit": limit}, sort_keys=True)
+    return out / card.key / ".shards" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _client(opts: RunOptions):
+    from dask.distributed import Client, LocalCluster
+
+    if opts.scheduler:
+        return Client(opts.scheduler), None
+    if opts.cluster == "slurm":
+        import yaml
+        from dask_jobqueue import SLURMCluster
+
+        if opts.cluster_config is None:
+            raise ConfigError("--cluster slurm needs --cluster-config FILE (SLURMCluster keyword arguments "
+                              "as YAML: queue, cores, memory, walltime, job_extra_directives, python, jobs)")
+        kwargs = yaml.safe_load(Path(opts.cluster_config).read_text()) or {}
+        jobs = int(kwargs.pop("jobs", max(opts.workers, 1)))
+        cluster = SLURMCluster(**kwargs)
+        cluster.scale(jobs=jobs)
+        return Client(cluster), cluster
+    cluster = LocalCluster(n_workers=opts.workers, threads_per_worker=1, processes=True,
+                           dashboard_address=None, silence_logs=50)
+    return Client(cluster), cluster
+
+
+def evaluate(model: str | ModelCard, task: str, opts: RunOptions | None = None) -> dict[str, Any]:
+    """Evaluate ``model`` on ``task``; returns the result record (also written to disk)."""
+    opts = opts or RunOptions()
+    started, t0 = dt.datetime.now(dt.timezone.utc), time.perf_counter()
+    card = get_card(model) if isinstance(model, str) else model
+    evaluator = evaluator_for(task)
+    config = evaluator.config
+    dataset = resolve_dataset(config.dataset, config.dataset_file, opts.dataset)
+    device = resolve_device(opts.device)
+    from mlip_zoo.zoo.weights import resolve_weights
+
+    weights = {name: f.sha256 for name, f in resolve_weights(card).items()}  # fail fast, before any work
+
+    shard_dir = work_dir(opts.out, card, evaluator, dataset, opts.limit)
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    shards = _shards(iter_records(dataset.path, trust_pickle=opts.trust_pickle), evaluator, config.shard_atoms,
+                     opts.limit, dataset)
+    paths: list[Path] = []
+
+    def pending() -> Iterator[tuple[list[Atoms], Path]]:
+        for index, records in shards:
+            path = shard_dir / f"shard-{index:05d}.parquet"
+            paths.append(path)
+            if path.exists():  # finished in an earlier run
+                table = pq.read_table(path, columns=["status"])
+                failed = sum(s != "ok" for s in table.column("status").to_pylist())
+                _report(opts, table.num_rows - failed, failed)
+                continue
+            yield records, path
+
+    if opts.workers == 0 and not opts.scheduler and opts.cluster == "local":
+        for records, path in pending():
+            _report(opts, *run_shard(card, config, device, records, str(path)))
+    else:
+        _run_distributed(card, config, device, pending(), opts)
+
+    table = pa.concat_tables([pq.read_table(p) for p in paths]) if paths else \
+        pa.Table.from_pylist([], schema=evaluator.schema)
+    if table.num_rows == 0:
+        raise DatasetError(f"{dataset.path}: no structures to evaluate (empty dataset or --limit 0)")
+    metrics = evaluator.metrics(table)
+
+    model_dir = opts.out / card.key
+    predictions = model_dir / f"{config.key}.parquet"
+    tmp = predictions.with_name(f".{predictions.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, predictions)
+    rows = table.select(["id", "status", "reason"]).to_pylist()
+    record = build_result(card=card, task=config, dataset=dataset, metrics=metrics, table_rows=rows,
+                          predictions=predictions.name, weights=weights, started=started,
+                          wall_time_s=time.perf_counter() - t0, device=device,
+                          n_workers=opts.workers, limit=opts.limit)
+    write_result(model_dir / f"{config.key}.json", record)
+    return record
+
+
+def _report(opts: RunOptions, ok: int, failed: int) -> None:
+    if opts.progress is not None:
+        opts.progress(ok, failed)
+
+
+def _run_distributed(card, config, device, pending, opts: RunOptions) -> None:
+    from dask.distributed import as_completed
+
+    client, cluster = _client(opts)
+    try:
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})) or opts.workers)
+        threads = max(1, (os.cpu_count() or 1) // n_workers) if opts.cluster == "local" and not opts.scheduler else None
+        card_future = client.scatter(card, broadcast=True)
+        in_flight = as_completed()
+        limit = 2 * n_workers  # bounded: never the whole dataset in memory or in flight
+        for records, path in pending:
+            in_flight.add(client.submit(run_shard, card_future, config, device, records, str(path), threads,
+                                        pure=False))
+            while in_flight.count() >= limit:
+                _report(opts, *next(in_flight).result())
+        for future in in_flight:
+            _report(opts, *future.result())
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

@@ -1,0 +1,223 @@
+"""Hand-computed checks of the fairchem-v1 OC20 metric definitions in mlip_zoo.evaluators.oc20.metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlip_zoo.evaluators.oc20 import metrics as m
+from mlip_zoo.evaluators.oc20.metrics import Metric
+
+CELL10 = 10.0 * np.eye(3)
+PBC = (True, True, True)
+
+
+def _s2ef_one(f_true, f_pred, free=None, e_true=0.0, e_pred=0.0, **kw):
+    f_true, f_pred = np.asarray(f_true, float), np.asarray(f_pred, float)
+    free = np.ones(len(f_true), bool) if free is None else np.asarray(free, bool)
+    return m.values(m.s2ef_metrics([e_true], [e_pred], [f_true], [f_pred], [free], **kw))
+
+
+def _is2rs_one(p_true, p_pred, cell=CELL10, pbc=PBC, free=None):
+    p_true, p_pred = np.asarray(p_true, float), np.asarray(p_pred, float)
+    free = np.ones(len(p_true), bool) if free is None else np.asarray(free, bool)
+    return m.is2rs_metrics([p_true], [p_pred], [cell], [pbc], [free])
+
+
+# --- Metric / merge / values -------------------------------------------------------------------
+
+def test_metric_value_add_and_sum():
+    assert Metric(0.0, 0).value is None
+    assert Metric(3.0, 2).value == 1.5
+    assert Metric(1.0, 1) + Metric(2.0, 3) == Metric(3.0, 4)
+    assert sum([Metric(1.0, 1), Metric(2.0, 1)]) == Metric(3.0, 2)
+    merged = m.merge([{"a": Metric(1.0, 1)}, {"a": Metric(2.0, 1), "b": Metric(5.0, 5)}])
+    assert merged == {"a": Metric(3.0, 2), "b": Metric(5.0, 5)}
+    assert m.values(merged) == {"a": 1.5, "b": 1.0}
+
+
+def test_thresholds():
+    assert len(m.ADWT_THRESHOLDS) == 490
+    assert m.ADWT_THRESHOLDS[0] == 0.01
+    assert m.ADWT_THRESHOLDS[-1] == pytest.approx(0.499)
+
+
+# --- minimum image -----------------------------------------------------------------------------
+
+def test_min_image_across_boundary():
+    # atom at frac 0.99 vs 0.01 in a 10 A cubic cell: 0.2 A apart, not 9.8
+    d = m.min_image(np.array([[9.9, 0.0, 0.0]]) - np.array([[0.1, 0.0, 0.0]]), CELL10)
+    np.testing.assert_allclose(d, [[-0.2, 0.0, 0.0]], atol=1e-12)
+    out = _is2rs_one([[0.1, 0.0, 0.0]], [[9.9, 0.0, 0.0]])
+    assert out["average_distance_within_threshold"].value == 300 / 490  # d = 0.2 passes t > 0.2
+    # positions_mae/mse use raw differences, as fairchem's evaluator does (only ADwT wraps)
+    assert out["positions_mae"].value == pytest.approx(9.8 / 3, abs=1e-12)
+    assert out["positions_mse"].value == pytest.approx(9.8 ** 2 / 3, abs=1e-12)
+
+
+def test_min_image_full_period_and_negative_zero_map_to_zero():
+    np.testing.assert_array_equal(m.min_image(np.array([[10.0, -10.0, 20.0]]), CELL10), [[0.0, 0.0, 0.0]])
+    # -1e-18 % 1.0 == 1.0 in floating point; the second %= maps it back to 0
+    np.testing.assert_array_equal(m.min_image(np.array([[-1e-17, 0.0, 0.0]]), CELL10), [[0.0, 0.0, 0.0]])
+
+
+def test_min_image_partial_and_non_periodic():
+    diff = np.array([[9.8, 9.8, 9.8]])
+    np.testing.assert_allclose(m.min_image(diff, CELL10, (True, True, False)), [[-0.2, -0.2, 9.8]], atol=1e-12)
+    np.testing.assert_array_equal(m.min_image(diff, CELL10, (False, False, False)), diff)
+    np.testing.assert_array_equal(m.min_image(diff, np.zeros((3, 3)), PBC), diff)
+
+
+def test_min_image_triclinic():
+    cell = np.array([[10.0, 0.0, 0.0], [5.0, 8.0, 0.0], [0.0, 0.0, 12.0]])
+    diff = 0.98 * cell[1] + np.array([0.0, 0.0, 0.3])   # frac (0, 0.98, 0.025)
+    np.testing.assert_allclose(m.min_image(diff[None], cell), [-0.02 * cell[1] + [0, 0, 0.3]], atol=1e-12)
+
+
+# --- S2EF --------------------------------------------------------------------------------------
+
+def test_force_threshold_is_strict():
+    assert _s2ef_one([[0, 0, 0]], [[0.03, 0, 0]])["energy_forces_within_threshold"] == 0.0
+    assert _s2ef_one([[0, 0, 0]], [[0.0299, 0, 0]])["energy_forces_within_threshold"] == 1.0
+    assert _s2ef_one([[0, 0, 0]], [[0, 0, 0]], e_pred=0.02)["energy_forces_within_threshold"] == 0.0
+    assert _s2ef_one([[0, 0, 0]], [[0, 0, 0]], e_pred=0.0199)["energy_forces_within_threshold"] == 1.0
+
+
+def test_efwt_uses_max_component_not_norm():
+    # |dF| = 0.0433 > 0.03 but every component is 0.025 < 0.03
+    assert np.linalg.norm([0.025] * 3) > 0.03
+    assert _s2ef_one([[0, 0, 0]], [[0.025, 0.025, 0.025]])["energy_forces_within_threshold"] == 1.0
+
+
+def test_efwt_custom_thresholds_and_no_free_atoms():
+    assert _s2ef_one([[0, 0, 0]], [[0.05, 0, 0]], force_threshold=0.06)["energy_forces_within_threshold"] == 1.0
+    out = _s2ef_one([[0, 0, 0]], [[5.0, 0, 0]], free=[False], e_pred=0.01)
+    assert out["energy_forces_within_threshold"] == 1.0          # energy condition only
+    assert out["forces_mae"] is None and out["energy_mae"] == pytest.approx(0.01)
+
+
+def test_fixed_atoms_are_excluded():
+    base = _s2ef_one([[1.0, 2.0, 3.0]], [[1.01, 2.0, 3.0]])
+    with_fixed = _s2ef_one([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], [[1.01, 2.0, 3.0], [100.0, -100.0, 100.0]],
+                           free=[True, False])
+    assert with_fixed == base
+    assert base["energy_forces_within_threshold"] == 1.0
+    a = _is2rs_one([[1.0, 1.0, 1.0]], [[1.3, 1.0, 1.0]])
+    b = _is2rs_one([[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]], [[1.3, 1.0, 1.0], [6.0, 7.0, 2.0]], free=[True, False])
+    assert a == b
+
+
+def test_force_maes_magnitude_and_cosine_example():
+    f_true = [[3.0, 4.0, 0.0], [1.0, 0.0, 0.0]]
+    f_pred = [[0.0, 0.0, 6.0], [0.0, 3.0, 0.0]]
+    out = _s2ef_one(f_true, f_pred)
+    assert out["forces_mae"] == pytest.approx((3 + 4 + 6 + 1 + 3 + 0) / 6)
+    assert out["forcesx_mae"] == pytest.approx((3 + 1) / 2)
+    assert out["forcesy_mae"] == pytest.approx((4 + 3) / 2)
+    assert out["forcesz_mae"] == pytest.approx((6 + 0) / 2)
+    assert out["forces_magnitude_error"] == pytest.approx((abs(6 - 5) + abs(3 - 1)) / 2)
+    assert out["forces_cosine_similarity"] == 0.0                   # both pairs orthogonal
+
+
+def test_cosine_identical_opposite_and_zero():
+    f = np.array([[0.3, -1.2, 2.5], [1e-3, 2e-3, -5e-4]])
+    assert _s2ef_one(f, f)["forces_cosine_similarity"] == pytest.approx(1.0, abs=1e-6)
+    assert _s2ef_one(f, -f)["forces_cosine_similarity"] == pytest.approx(-1.0, abs=1e-6)
+    assert _s2ef_one([[0, 0, 0]], [[0, 0, 0]])["forces_cosine_similarity"] == 0.0   # eps, not NaN
+    # mean over atoms: one identical (+1) and one opposite (-1) pair
+    assert _s2ef_one(f, [f[0], -f[1]])["forces_cosine_similarity"] == pytest.approx(0.0, abs=1e-6)
+
+
+# --- IS2RE -------------------------------------------------------------------------------------
+
+def test_is2re_mae_vs_mse_and_ewt():
+    out = m.values(m.is2re_metrics([0.0, 0.0, 0.0, 0.0], [1.0, -1.0, 2.0, 0.0]))
+    assert out == {"energy_mae": 1.0, "energy_mse": 1.5, "energy_within_threshold": 0.25}
+    assert m.is2re_metrics([0.0], [0.02])["energy_within_threshold"].value == 0.0     # strict
+    assert m.is2re_metrics([0.0], [-0.0199])["energy_within_threshold"].value == 1.0
+    assert m.is2re_metrics([0.0], [0.05], energy_threshold=0.1)["energy_within_threshold"].value == 1.0
+
+
+# --- IS2RS -------------------------------------------------------------------------------------
+
+def test_adwt_identical_is_exactly_one():
+    p = np.array([[0.1, 0.2, 0.3], [5.0, 6.0, 7.0]])
+    assert _is2rs_one(p, p)["average_distance_within_threshold"].value == 1.0
+    two = m.is2rs_metrics([p, p], [p, p], [CELL10, CELL10], [PBC, PBC], [np.ones(2, bool)] * 2)
+    assert two["average_distance_within_threshold"] == Metric(2.0, 2)
+    assert two["positions_mae"] == Metric(0.0, 12)
+
+
+def test_adwt_just_above_first_threshold():
+    # d = 0.0105: fails t = 0.01, passes t = 0.011 ... 0.499 -> 489 of 490 thresholds
+    p = np.zeros((1, 3))
+    for cell, pbc in ((np.zeros((3, 3)), (False,) * 3), (CELL10, PBC)):
+        out = _is2rs_one(p, p + [0.0105, 0.0, 0.0], cell=cell, pbc=pbc)
+        assert out["average_distance_within_threshold"].value == 489 / 490
+
+
+def test_adwt_mean_distance_over_free_atoms_across_boundary():
+    # atoms moved by 0.2005 (wrapped, from 9.7995 raw) and 0.0: mean d = 0.10025 -> passes t >= 0.101
+    # (k >= 91 of t_k = 0.01 + 0.001 k) -> 399 thresholds
+    p_true = np.array([[0.1, 0.0, 0.0], [3.0, 3.0, 3.0]])
+    p_pred = np.array([[9.8995, 0.0, 0.0], [3.0, 3.0, 3.0]])
+    out = _is2rs_one(p_true, p_pred)
+    assert out["average_distance_within_threshold"].value == 399 / 490
+    assert out["positions_mae"].value == pytest.approx(9.7995 / 6, abs=1e-12)
+
+
+def test_adwt_curve():
+    t, frac = m.adwt_curve([0.0, 0.0105])
+    assert len(t) == 490 and frac[0] == 0.5 and frac[1] == 1.0 and frac[-1] == 1.0
+    t, frac = m.adwt_curve([0.6])
+    assert np.all(frac == 0.0)
+
+
+# --- empty input, validation, merging ----------------------------------------------------------
+
+def test_empty_split_gives_none():
+    s2ef = m.s2ef_metrics([], [], [], [], [])
+    assert set(s2ef) == set(m.S2EF_KEYS) and all(v is None for v in m.values(s2ef).values())
+    is2re = m.is2re_metrics([], [])
+    assert set(is2re) == set(m.IS2RE_KEYS) and all(v is None for v in m.values(is2re).values())
+    is2rs = m.is2rs_metrics([], [], [], [], [])
+    assert set(is2rs) == set(m.IS2RS_KEYS) and all(v is None for v in m.values(is2rs).values())
+
+
+def test_shape_mismatch_names_system():
+    ok = np.zeros((2, 3))
+    with pytest.raises(ValueError, match="system 1"):
+        m.s2ef_metrics([0, 0], [0, 0], [ok, ok], [ok, np.zeros((3, 3))], [np.ones(2, bool)] * 2)
+    with pytest.raises(ValueError, match="system 0"):
+        m.s2ef_metrics([0], [0], [ok], [ok], [np.ones(3, bool)])
+    with pytest.raises(ValueError, match="system 1"):
+        m.is2rs_metrics([ok, ok], [ok, ok[:1]], [CELL10] * 2, [PBC] * 2, [np.ones(2, bool)] * 2)
+    with pytest.raises(ValueError):
+        m.is2re_metrics([0.0, 1.0], [0.0])
+
+
+def test_merging_halves_equals_whole():
+    rng = np.random.default_rng(0)
+    n_atoms = [3, 5, 1, 4, 6, 2]
+    e_true = rng.normal(size=6)
+    e_pred = e_true + rng.normal(scale=0.02, size=6)
+    f_true = [rng.normal(size=(n, 3)) for n in n_atoms]
+    f_pred = [f + rng.normal(scale=0.02, size=f.shape) for f in f_true]
+    free = [rng.random(n) < 0.7 for n in n_atoms]
+    cells = [CELL10 + rng.normal(scale=0.5, size=(3, 3)) for _ in n_atoms]
+    pbc = [PBC, PBC, (True, True, False), PBC, (False,) * 3, PBC]
+    p_true = [rng.random((n, 3)) * 10 for n in n_atoms]
+    p_pred = [p + rng.normal(scale=0.1, size=p.shape) for p in p_true]
+
+    def parts(fn, *lists):
+        whole = fn(*lists)
+        halves = m.merge([fn(*[x[:2] for x in lists]), fn(*[x[2:] for x in lists])])
+        return whole, halves
+
+    for whole, halves in (parts(m.s2ef_metrics, e_true, e_pred, f_true, f_pred, free),
+                          parts(m.is2re_metrics, e_true, e_pred),
+                          parts(m.is2rs_metrics, p_true, p_pred, cells, pbc, free)):
+        assert set(whole) == set(halves)
+        for key in whole:
+            assert whole[key].numel == halves[key].numel, key
+            assert whole[key].total == pytest.approx(halves[key].total, rel=1e-12, abs=1e-12), key
