@@ -23,8 +23,8 @@ venv: $(PY)
 
 run: venv
 	$(PIP) install --quiet -e ".[$(EXTRAS)]"
-	$(VENV)/bin/mlipzoo models list
 	$(VENV)/bin/mlipzoo models check --all
+	$(VENV)/bin/mlipzoo run
 
 # Tests run against the installed wheel, as users get it, not the source tree.
 test: venv

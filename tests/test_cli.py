@@ -103,3 +103,38 @@ def test_importing_the_package_needs_no_network_or_extras():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PATH": "", "HF_HUB_OFFLINE": "1"}).stdout
     assert out.strip() == "False"
+
+
+def test_tasks_list_and_show():
+    rows = json.loads(run("tasks", "list", "--json").stdout)
+    assert {r["key"] for r in rows} >= {"oc20-s2ef", "oc20-is2re", "oc20-is2rs"}
+    shown = json.loads(run("tasks", "show", "oc20-is2re", "--json").stdout)
+    assert shown["options"]["relax"] == {"optimizer": "LBFGS", "fmax": 0.02, "steps": 300,
+                                         "optimizer_kwargs": {"maxstep": 0.2, "memory": 50, "damping": 1.2,
+                                                              "alpha": 80.0}}
+    result = run("tasks", "show", "oc20-s2fe")
+    assert result.exit_code == 1 and "did you mean oc20-s2ef" in result.stderr
+
+
+def test_eval_writes_result_and_prints_json(tmp_path):
+    result = run("eval", "emt", "oc20-s2ef", "--workers", "0", "--limit", "30", "--out", str(tmp_path), "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["metrics"]["forces_mae"] == 0.0 and record["dataset"]["limit"] == 30
+    assert (tmp_path / "emt" / "oc20-s2ef.json").exists()
+
+
+def test_eval_of_hub_only_model_fails_clearly_offline(tmp_path):
+    result = run("eval", "mace-mh-1", "oc20-s2ef", "--workers", "0", "--out", str(tmp_path))
+    assert result.exit_code == 1 and "network needed" in result.stderr
+
+
+def test_run_reports_each_pair_and_keeps_going(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(f"out: {tmp_path / 'res'}\nworkers: 0\nruns:\n"
+                    "  - {models: [emt, mace-mh-1], tasks: [oc20-s2ef], limit: 20}\n")
+    result = run("run", str(plan), "--json")
+    assert result.exit_code == 1  # one pair failed...
+    report = json.loads(result.stdout)
+    assert [r["model"] for r in report["results"]] == ["emt"]  # ...and the other still ran
+    assert report["errors"][0]["model"] == "mace-mh-1" and "network needed" in report["errors"][0]["error"]

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 from mlip_zoo.zoo.potential import CalculatorPotential
 from mlip_zoo.zoo.registry import require_module
 
 
 def load(card, files, *, device, dtype):
+    # chgnet converts a grad-tracking volume tensor on every call; harmless, and it floods logs.
+    warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True", module="chgnet")
     torch = require_module(card, "torch")
     model_mod = require_module(card, "chgnet.model")
     dynamics = require_module(card, "chgnet.model.dynamics")
