@@ -12,7 +12,6 @@ import difflib
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar
@@ -127,13 +126,3 @@ def evaluator_for(task: str | TaskConfig) -> Evaluator:
         raise ConfigError(f"task {config.key}: evaluator {config.evaluator!r} is not registered under the "
                         f"{EVALUATOR_GROUP} entry points (known: {', '.join(sorted(eps))})")
     return eps[config.evaluator].load()(config)
-
-
-def rows_to_table(rows: Iterable[dict], schema: pa.Schema) -> pa.Table:
-    return pa.Table.from_pylist(list(rows), schema=schema)
-
-
-def iter_ok(table: pa.Table) -> Iterator[dict]:
-    for row in table.to_pylist():
-        if row["status"] == "ok":
-            yield row

@@ -96,13 +96,14 @@ def _iter_extxyz(path: Path) -> Iterator[Atoms]:
     from ase.io import iread
 
     opener = gzip.open if path.name.endswith(".gz") else open
+    n_read = 0
     try:
         with opener(path, "rt") as f:
-            for i, atoms in enumerate(iread(f, index=":", format="extxyz")):
+            for atoms in iread(f, index=":", format="extxyz"):
+                n_read += 1
                 yield atoms
     except (ValueError, IndexError, KeyError, OSError, EOFError) as exc:
-        where = f"after record {i}" if "i" in locals() else "at the first record"
-        raise DatasetError(f"{path}: corrupt extxyz {where}: {exc}") from exc
+        raise DatasetError(f"{path}: corrupt extxyz at record {n_read} (0-based): {exc}") from exc
 
 
 def _iter_ase_db(path: Path, kind: str | None) -> Iterator[Atoms]:

@@ -8,10 +8,12 @@ The scheduler only moves (card, task, shard); each worker loads the model once a
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -71,7 +73,9 @@ def run_shard(card: ModelCard, config: TaskConfig, device: str, records: list[At
               torch_threads: int | None = None) -> tuple[int, int]:
     """Run one shard and write it atomically; returns (n_ok, n_failed)."""
     evaluator = evaluator_for(config)
-    rows = evaluator.run(_potential(card, device, torch_threads), records)
+    # Model packages print banners; in a worker that would land in the user's stdout (and --json).
+    with contextlib.redirect_stdout(sys.stderr):
+        rows = evaluator.run(_potential(card, device, torch_threads), records)
     table = pa.Table.from_pylist(rows, schema=evaluator.schema)
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
@@ -112,7 +116,8 @@ def _shards(records: Iterator[Atoms], evaluator: Evaluator, shard_atoms: int, li
 def work_dir(out: Path, card: ModelCard, evaluator: Evaluator, dataset: Dataset, limit: int | None) -> Path:
     """Shards live under a fingerprint of everything the per-structure work depends on."""
     key = json.dumps({"card": card_sha256(card) or card.model_dump_json(), "dataset": dataset.sha256,
-                      "work": evaluator.work_key(), "limit": limit}, sort_keys=True)
+                      "work": evaluator.work_key(), "limit": limit,
+                      "shard_atoms": evaluator.config.shard_atoms}, sort_keys=True)
     return out / card.key / ".shards" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

@@ -313,7 +313,7 @@ def _progress_bar(total: int | None, label: str):
         counts["done"] += ok + failed
         counts["failed"] += failed
         rate = counts["done"] / max(time.perf_counter() - started, 1e-9)
-        progress.update(task_id, completed=counts["done"], failed=counts["failed"], rate=f"{rate:.1f}/s")
+        progress.update(task_id, completed=counts["done"], failed=counts["failed"], rate=f"{rate:.3g}/s")
 
     return progress, update
 

@@ -150,7 +150,7 @@ def ase_json_db(path: Path, images: list[Atoms], arrays: tuple[str, ...] = ()) -
             plain.calc = atoms.calc
             db.write(plain, key_value_pairs=info, data=data)
     raw = json.loads(path.read_text())
-    for key, row in raw.items():
+    for row in raw.values():
         if isinstance(row, dict) and "ctime" in row:
             row["ctime"] = row["mtime"] = 0.0
             row["user"] = "mlip-zoo"
