@@ -121,23 +121,37 @@ def work_dir(out: Path, card: ModelCard, evaluator: Evaluator, dataset: Dataset,
     return out / card.key / ".shards" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def slurm_cluster(config: Path | None):
+    """An (unscaled) dask-jobqueue SLURMCluster from a YAML of its keyword arguments, plus the
+    number of jobs to request (``jobs:``). ``python:`` picks the interpreter jobs run."""
+    import yaml
+    from dask_jobqueue import SLURMCluster
+
+    if config is None:
+        raise ConfigError("--cluster slurm needs --cluster-config FILE (SLURMCluster keyword arguments "
+                          "as YAML: queue, cores, memory, walltime, job_extra_directives, python, jobs)")
+    try:
+        kwargs = yaml.safe_load(Path(config).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{config}: cannot read the SLURM cluster config: {exc}") from None
+    jobs = int(kwargs.pop("jobs", 1))
+    try:
+        return SLURMCluster(**kwargs), jobs
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{config}: not a valid SLURMCluster argument: {str(exc).splitlines()[0]}") from None
+
+
 def _client(opts: RunOptions):
     from dask.distributed import Client, LocalCluster
 
     if opts.scheduler:
         return Client(opts.scheduler), None
     if opts.cluster == "slurm":
-        import yaml
-        from dask_jobqueue import SLURMCluster
-
-        if opts.cluster_config is None:
-            raise ConfigError("--cluster slurm needs --cluster-config FILE (SLURMCluster keyword arguments "
-                              "as YAML: queue, cores, memory, walltime, job_extra_directives, python, jobs)")
-        kwargs = yaml.safe_load(Path(opts.cluster_config).read_text()) or {}
-        jobs = int(kwargs.pop("jobs", max(opts.workers, 1)))
-        cluster = SLURMCluster(**kwargs)
+        cluster, jobs = slurm_cluster(opts.cluster_config)
         cluster.scale(jobs=jobs)
         return Client(cluster), cluster
+    if opts.cluster != "local":
+        raise ConfigError(f"unknown --cluster {opts.cluster!r}: use local or slurm")
     cluster = LocalCluster(n_workers=opts.workers, threads_per_worker=1, processes=True,
                            dashboard_address=None, silence_logs=50)
     return Client(cluster), cluster

@@ -194,3 +194,57 @@ def test_sigkill_then_rerun_resumes_with_identical_metrics(tmp_path):
     assert json.dumps(resumed["metrics"], sort_keys=True) == json.dumps(clean["metrics"], sort_keys=True)
     ids = pq.read_table(out / "slow-emt" / "oc20-s2ef.parquet").column("id").to_pylist()
     assert len(ids) == len(set(ids)) == 200
+
+
+def test_existing_scheduler_is_used(tmp_path):
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        record = evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path, scheduler=cluster.scheduler_address, limit=40))
+    assert record["n_structures"] == 40 and record["metrics"]["forces_mae"] == 0.0
+
+
+def test_slurm_cluster_config_becomes_a_job_script(tmp_path):
+    from mlip_zoo.errors import ConfigError
+    from mlip_zoo.evaluators.runner import slurm_cluster
+
+    config = tmp_path / "slurm.yaml"
+    config.write_text("queue: gpu-short\ncores: 4\nmemory: 16GB\nwalltime: '01:00:00'\n"
+                      "python: /shared/envs/sevenn/bin/python\njob_extra_directives: ['--gres=gpu:1']\njobs: 3\n")
+    cluster, jobs = slurm_cluster(config)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert jobs == 3
+    assert "#SBATCH -p gpu-short" in script and "#SBATCH --gres=gpu:1" in script
+    assert "/shared/envs/sevenn/bin/python -m distributed.cli.dask_worker" in script
+    config.write_text("queue: q\ncores: 1\nmemory: 1GB\nbogus_option: 1\n")
+    with pytest.raises(ConfigError, match="not a valid SLURMCluster argument"):
+        slurm_cluster(config)
+
+
+def test_legacy_oc20_lmdb_reads_with_trust_pickle(tmp_path):
+    lmdb = pytest.importorskip("lmdb")
+    torch = pytest.importorskip("torch")
+    pyg = pytest.importorskip("torch_geometric.data")
+    import pickle
+
+    frames = _labelled_slabs(3)
+    path = tmp_path / "s2ef.lmdb"
+    env = lmdb.open(str(path), subdir=False, map_size=1 << 26)
+    with env.begin(write=True) as txn:
+        for i, atoms in enumerate(frames):
+            data = pyg.Data(pos=torch.tensor(atoms.positions), cell=torch.tensor(atoms.cell[:]).view(1, 3, 3),
+                            atomic_numbers=torch.tensor(atoms.numbers, dtype=torch.float),
+                            natoms=len(atoms), tags=torch.tensor(atoms.get_tags()),
+                            fixed=torch.tensor(atoms.get_tags() == 0, dtype=torch.float),
+                            sid=i, fid=0, y=float(atoms.get_potential_energy()),
+                            force=torch.tensor(atoms.get_forces(apply_constraint=False)))
+            txn.put(str(i).encode(), pickle.dumps(data))
+        txn.put(b"length", pickle.dumps(len(frames)))
+    env.close()
+    record = evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path / "out", dataset=path, workers=0,
+                                                     trust_pickle=True))
+    assert record["n_structures"] == 3 and record["n_failed"] == 0
+    assert record["metrics"]["energy_mae"] == 0.0 and record["metrics"]["forces_mae"] == 0.0
