@@ -318,10 +318,12 @@ def _progress_bar(total: int | None, label: str):
     return progress, update
 
 
-def _evaluate_one(model: str, task: str, opts) -> dict:
+def _evaluate_one(model: str, task: str, opts, wandb_mode: str = "offline") -> dict:
+    """Evaluate, then hand the written result to the W&B sink (whose failure costs nothing local)."""
     from mlip_zoo.evaluators.base import load_task_config
     from mlip_zoo.evaluators.data import resolve_dataset
     from mlip_zoo.evaluators.runner import evaluate
+    from mlip_zoo.zoo.card import get_card
 
     config = load_task_config(task)
     total = resolve_dataset(config.dataset, config.dataset_file, opts.dataset).n
@@ -329,7 +331,17 @@ def _evaluate_one(model: str, task: str, opts) -> dict:
         total = min(total, opts.limit) if total is not None else opts.limit
     progress, opts.progress = _progress_bar(total, f"{model} × {task}")
     with _quiet_stdout(), progress:
-        return evaluate(model, task, opts)
+        record = evaluate(model, task, opts)
+    if wandb_mode != "disabled":
+        from mlip_zoo.leaderboard.wandb_sink import log_run
+
+        try:
+            with _quiet_stdout():
+                log_run(record, card=get_card(model), task_config=config, results_dir=opts.out, mode=wandb_mode)
+        except Exception as exc:  # the result is already on disk; W&B is a copy
+            err.print(f"[yellow]warning:[/] W&B logging failed for {model} × {task} ({_escape(str(exc))}); "
+                      "the local result is intact", highlight=False)
+    return record
 
 
 def _summary(record: dict) -> str:
@@ -341,8 +353,15 @@ def _summary(record: dict) -> str:
     return f"{config.metrics[config.headline].label} = {shown}"
 
 
+WandbOpt = Annotated[str, typer.Option("--wandb", help="offline (write the run under OUT/wandb; `wandb sync` later), online, or disabled.")]
 WorkersOpt = Annotated[int, typer.Option(help="Dask worker processes on this machine; 0 runs in-process.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto (a GPU if torch sees one), cpu or cuda[:N].")]
+
+
+def _wandb_mode(mode: str) -> str:
+    if mode not in ("offline", "online", "disabled"):
+        raise _fail(ValueError(f"--wandb must be offline, online or disabled, not {mode!r}"), 2)
+    return mode
 
 
 @app.command("eval")
@@ -358,6 +377,7 @@ def eval_(
     cluster_config: Annotated[Optional[Path], typer.Option(help="YAML of SLURMCluster arguments (+ jobs: N).")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N structures (quick looks; recorded in the result).")] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow legacy OC20 LMDBs (unpickling runs code).")] = False,
+    wandb: WandbOpt = "offline",
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate one model on one task and write its result record.
@@ -371,7 +391,7 @@ def eval_(
     opts = RunOptions(out=out_dir, dataset=dataset, device=device, workers=workers, scheduler=scheduler,
                       cluster=cluster, cluster_config=cluster_config, limit=limit, trust_pickle=trust_pickle)
     try:
-        record = _evaluate_one(model, task, opts)
+        record = _evaluate_one(model, task, opts, _wandb_mode(wandb))
     except MlipZooError as exc:
         raise _fail(exc) from None
     if as_json:
@@ -387,6 +407,7 @@ def run(
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Results folder (overrides the config's).")] = None,
     device: DeviceOpt = "cpu",
     workers: Annotated[Optional[int], typer.Option(help="Dask workers (overrides the config's).")] = None,
+    wandb: Annotated[Optional[str], typer.Option("--wandb", help="offline, online or disabled (overrides the config's; default offline).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The main job: every model x task listed in the run config, then a summary table.
@@ -404,13 +425,14 @@ def run(
         raise _fail(ValueError(f"{path}: cannot read run config: {exc}")) from None
     out_dir = out_dir or Path(plan.get("out", "results"))
     n_workers = workers if workers is not None else int(plan.get("workers", 1))
+    wandb_mode = _wandb_mode(wandb or plan.get("wandb", "offline"))
     records, errors = [], []
     for block in plan.get("runs", []):
         for model in block["models"]:
             for task in block["tasks"]:
                 opts = RunOptions(out=out_dir, device=device, workers=n_workers, limit=block.get("limit"))
                 try:
-                    records.append(_evaluate_one(model, task, opts))
+                    records.append(_evaluate_one(model, task, opts, wandb_mode))
                 except Exception as exc:  # keep going: one broken pair must not cost the others
                     errors.append({"model": model, "task": task, "error": f"{type(exc).__name__}: {exc}"})
                     err.print(f"[red]failed[/] {model} × {task}: {_escape(str(exc))}", highlight=False)
