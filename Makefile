@@ -26,8 +26,10 @@ run: venv
 	$(VENV)/bin/mlipzoo models check --all
 	$(VENV)/bin/mlipzoo run
 
-# Tests run against the installed wheel, as users get it, not the source tree.
+# Tests run against the installed wheel, as users get it, not the source tree. The site test
+# drives Debian's chromium (no browser download): install it when it is missing and we can.
 test: venv
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: the browser test will be skipped"; }
 	rm -rf dist
 	$(PIP) install --quiet build
 	$(PY) -m build --wheel --outdir dist . > dist-build.log 2>&1 || (cat dist-build.log; exit 1)

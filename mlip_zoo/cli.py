@@ -23,8 +23,8 @@ app = typer.Typer(
 models_app = typer.Typer(help="Model cards: list, inspect, download and smoke-test the zoo.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # long paths and messages stay on one line (grep-able)
+err = Console(stderr=True, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
 
@@ -214,30 +214,44 @@ def models_check(
 
 @app.command("validate")
 def validate(
-    paths: Annotated[list[Path], typer.Argument(help="Card files, or folders of *.yaml cards.")],
+    paths: Annotated[list[Path], typer.Argument(help="Card files (*.yaml), result files (*.json), or folders of either.")],
     as_json: JsonOpt = False,
 ) -> None:
-    """Validate submitted model cards, for pull-request CI.
+    """Validate submitted model cards and result files, for pull-request CI.
 
-    Checks the schema (unknown fields, key pattern, file name = key, weight paths, sha256 on
-    package/URL sources, pickles need trusted: true) and that the family exists. Imports,
-    executes and unpickles nothing that a card names.
+    Cards: the schema (unknown fields, key pattern, file name = key, weight paths, sha256 on
+    package/URL sources, pickles need trusted: true), a known family, and sha256/size of any copy
+    of the weights already on this machine. Results: complete fields and provenance, a present
+    predictions file, and metrics that recompute exactly from it. Imports, executes and unpickles
+    nothing that was submitted.
     """
+    from mlip_zoo.leaderboard.results import recompute, result_files
     from mlip_zoo.zoo.card import read_card
     from mlip_zoo.zoo.registry import check_family
+    from mlip_zoo.zoo.weights import check_local_copies
 
     files: list[Path] = []
     for p in paths:
-        files += sorted(p.glob("*.yaml")) if p.is_dir() else [p]
+        files += sorted(p.glob("*.yaml")) + result_files(p) if p.is_dir() else [p]
     results = []
     for f in files:
         try:
+            if f.suffix == ".json":
+                comparison = recompute(f)
+                if not comparison.ok:
+                    lines = [f"  {k}: claimed {a!r}, recomputed {b!r}" for k, a, b in comparison.differences[:10]]
+                    raise CardError(f"{f}: metrics do not follow from the predictions file:\n" + "\n".join(lines))
+                results.append({"file": str(f), "ok": True, "kind": "result"})
+                continue
             card = read_card(f)
             try:
                 check_family(card.family)
             except MlipZooError as exc:
                 raise CardError(f"{f}: family: {exc}") from None
-            results.append({"file": str(f), "ok": True, "key": card.key})
+            problems = check_local_copies(card)
+            if problems:
+                raise CardError(f"{f}: " + "; ".join(problems))
+            results.append({"file": str(f), "ok": True, "kind": "card", "key": card.key})
         except MlipZooError as exc:
             results.append({"file": str(f), "ok": False, "error": str(exc)})
     if as_json:
@@ -245,12 +259,141 @@ def validate(
     else:
         for r in results:
             if r["ok"]:
-                out.print(f"[green]ok[/] {_escape(r['file'])} ({r['key']})", highlight=False)
+                out.print(f"[green]ok[/] {_escape(r['file'])} ({r.get('key', r['kind'])})", highlight=False)
             else:
                 err.print(f"[red]invalid[/] {_escape(r['error'])}", highlight=False)
         out.print(f"{sum(r['ok'] for r in results)} valid, {sum(not r['ok'] for r in results)} invalid")
     if not files or not all(r["ok"] for r in results):
         raise typer.Exit(1)
+
+
+@app.command("reproduce")
+def reproduce(
+    result: Annotated[Path, typer.Argument(help="A result file, e.g. results/sevennet-0/oc20-s2ef.json")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Recompute a result's metrics from its predictions file and print the differences."""
+    from mlip_zoo.leaderboard.results import recompute
+
+    try:
+        comparison = recompute(result)
+    except MlipZooError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        _emit_json({"file": str(result), "ok": comparison.ok, "recomputed": comparison.recomputed,
+                    "differences": [{"metric": k, "claimed": a, "recomputed": b} for k, a, b in comparison.differences]})
+    elif comparison.ok:
+        out.print(f"[green]reproduced[/] {_escape(str(result))}: every metric recomputes to the claimed value",
+                  highlight=False)
+    else:
+        table = Table(title=f"differences in {result}")
+        for col in ("metric", "claimed", "recomputed"):
+            table.add_column(col)
+        for k, a, b in comparison.differences:
+            table.add_row(k, repr(a), repr(b))
+        out.print(table)
+    if not comparison.ok:
+        raise typer.Exit(1)
+
+
+def _ask_choice(question: str, choices: list[str], default: str | None = None) -> str:
+    while True:
+        answer = typer.prompt(f"{question} ({', '.join(choices)})", default=default) if default else \
+            typer.prompt(f"{question} ({', '.join(choices)})")
+        if answer in choices:
+            return answer
+        err.print(f"{answer!r} is not one of: {', '.join(choices)}", highlight=False, markup=False)
+
+
+@app.command("submit")
+def submit(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write <key>.yaml into.")] = Path("configs/models"),
+) -> None:
+    """Scaffold a model card by answering questions, then validate it.
+
+    Next steps are printed: fetch and check the weights, evaluate, and open a pull request with
+    the card and its results (CONTRIBUTING.md walks through it).
+    """
+    import re
+
+    import yaml
+
+    from mlip_zoo.zoo.card import KEY_PATTERN, read_card
+    from mlip_zoo.zoo.registry import families
+
+    key = typer.prompt("Card key (lower-case, digits, '-' or '.')")
+    while not re.match(KEY_PATTERN, key):
+        key = typer.prompt(f"{key!r} is not a valid key; try e.g. my-model-1.0")
+    card: dict = {"key": key, "name": typer.prompt("Display name"), "version": typer.prompt("Model version")}
+    known = sorted(families())
+    card["family"] = _ask_choice("Family", known)
+    card["license"] = typer.prompt("License of the weights (SPDX id if there is one)")
+    card["targets"] = _ask_choice("Targets", ["E", "EF", "EFS", "EFSM"], default="EFS")
+    for field_name, question in (("repo", "Code repository URL"), ("paper", "Paper URL"), ("doi", "DOI URL")):
+        answer = typer.prompt(f"{question} (blank to skip)", default="", show_default=False)
+        if answer:
+            card[field_name] = answer
+    sets = typer.prompt("Training sets, comma-separated (blank to skip)", default="", show_default=False)
+    if sets:
+        card["training_sets"] = [s.strip() for s in sets.split(",") if s.strip()]
+    if card["family"] == "ase":
+        card["calculator"] = typer.prompt("ASE calculator as module:Class")
+    source = _ask_choice("Weights from", ["hub", "url", "package", "none"], default="hub")
+    if source != "none":
+        entry: dict = {"filename": typer.prompt("File name (relative path)")}
+        if source == "hub":
+            entry["hf_repo"] = typer.prompt("Hugging Face repo (org/name)")
+            entry["revision"] = typer.prompt("Revision (a commit sha pins it; a branch is pinned on first fetch)",
+                                             default="main")
+        sha = typer.prompt("sha256 of the file (blank if unknown: only allowed for Hub files)", default="",
+                           show_default=False)
+        if sha:
+            entry["sha256"] = sha
+        if source == "url":
+            entry["mirrors"] = [{"url": typer.prompt("URL")}]
+        elif source == "package":
+            entry["mirrors"] = [{"package": typer.prompt("Python package that ships it"),
+                                 "path": typer.prompt("Path inside the package")}]
+        card["weights"] = [entry]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{key}.yaml"
+    if path.exists() and not typer.confirm(f"{path} exists; overwrite?", default=False):
+        raise typer.Exit(1)
+    path.write_text(yaml.safe_dump(card, sort_keys=False, allow_unicode=True))
+    try:
+        read_card(path)
+    except MlipZooError as exc:
+        err.print(f"[red]The card was written but is not valid yet:[/] {_escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from None
+    out.print(f"[green]wrote[/] {_escape(str(path))}\nNext: mlipzoo models fetch {key} && mlipzoo models check {key}"
+              f" && mlipzoo eval {key} oc20-s2ef; then open a pull request with the card and results/{key}/.",
+              highlight=False)
+
+
+leaderboard_app = typer.Typer(help="The static leaderboard site.", no_args_is_help=True)
+app.add_typer(leaderboard_app, name="leaderboard")
+
+
+@leaderboard_app.command("build")
+def leaderboard_build(
+    results: Annotated[Path, typer.Option(help="Results folder (OUT of mlipzoo eval/run).")] = Path("results"),
+    out_dir: Annotated[Path, typer.Option("--out", help="Where to write the site.")] = Path("site"),
+) -> None:
+    """Render the static site: a sortable table with a reader-weighted combined score, a page per
+    model and per task with plots. Works from file:// with no network."""
+    index = _build_site(results, out_dir)
+    out.print(f"[green]site[/] {_escape(str(index))}", highlight=False)
+
+
+def _build_site(results: Path, out_dir: Path) -> Path:
+    from mlip_zoo.leaderboard.site import build_site
+
+    if not results.is_dir():
+        raise _fail(ValueError(f"{results}: no results folder; run `mlipzoo eval` or `mlipzoo run` first"))
+    try:
+        return build_site(results, out_dir)
+    except MlipZooError as exc:
+        raise _fail(exc) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,10 +550,11 @@ def run(
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Results folder (overrides the config's).")] = None,
     device: DeviceOpt = "cpu",
     workers: Annotated[Optional[int], typer.Option(help="Dask workers (overrides the config's).")] = None,
+    site: Annotated[Path, typer.Option(help="Where to build the leaderboard site at the end.")] = Path("site"),
     wandb: Annotated[Optional[str], typer.Option("--wandb", help="offline, online or disabled (overrides the config's; default offline).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """The main job: every model x task listed in the run config, then a summary table.
+    """The main job: every model x task listed in the run config, a summary table, then the site.
 
     A failed (model, task) pair is reported and the others still run; rerunning resumes.
     """
@@ -436,8 +580,9 @@ def run(
                 except Exception as exc:  # keep going: one broken pair must not cost the others
                     errors.append({"model": model, "task": task, "error": f"{type(exc).__name__}: {exc}"})
                     err.print(f"[red]failed[/] {model} × {task}: {_escape(str(exc))}", highlight=False)
+    index = _build_site(out_dir, site)
     if as_json:
-        _emit_json({"results": records, "errors": errors})
+        _emit_json({"results": records, "errors": errors, "site": str(index.resolve())})
     else:
         table = Table(title=f"mlip-zoo run ({path.name}) -> {out_dir}")
         for col in ("model", "task", "headline", "structures", "failed", "wall s"):
@@ -448,6 +593,7 @@ def run(
         for e in errors:
             table.add_row(e["model"], e["task"], "[red]error[/]", "-", "-", "-")
         out.print(table)
+        out.print(f"[green]leaderboard[/] file://{_escape(str(index.resolve()))}", highlight=False)
     if errors:
         raise typer.Exit(1)
 

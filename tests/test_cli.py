@@ -133,8 +133,9 @@ def test_run_reports_each_pair_and_keeps_going(tmp_path):
     plan = tmp_path / "plan.yaml"
     plan.write_text(f"out: {tmp_path / 'res'}\nworkers: 0\nruns:\n"
                     "  - {models: [emt, mace-mh-1], tasks: [oc20-s2ef], limit: 20}\n")
-    result = run("run", str(plan), "--json")
+    result = run("run", str(plan), "--json", "--site", str(tmp_path / "site"))
     assert result.exit_code == 1  # one pair failed...
     report = json.loads(result.stdout)
     assert [r["model"] for r in report["results"]] == ["emt"]  # ...and the other still ran
     assert report["errors"][0]["model"] == "mace-mh-1" and "network needed" in report["errors"][0]["error"]
+    assert report["site"].endswith("index.html") and (tmp_path / "site" / "index.html").exists()

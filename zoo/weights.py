@@ -380,3 +380,19 @@ def local_status(card: ModelCard) -> str:
         if not any(copies):
             return "download"
     return "local"
+
+
+def check_local_copies(card: ModelCard) -> list[str]:
+    """Problems with copies already on this machine (package mirrors, our URL cache): size or
+    sha256 differing from the card. Reads files only; fetches, moves and loads nothing."""
+    problems = []
+    for wf in card.weight_files:
+        for m in wf.mirrors:
+            path = _url_cache_path(card, wf) if isinstance(m, UrlMirror) else _package_path(m)
+            if path is None or not path.exists():
+                continue
+            if wf.size is not None and path.stat().st_size != wf.size:
+                problems.append(f"weights {wf.filename}: {path} has {path.stat().st_size} bytes, card says {wf.size}")
+            elif wf.sha256 and sha256_of(path) != wf.sha256:
+                problems.append(f"weights {wf.filename}: {path} has sha256 {sha256_of(path)}, card says {wf.sha256}")
+    return problems
