@@ -43,6 +43,7 @@ class RunOptions:
     cluster_config: Path | None = None  # YAML of dask_jobqueue.SLURMCluster keyword arguments
     limit: int | None = None
     trust_pickle: bool = False
+    client: Any = field(default=None, repr=False)  # a dask Client to reuse (kept open; see cluster_client)
     progress: Callable[[int, int], None] | None = field(default=None, repr=False)  # (done, failed) deltas
 
 
@@ -187,7 +188,7 @@ def evaluate(model: str | ModelCard, task: str, opts: RunOptions | None = None) 
                 continue
             yield records, path
 
-    if opts.workers == 0 and not opts.scheduler and opts.cluster == "local":
+    if opts.workers == 0 and not opts.scheduler and opts.cluster == "local" and opts.client is None:
         for records, path in pending():
             _report(opts, *run_shard(card, config, device, records, str(path)))
     else:
@@ -221,7 +222,7 @@ def _report(opts: RunOptions, ok: int, failed: int) -> None:
 def _run_distributed(card, config, device, pending, opts: RunOptions) -> None:
     from dask.distributed import as_completed
 
-    client, cluster = _client(opts)
+    client, cluster = (opts.client, None) if opts.client is not None else _client(opts)
     try:
         n_workers = max(1, len(client.scheduler_info().get("workers", {})) or opts.workers)
         threads = max(1, (os.cpu_count() or 1) // n_workers) if opts.cluster == "local" and not opts.scheduler else None
@@ -235,6 +236,23 @@ def _run_distributed(card, config, device, pending, opts: RunOptions) -> None:
                 _report(opts, *next(in_flight).result())
         for future in in_flight:
             _report(opts, *future.result())
+    finally:
+        if opts.client is None:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+@contextlib.contextmanager
+def cluster_client(opts: RunOptions):
+    """One cluster for many evaluations (``mlipzoo run``): workers keep their loaded models
+    between tasks instead of loading them again for each. Yields None for in-process runs."""
+    if opts.workers == 0 and not opts.scheduler and opts.cluster == "local":
+        yield None
+        return
+    client, cluster = _client(opts)
+    try:
+        yield client
     finally:
         client.close()
         if cluster is not None:

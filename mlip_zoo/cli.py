@@ -560,7 +560,7 @@ def run(
     """
     import yaml
 
-    from mlip_zoo.evaluators.runner import RunOptions
+    from mlip_zoo.evaluators.runner import RunOptions, cluster_client
 
     path = config or Path(str(__import__("importlib.resources").resources.files("mlip_zoo.configs") / "default.yaml"))
     try:
@@ -571,15 +571,17 @@ def run(
     n_workers = workers if workers is not None else int(plan.get("workers", 1))
     wandb_mode = _wandb_mode(wandb or plan.get("wandb", "offline"))
     records, errors = [], []
-    for block in plan.get("runs", []):
-        for model in block["models"]:
-            for task in block["tasks"]:
-                opts = RunOptions(out=out_dir, device=device, workers=n_workers, limit=block.get("limit"))
-                try:
-                    records.append(_evaluate_one(model, task, opts, wandb_mode))
-                except Exception as exc:  # keep going: one broken pair must not cost the others
-                    errors.append({"model": model, "task": task, "error": f"{type(exc).__name__}: {exc}"})
-                    err.print(f"[red]failed[/] {model} × {task}: {_escape(str(exc))}", highlight=False)
+    with cluster_client(RunOptions(workers=n_workers)) as client:
+        for block in plan.get("runs", []):
+            for model in block["models"]:
+                for task in block["tasks"]:
+                    opts = RunOptions(out=out_dir, device=device, workers=n_workers, limit=block.get("limit"),
+                                      client=client)
+                    try:
+                        records.append(_evaluate_one(model, task, opts, wandb_mode))
+                    except Exception as exc:  # keep going: one broken pair must not cost the others
+                        errors.append({"model": model, "task": task, "error": f"{type(exc).__name__}: {exc}"})
+                        err.print(f"[red]failed[/] {model} × {task}: {_escape(str(exc))}", highlight=False)
     index = _build_site(out_dir, site)
     if as_json:
         _emit_json({"results": records, "errors": errors, "site": str(index.resolve())})

@@ -248,3 +248,15 @@ def test_legacy_oc20_lmdb_reads_with_trust_pickle(tmp_path):
                                                      trust_pickle=True))
     assert record["n_structures"] == 3 and record["n_failed"] == 0
     assert record["metrics"]["energy_mae"] == 0.0 and record["metrics"]["forces_mae"] == 0.0
+
+
+def test_one_cluster_serves_many_evaluations(tmp_path):
+    from mlip_zoo.evaluators.runner import cluster_client
+
+    with cluster_client(RunOptions(workers=2)) as client:
+        shared = [evaluate("emt", task, RunOptions(out=tmp_path / "shared", workers=2, limit=limit, client=client))
+                  for task, limit in (("oc20-s2ef", 40), ("oc20-is2re", 8))]
+        assert client.status == "running"  # still open for the next pair
+    alone = [evaluate("emt", task, RunOptions(out=tmp_path / "alone", workers=0, limit=limit))
+             for task, limit in (("oc20-s2ef", 40), ("oc20-is2re", 8))]
+    assert [r["metrics"] for r in shared] == [r["metrics"] for r in alone]

@@ -1,0 +1,176 @@
+"""The static leaderboard site, built from real (EMT on oc20-mini) evaluations: escaping, embedded
+data, mini-set badges, and in a real browser from file://: no errors, sorting, reader weights in
+the URL hash, model and task pages with plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mlip_zoo.evaluators.runner import RunOptions, evaluate
+from mlip_zoo.leaderboard.site import build_site, script_json
+
+CHROMIUM = Path("/usr/bin/chromium")
+EVIL = "<script>alert(1)</script>"
+# asap_cutoff changes EMT's cutoff, so the copy disagrees a little with the EMT labels: distinct
+# numbers to sort by, and a combined score below EMT's perfect 1.0.
+COPY_CARD = f"""\
+    key: emt-copy
+    name: "EMT copy {EVIL}"
+    version: "1"
+    family: emt
+    license: MIT
+    targets: EFS
+    options: {{asap_cutoff: true}}
+    """
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """Results of emt on all three tasks and of emt-copy on S2EF only, and the site built from them."""
+    root = tmp_path_factory.mktemp("site")
+    results, cards = root / "results", root / "cards"
+    cards.mkdir()
+    (cards / "emt-copy.yaml").write_text(textwrap.dedent(COPY_CARD))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLIPZOO_CACHE", str(root / "cache"))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("MLIPZOO_CARDS", str(cards))
+        evaluate("emt", "oc20-s2ef", RunOptions(out=results, workers=0, limit=30))
+        evaluate("emt", "oc20-is2re", RunOptions(out=results, workers=0, limit=6))
+        evaluate("emt", "oc20-is2rs", RunOptions(out=results, workers=0, limit=6))
+        evaluate("emt-copy", "oc20-s2ef", RunOptions(out=results, workers=0, limit=30))
+        index = build_site(results, root / "out")
+    assert index == root / "out" / "index.html"
+    return root / "out"
+
+
+def test_site_pages_escape_names_and_embed_data(site):
+    pages = sorted(site.rglob("*.html"))
+    names = {p.relative_to(site).as_posix() for p in pages}
+    assert {"index.html", "models/emt.html", "models/emt-copy.html", "tasks/oc20-s2ef.html",
+            "tasks/oc20-is2re.html", "tasks/oc20-is2rs.html"} <= names
+    assert (site / "assets" / "plotly.min.js").stat().st_size > 1_000_000
+    for page in pages:
+        text = page.read_text()
+        assert "<script>alert(1)" not in text, page
+        # Offline from file://: no CDN, no external fonts or scripts.
+        assert not re.search(r"""(src=|<link[^>]*href=)["']?(https?:)?//""", text), page
+        assert "fetch(" not in text and "XMLHttpRequest" not in text
+    assert "fetch(" not in (site / "assets" / "site.js").read_text()
+    model_page = (site / "models" / "emt-copy.html").read_text()
+    assert "EMT copy &lt;script&gt;alert(1)&lt;/script&gt;" in model_page
+
+    index = (site / "index.html").read_text()
+    assert "oc20-mini (EMT labels)" in index
+    match = re.search(r'<script type="application/json" id="leaderboard-data">(.*?)</script>', index, re.S)
+    data = json.loads(match.group(1))
+    assert [m["key"] for m in data["models"]] == ["emt", "emt-copy"]  # perfect EMT ranks first
+    assert data["models"][1]["values"]["oc20-is2re"] is None
+    assert re.search(r'<tr data-model="emt-copy".*?partial \(1 of 3 tasks\)', index, re.S)
+    assert index.count('class="combined"') == 2
+    task_page = (site / "tasks" / "oc20-s2ef.html").read_text()
+    plot = json.loads(re.search(r'id="plot-data">(.*?)</script>', task_page, re.S).group(1))
+    assert set(plot["models"]) == {"emt", "emt-copy"}
+    assert plot["models"]["emt-copy"]["name"] == f"EMT copy {EVIL}"
+    assert len(plot["models"]["emt"]["forces"]["x"]) > 30
+    assert "\\u003cscript\\u003e" in task_page
+
+
+def test_script_json_cannot_close_a_script_tag():
+    text = str(script_json({"name": "</script><!-- & \u2028", "x": float("nan")}))
+    assert "<" not in text and ">" not in text and "&" not in text
+    assert json.loads(text) == {"name": "</script><!-- & \u2028", "x": None}
+
+
+@pytest.mark.slow
+def test_site_in_a_browser(site):
+    if not CHROMIUM.exists():
+        message = f"{CHROMIUM} is missing: install Debian's chromium package to run the browser test"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    problems: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-quic"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda msg: problems.append(f"console: {msg.text}") if msg.type == "error" else None)
+            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+            page.on("requestfailed", lambda req: problems.append(f"request failed: {req.url} {req.failure}"))
+            page.goto((site / "index.html").as_uri())
+            page.wait_for_load_state("load")
+
+            rows = page.locator("#leaderboard tbody tr")
+            assert rows.count() == 2
+
+            def order() -> list[str]:
+                return [rows.nth(i).get_attribute("data-model") for i in range(rows.count())]
+
+            def column(col: int) -> list[float | None]:
+                values = page.eval_on_selector_all(
+                    "#leaderboard tbody tr", f"rs => rs.map(r => r.cells[{col}].getAttribute('data-value'))")
+                return [float(v) if v else None for v in values]
+
+            headers = page.locator("#leaderboard thead th")
+            s2ef = next(i for i in range(headers.count()) if "oc20-s2ef" in headers.nth(i).inner_text())
+            # Sort by S2EF force MAE: first click puts the best (lowest) first, the second reverses.
+            headers.nth(s2ef).locator("button").click()
+            assert headers.nth(s2ef).get_attribute("aria-sort") == "ascending"
+            assert column(s2ef) == sorted(column(s2ef)) and order() == ["emt", "emt-copy"]
+            headers.nth(s2ef).locator("button").click()
+            assert headers.nth(s2ef).get_attribute("aria-sort") == "descending"
+            assert column(s2ef) == sorted(column(s2ef), reverse=True) and order() == ["emt-copy", "emt"]
+
+            # Combined score, ascending: the partial emt-copy (0.999) comes before the perfect emt.
+            combined = page.locator("#leaderboard thead th").nth(1)
+            combined.locator("button").click()
+            if combined.get_attribute("aria-sort") != "ascending":
+                combined.locator("button").click()
+            assert combined.get_attribute("aria-sort") == "ascending"
+            assert order() == ["emt-copy", "emt"]
+            # Without the S2EF term emt-copy has no term left: no score, so it sinks below emt.
+            page.fill("#weight-oc20-s2ef", "0")
+            assert order() == ["emt", "emt-copy"]
+            assert page.locator('tr[data-model="emt-copy"] td.combined').inner_text().startswith("—")
+            assert "oc20-s2ef:0" in page.evaluate("location.hash")
+            page.fill("#weight-oc20-is2re", "2")
+            assert "oc20-is2re:2" in page.evaluate("location.hash")
+
+            # Weights survive a reload (read back from the hash).
+            page.reload()
+            page.wait_for_load_state("load")
+            assert page.input_value("#weight-oc20-s2ef") == "0"
+            assert page.input_value("#weight-oc20-is2re") == "2"
+            assert page.locator('tr[data-model="emt-copy"] td.combined').inner_text().startswith("—")
+
+            # The filter hides rows that do not match.
+            page.fill("#filter", "copy")
+            assert page.locator("#leaderboard tbody tr:visible").count() == 1
+            page.fill("#filter", "")
+
+            page.locator('tr[data-model="emt-copy"] a').first.click()
+            page.wait_for_load_state("load")
+            assert page.url.endswith("/models/emt-copy.html")
+            assert page.title().startswith(f"EMT copy {EVIL}")
+            assert page.locator("h1").inner_text() == f"EMT copy {EVIL}"
+
+            for task in ("oc20-s2ef", "oc20-is2re", "oc20-is2rs"):
+                page.goto((site / "tasks" / f"{task}.html").as_uri())
+                page.wait_for_selector(".plot .main-svg", timeout=15_000)
+                assert page.locator("#plot-speed .main-svg").count() >= 1
+            page.screenshot(path="/tmp/site-task.png", full_page=True)
+            page.goto((site / "index.html").as_uri())
+            page.wait_for_load_state("load")
+            page.screenshot(path="/tmp/site-index.png", full_page=True)
+        finally:
+            browser.close()
+    assert not problems, problems
