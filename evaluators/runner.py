@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
@@ -24,12 +25,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from ase import Atoms
 
-from mlip_zoo.errors import ConfigError, DatasetError
+from mlip_zoo.errors import ConfigError, DatasetError, OutputError
 from mlip_zoo.evaluators.base import Evaluator, TaskConfig, evaluator_for
 from mlip_zoo.evaluators.data import Dataset, iter_records, record_id, resolve_dataset
 from mlip_zoo.evaluators.result import build_result, card_sha256, write_result
 from mlip_zoo.zoo.card import ModelCard, get_card
 from mlip_zoo.zoo.potential import resolve_device
+from mlip_zoo.zoo.weights import atomic_write_text, sha256_of
 
 
 @dataclass
@@ -50,6 +52,7 @@ class RunOptions:
 # ---------------------------------------------------------------------------------------------
 # Worker side: runs in Dask worker processes (or in-process with workers=0).
 
+log = logging.getLogger("mlip_zoo.runner")
 _POTENTIALS: dict[tuple[str, str, str | None], Any] = {}
 
 
@@ -72,18 +75,46 @@ def _potential(card: ModelCard, device: str, torch_threads: int | None):
 
 def run_shard(card: ModelCard, config: TaskConfig, device: str, records: list[Atoms], path: str,
               torch_threads: int | None = None) -> tuple[int, int]:
-    """Run one shard and write it atomically; returns (n_ok, n_failed)."""
+    """Run one shard and write it atomically with its checksum; returns (n_ok, n_failed)."""
     evaluator = evaluator_for(config)
     # Model packages print banners; in a worker that would land in the user's stdout (and --json).
     with contextlib.redirect_stdout(sys.stderr):
         rows = evaluator.run(_potential(card, device, torch_threads), records)
     table = pa.Table.from_pylist(rows, schema=evaluator.schema)
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, target)
+    with _writing(target):
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, target)
+        # The checksum is written last: a shard without a matching one is redone, never trusted.
+        atomic_write_text(_checksum_path(target), sha256_of(target) + "\n")
     n_failed = sum(r["status"] != "ok" for r in rows)
     return len(rows) - n_failed, n_failed
+
+
+def _checksum_path(shard: Path) -> Path:
+    return shard.with_name(shard.name + ".sha256")
+
+
+def shard_is_done(shard: Path) -> bool:
+    """A finished shard: present, with a checksum that matches. Anything else is redone."""
+    check = _checksum_path(shard)
+    if not (shard.exists() and check.exists()):
+        return False
+    if check.read_text().strip() == sha256_of(shard):
+        return True
+    log.warning("shard %s does not match its checksum (corrupted); recomputing it", shard)
+    return False
+
+
+@contextlib.contextmanager
+def _writing(path: Path):
+    """Turn a failed write into an error that names the file and the way out."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}. Free disk space or choose a writable "
+                          "--out; finished shards are kept and a rerun resumes from them") from exc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,7 +203,8 @@ def evaluate(model: str | ModelCard, task: str, opts: RunOptions | None = None) 
     weights = {name: f.sha256 for name, f in resolve_weights(card).items()}  # fail fast, before any work
 
     shard_dir = work_dir(opts.out, card, evaluator, dataset, opts.limit)
-    shard_dir.mkdir(parents=True, exist_ok=True)
+    with _writing(shard_dir):
+        shard_dir.mkdir(parents=True, exist_ok=True)
     shards = _shards(iter_records(dataset.path, trust_pickle=opts.trust_pickle), evaluator, config.shard_atoms,
                      opts.limit, dataset)
     paths: list[Path] = []
@@ -181,7 +213,7 @@ def evaluate(model: str | ModelCard, task: str, opts: RunOptions | None = None) 
         for index, records in shards:
             path = shard_dir / f"shard-{index:05d}.parquet"
             paths.append(path)
-            if path.exists():  # finished in an earlier run
+            if shard_is_done(path):  # finished in an earlier run
                 table = pq.read_table(path, columns=["status"])
                 failed = sum(s != "ok" for s in table.column("status").to_pylist())
                 _report(opts, table.num_rows - failed, failed)
@@ -202,15 +234,17 @@ def evaluate(model: str | ModelCard, task: str, opts: RunOptions | None = None) 
 
     model_dir = opts.out / card.key
     predictions = model_dir / f"{config.key}.parquet"
-    tmp = predictions.with_name(f".{predictions.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, predictions)
+    with _writing(predictions):
+        tmp = predictions.with_name(f".{predictions.name}.tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, predictions)
     rows = table.select(["id", "status", "reason"]).to_pylist()
     record = build_result(card=card, task=config, dataset=dataset, metrics=metrics, table_rows=rows,
                           predictions=predictions.name, weights=weights, started=started,
                           wall_time_s=time.perf_counter() - t0, device=device,
                           n_workers=opts.workers, limit=opts.limit)
-    write_result(model_dir / f"{config.key}.json", record)
+    with _writing(model_dir / f"{config.key}.json"):
+        write_result(model_dir / f"{config.key}.json", record)
     return record
 
 

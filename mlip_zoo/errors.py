@@ -86,3 +86,12 @@ class DatasetError(MlipZooError, ValueError):
 
 class UntrustedDataError(DatasetError, PermissionError):
     """Reading this dataset means unpickling, which can run code: needs --trust-pickle."""
+
+
+class InvalidStructureError(PredictionError, ValueError):
+    """A structure no potential can be asked about (empty, NaN positions, overlapping atoms, a
+    singular periodic cell). Named, with the structure's id, before any model sees it."""
+
+
+class OutputError(MlipZooError, OSError):
+    """Results could not be written (read-only folder, disk full). Finished work is kept."""

@@ -16,7 +16,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
-from mlip_zoo.errors import NonFiniteOutputError, PropertyNotSupportedError, UnsupportedElementError
+from mlip_zoo.errors import InvalidStructureError, NonFiniteOutputError, PropertyNotSupportedError, UnsupportedElementError
 from mlip_zoo.zoo.card import ModelCard
 
 PROPERTIES = ("energy", "forces", "stress")
@@ -52,6 +52,38 @@ def structure_label(atoms: Atoms, index: int) -> str:
     return f"#{index} ({atoms.get_chemical_formula()})"
 
 
+# Closer than this, two atoms are one atom typed twice (a broken file), not physics.
+MIN_DISTANCE = 0.1  # Å
+
+
+def check_structure(atoms: Atoms, index: int = 0) -> None:
+    """Refuse structures that would make any model return garbage, naming the structure."""
+    label = structure_label(atoms, index) if len(atoms) else f"#{index}"
+
+    def bad(why: str) -> InvalidStructureError:
+        return InvalidStructureError(f"structure {label}: {why}", structure=label)
+
+    if len(atoms) == 0:
+        raise bad("has no atoms")
+    if not np.all(np.isfinite(atoms.positions)):
+        raise bad("has non-finite (NaN or infinite) positions")
+    if atoms.pbc.any():
+        cell = np.asarray(atoms.cell)
+        if not np.all(np.isfinite(cell)):
+            raise bad("has a non-finite cell")
+        periodic = cell[atoms.pbc]  # the vectors along periodic axes must span that many dimensions
+        if np.linalg.matrix_rank(periodic, tol=1e-6) < len(periodic):
+            raise bad("is periodic but its cell is singular (zero volume or a zero vector); "
+                      "give it a real cell or set pbc=False on those axes")
+    if len(atoms) > 1:
+        from ase.neighborlist import neighbor_list
+
+        i, j, d = neighbor_list("ijd", atoms, MIN_DISTANCE)  # linear in size, unlike all pair distances
+        if len(d):
+            k = int(np.argmin(d))
+            raise bad(f"atoms {i[k]} and {j[k]} overlap ({d[k]:.3f} Å apart)")
+
+
 class Potential(ABC):
     """A loaded model. Subclasses implement ``_predict_one``; the checks live here, once."""
 
@@ -74,6 +106,7 @@ class Potential(ABC):
         want_stress = "stress" in properties and "stress" in self.implemented_properties
         out = []
         for i, atoms in enumerate(batch):
+            check_structure(atoms, i)
             self.check_elements(atoms, i)
             energy, forces, stress = self._predict_one(atoms.copy(), want_stress)
             out.append(self._checked(atoms, i, energy, forces, stress if want_stress else None))

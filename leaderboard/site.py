@@ -1,0 +1,298 @@
+"""The static leaderboard site: ``build_site(results_dir, out_dir)`` renders an index (models x
+tasks, reader-weighted combined score), a page per model and a page per task with plots.
+
+The site must open from ``file://`` with no network: plotly.min.js is copied from the installed
+plotly package, and data travels as JSON inside ``<script type="application/json">`` tags (file://
+forbids fetch/XHR of local files). Every template autoescapes, and embedded JSON has ``<``, ``>``
+and ``&`` escaped, so a model name can never close a script tag.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from jinja2 import Environment, FileSystemLoader
+from markupsafe import Markup
+
+from mlip_zoo.errors import CardError, ConfigError, MlipZooError
+from mlip_zoo.evaluators.base import TaskConfig, load_task_config, task_keys
+from mlip_zoo.leaderboard.results import predictions_path, read_result, result_files
+from mlip_zoo.zoo.card import ModelCard, builtin_cards_dir, load_cards
+
+TEMPLATES = Path(__file__).parent / "templates"
+MARKER = ".mlipzoo-site"  # only a folder carrying this is ever replaced (never wipe a user's folder)
+MAX_POINTS = 5000  # per model and plot: keeps pages small and plotly responsive
+MAX_FAILURES = 50
+PLOT_COLUMNS = {"status", "seconds", "energy_true", "energy_pred", "forces_true", "forces_pred", "free", "pos_true",
+                "pos_pred", "cell", "pbc"}
+SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # keys become file names
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers the templates use
+
+
+def script_json(data: Any) -> Markup:
+    """JSON safe inside a <script> element: no "</script>", "<!--" or entity can form."""
+    text = json.dumps(_finite(data), allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return Markup(text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def safe_url(value: str | None, prefix: str = "") -> str | None:
+    """Only http(s) links are rendered: a card could otherwise carry a javascript: URL."""
+    if not value:
+        return None
+    if prefix and not value.startswith(("http://", "https://")):
+        value = prefix + value
+    return value if value.startswith(("http://", "https://")) else None
+
+
+def is_mini(dataset: dict | None) -> bool:
+    return "mini" in str((dataset or {}).get("name", "")).lower()
+
+
+def _env() -> Environment:
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(script_json=script_json, fmt=fmt, safe_url=safe_url,
+                       to_yaml=lambda v: yaml.safe_dump(v, sort_keys=False, allow_unicode=True).strip())
+    env.tests["mini"] = is_mini
+    return env
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _combined_terms() -> dict[str, dict[str, Any]]:
+    path = importlib.resources.files("mlip_zoo.configs") / "leaderboard.yaml"
+    try:
+        terms = yaml.safe_load(path.read_text())["combined_score"]["terms"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: cannot read combined_score.terms ({exc})") from None
+    known = set(task_keys())
+    for task in [t for t in terms if t not in known]:
+        warnings.warn(f"leaderboard.yaml: combined-score term for unknown task {task!r} ignored", stacklevel=3)
+        del terms[task]
+    return {t: {"metric": v["metric"], "best": float(v["best"]), "worst": float(v["worst"]),
+                "weight": float(v.get("weight", 1.0))} for t, v in terms.items()}
+
+
+def combined(values: dict[str, float | None], terms: dict[str, dict]) -> dict[str, Any]:
+    """Weighted mean of clamped linear terms over the tasks the model has (site.js mirrors this)."""
+    active = {t: s for t, s in terms.items() if s["weight"] > 0}
+    num = den = 0.0
+    for task, spec in active.items():
+        value = values.get(task)
+        if value is None or spec["best"] == spec["worst"]:
+            continue
+        term = min(1.0, max(0.0, (value - spec["worst"]) / (spec["best"] - spec["worst"])))
+        num, den = num + spec["weight"] * term, den + spec["weight"]
+    k = sum(values.get(t) is not None for t in active)
+    return {"score": num / den if den else None, "k": k, "n": len(active)}
+
+
+def _load_results(results_dir: Path, configs: dict[str, TaskConfig]) -> dict[str, dict[str, dict]]:
+    """{model: {task: record}}; anything the site cannot show is skipped with a warning."""
+    results: dict[str, dict[str, dict]] = {}
+    for path in result_files(results_dir):
+        try:
+            record = read_result(path)
+        except MlipZooError as exc:
+            warnings.warn(f"skipped: {exc}", stacklevel=3)
+            continue
+        model, task = str(record["model"]), str(record["task"])
+        if task not in configs:
+            warnings.warn(f"{path}: unknown task {task!r}; skipped", stacklevel=3)
+        elif str(record["task_version"]) != configs[task].version:
+            warnings.warn(f"{path}: {task} version {record['task_version']} is not the current "
+                          f"{configs[task].version}; its numbers are not comparable, skipped", stacklevel=3)
+        elif not SAFE_KEY.match(model):
+            warnings.warn(f"{path}: model key {model!r} cannot name a page; skipped", stacklevel=3)
+        else:
+            if task in results.get(model, {}):
+                warnings.warn(f"{path}: a second result for {model} x {task}; this one is used", stacklevel=3)
+            record["_path"] = path
+            results.setdefault(model, {})[task] = record
+    return results
+
+
+def _cards() -> dict[str, ModelCard]:
+    try:
+        return load_cards()
+    except CardError as exc:  # one broken user card should not take the whole site down
+        warnings.warn(f"{exc}; showing built-in cards only", stacklevel=3)
+        return load_cards([builtin_cards_dir()])
+
+
+# ---------------------------------------------------------------------------------------------
+# Plot data, computed from the predictions Parquet files
+
+
+def _sample(n: int, limit: int = MAX_POINTS) -> np.ndarray:
+    return np.arange(n) if n <= limit else np.sort(np.random.default_rng(0).choice(n, limit, replace=False))
+
+
+def _r(a) -> list:
+    return [float(f"{x:.6g}") for x in np.asarray(a, dtype=float)]
+
+
+def _plot_data(record: dict, config: TaskConfig) -> dict[str, Any] | None:
+    import pyarrow.parquet as pq
+
+    from mlip_zoo.evaluators.oc20.metrics import adwt_curve, min_image
+
+    try:
+        path = predictions_path(record["_path"], record)
+        columns = [c for c in pq.read_schema(path).names if c in PLOT_COLUMNS]  # never ids or reasons
+        rows = pq.read_table(path, columns=columns).to_pylist()
+    except (MlipZooError, OSError, ValueError) as exc:
+        warnings.warn(f"no plots for {record['model']} x {config.key}: {exc}", stacklevel=3)
+        return None
+    ok = [r for r in rows if r.get("status") == "ok"]
+    secs = [r["seconds"] for r in ok if r.get("seconds") is not None]
+    out: dict[str, Any] = {"seconds": float(np.mean(secs)) if secs else None, "n_ok": len(ok)}
+    if ok and "energy_true" in ok[0]:
+        idx = _sample(len(ok))
+        out["energy"] = {"x": _r([ok[i]["energy_true"] for i in idx]), "y": _r([ok[i]["energy_pred"] for i in idx])}
+    if ok and "forces_true" in ok[0]:
+        ft = [np.reshape(r["forces_true"], (-1, 3))[np.asarray(r["free"], bool)].ravel() for r in ok]
+        fp = [np.reshape(r["forces_pred"], (-1, 3))[np.asarray(r["free"], bool)].ravel() for r in ok]
+        ft, fp = np.concatenate(ft), np.concatenate(fp)
+        idx = _sample(ft.size)
+        out["forces"] = {"x": _r(ft[idx]), "y": _r(fp[idx])}
+    if config.key.endswith("is2rs") and ok:
+        dists = []
+        for r in ok:  # per system: mean minimum-image distance over free atoms (as ADwT scores it)
+            free = np.asarray(r["free"], bool)
+            diff = (np.reshape(r["pos_pred"], (-1, 3)) - np.reshape(r["pos_true"], (-1, 3)))[free]
+            d = np.linalg.norm(min_image(diff, np.reshape(r["cell"], (3, 3)), r["pbc"]), axis=1)
+            dists.append(float(d.mean()) if d.size else math.nan)
+        thresholds, frac = adwt_curve(dists)
+        out["adwt"] = {"x": _r(thresholds), "y": _r(frac)}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Build
+
+
+def _card_facts(key: str, card: ModelCard | None) -> dict[str, Any]:
+    if card is None:
+        return {"key": key, "name": key, "family": "", "card": None}
+    return {"key": key, "name": card.name, "family": card.family, "card": card}
+
+
+def build_site(results_dir: Path, out_dir: Path) -> Path:
+    """Render the site from ``results_dir`` into ``out_dir``; returns the path of index.html.
+
+    The site is built in a temporary folder beside ``out_dir`` and swapped in at the end, so a
+    failed build never leaves a half-written site behind.
+    """
+    results_dir, out_dir = Path(results_dir).resolve(), Path(out_dir).resolve()
+    if out_dir == results_dir or out_dir in results_dir.parents:
+        raise ConfigError(f"{out_dir}: the site folder must not contain the results folder {results_dir}")
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / MARKER).exists())):
+        raise ConfigError(f"{out_dir}: exists and is not a site built by mlip-zoo; choose an empty or new folder")
+
+    terms = _combined_terms()
+    # Columns in the order the combined score lists its terms, then any other task.
+    configs = {k: load_task_config(k) for k in [*terms, *(t for t in task_keys() if t not in terms)]}
+    results = _load_results(results_dir, configs)
+    cards = _cards()
+    models = {key: _card_facts(key, cards.get(key)) for key in results}
+    tasks = list(configs)
+
+    # Per-model headline values and combined score, for the first render (JS recomputes on change).
+    rows = []
+    for key, by_task in results.items():
+        values = {t: r["metrics"].get(configs[t].headline) for t, r in by_task.items()}
+        term_values = {t: by_task[t]["metrics"].get(s["metric"]) if t in by_task else None for t, s in terms.items()}
+        rows.append({**models[key], "results": by_task, "values": values, "term_values": term_values,
+                     "combined": combined(term_values, terms),
+                     "mini": sorted({r["dataset"]["name"] for t, r in by_task.items() if is_mini(r["dataset"])})})
+    rows.sort(key=lambda r: (r["combined"]["score"] is None, -(r["combined"]["score"] or 0.0), r["key"]))
+    mini_names = sorted({n for r in rows for n in r["mini"]})
+
+    plots: dict[str, dict] = {}
+    for t in tasks:
+        plots[t] = {}
+        for key, by_task in results.items():
+            if t in by_task and (data := _plot_data(by_task[t], configs[t])) is not None:
+                plots[t][key] = {"name": models[key]["name"], "headline": by_task[t]["metrics"].get(configs[t].headline),
+                                 **data}
+
+    env = _env()
+    common = {"tasks": configs, "terms": terms, "mini_names": mini_names, "n_results": sum(map(len, results.values()))}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.building-"))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a site is meant to be served and read
+        (tmp / "assets").mkdir()
+        (tmp / "models").mkdir()
+        (tmp / "tasks").mkdir()
+        import plotly
+
+        shutil.copyfile(Path(plotly.__file__).parent / "package_data" / "plotly.min.js", tmp / "assets" / "plotly.min.js")
+        for name in ("site.css", "site.js"):
+            shutil.copyfile(TEMPLATES / name, tmp / "assets" / name)
+        index_data = {"terms": terms, "models": [{"key": r["key"], "values": r["term_values"]} for r in rows]}
+        _write(tmp / "index.html", env.get_template("index.html.j2").render(
+            root="", rows=rows, data=index_data, **common))
+        for r in rows:
+            _write(tmp / "models" / f"{r['key']}.html", env.get_template("model.html.j2").render(
+                root="../", model=r, max_failures=MAX_FAILURES, **common))
+        for t, config in configs.items():
+            task_rows = [r for r in rows if t in r["results"]]
+            datasets = {(d["name"], d["file"], d["sha256"]): d for d in (r["results"][t]["dataset"] for r in task_rows)}
+            _write(tmp / "tasks" / f"{t}.html", env.get_template("task.html.j2").render(
+                root="../", task=config, task_rows=task_rows, datasets=list(datasets.values()),
+                plot_data={"task": t, "headline": config.headline, "models": plots[t]}, **common))
+        (tmp / MARKER).write_text("built by mlip_zoo.leaderboard.site; this folder is replaced on rebuild\n")
+        _swap(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir / "index.html"
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
+
+
+def _swap(new: Path, target: Path) -> None:
+    """Replace ``target`` with ``new``: two renames, so readers see the old or the new site."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
