@@ -50,3 +50,15 @@ def card_dir(tmp_path):
 
     write.dir = folder
     return write
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "catalogue(name): one class of bad input in the bad-input catalogue")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print how many classes of bad input the catalogue covered (issue: reliability)."""
+    passed = {r.nodeid for r in terminalreporter.stats.get("passed", []) if "catalogue" in r.keywords}
+    failed = {r.nodeid for r in terminalreporter.stats.get("failed", []) if "catalogue" in r.keywords}
+    if passed or failed:
+        terminalreporter.write_line(f"bad-input catalogue: {len(passed)} classes handled, {len(failed)} failing")

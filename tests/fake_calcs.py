@@ -27,3 +27,27 @@ class ExplodingEMT(EMT):
         if atoms is not None and atoms.info.get("explode"):
             raise RuntimeError("model blew up on this structure")
         super().calculate(atoms, *args, **kwargs)
+
+
+class FragileEMT(EMT):
+    """EMT that raises on structures flagged ``explode`` and returns NaN forces on ``nan_forces``."""
+
+    def calculate(self, atoms=None, *args, **kwargs):
+        if atoms is not None and atoms.info.get("explode"):
+            raise RuntimeError("model blew up mid-batch on this structure")
+        super().calculate(atoms, *args, **kwargs)
+        if atoms is not None and atoms.info.get("nan_forces"):
+            self.results["forces"] = self.results["forces"] * float("nan")
+
+
+class CollapsingEMT(EMT):
+    """EMT plus an attraction that grows without bound as atoms approach: relaxations diverge."""
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=None):
+        import numpy as np
+
+        super().calculate(atoms, properties, system_changes or [])
+        self.results["energy"] -= 50.0 * float(np.sum(self.atoms.positions[:, 2]))  # pulls atoms up forever
+        forces = self.results["forces"].copy()
+        forces[:, 2] += 50.0
+        self.results["forces"] = forces
