@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -114,3 +115,12 @@ def test_submit_scaffolds_a_valid_card(tmp_path):
     text = (tmp_path / "my-lj.yaml").read_text()
     assert "calculator: ase.calculators.lj:LennardJones" in text and "training_sets:\n- Ar-only" in text
     assert runner.invoke(app, ["validate", str(tmp_path / "my-lj.yaml")]).exit_code == 0
+
+
+def test_committed_results_of_the_repo_validate():
+    repo_results = Path(__file__).resolve().parents[1] / "results"
+    assert repo_results.is_dir(), "the repository ships the default run's results in results/"
+    result = runner.invoke(app, ["validate", str(repo_results), "--json"])
+    assert result.exit_code == 0, result.output
+    checked = json.loads(result.stdout)
+    assert len(checked) >= 9 and all(r["ok"] and r["kind"] == "result" for r in checked)
