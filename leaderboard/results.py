@@ -75,11 +75,12 @@ class Comparison:
         return not self.differences
 
 
-def _flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_metrics(metrics: dict[str, Any], sep: str = ".", prefix: str = "") -> dict[str, Any]:
+    """``{"splits": {"id": {"energy_mae": x}}}`` -> ``{"splits.id.energy_mae": x}``."""
     out = {}
     for key, value in metrics.items():
         if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten_metrics(value, sep, f"{prefix}{key}{sep}"))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -117,7 +118,7 @@ def recompute(path: Path) -> Comparison:
         recomputed = json.loads(json.dumps(evaluator.metrics(table)))
     except (ConfigError, DatasetError, ValueError, KeyError, TypeError) as exc:
         raise ResultError(f"{path}: metrics cannot be recomputed from the predictions ({exc})") from None
-    claimed, again = _flatten(record["metrics"]), _flatten(recomputed)
+    claimed, again = flatten_metrics(record["metrics"]), flatten_metrics(recomputed)
     diffs = [(k, claimed.get(k), again.get(k)) for k in sorted(set(claimed) | set(again))
              if not _same(claimed.get(k), again.get(k))]
     return Comparison(path, record["metrics"], recomputed, diffs)

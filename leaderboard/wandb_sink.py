@@ -21,16 +21,6 @@ _TABLE_COLUMNS = ("id", "split", "status", "n_atoms", "energy_true", "energy_pre
                   "seconds", "reason")
 
 
-def _flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}/"))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def log_run(record: dict[str, Any], *, card, task_config, results_dir: Path, mode: WandbMode = "offline",
             project: str | None = None) -> Path | None:
     """Log one result record as a W&B run; returns the run's local directory (None if disabled)."""
@@ -38,6 +28,8 @@ def log_run(record: dict[str, Any], *, card, task_config, results_dir: Path, mod
         return None
     import pyarrow.parquet as pq
     import wandb
+
+    from mlip_zoo.leaderboard.results import flatten_metrics
 
     model_dir = results_dir / record["model"]
     table = pq.read_table(model_dir / record["predictions"])
@@ -51,7 +43,7 @@ def log_run(record: dict[str, Any], *, card, task_config, results_dir: Path, mod
                 "dataset": record["dataset"], "provenance": record["provenance"]},
         settings=wandb.Settings(silent=True, console="off", x_disable_stats=True))
     try:
-        run.summary.update({k: v for k, v in _flatten(record["metrics"]).items() if v is not None})
+        run.summary.update({k: v for k, v in flatten_metrics(record["metrics"], sep="/").items() if v is not None})
         run.summary.update({"n_structures": record["n_structures"], "n_failed": record["n_failed"]})
         run.log({"predictions": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])})
         artifact = wandb.Artifact(f"{record['model']}-{record['task']}-predictions", type="predictions",
