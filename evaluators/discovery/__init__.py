@@ -1,0 +1,1 @@
+"""Matbench Discovery tasks: discovery (IS2RE-SR) and geo-opt, on WBM-layout data."""

@@ -1,0 +1,1 @@
+"""Distribution-shift tasks: ood-shift diagnostics and test-time refinement (ttr)."""
