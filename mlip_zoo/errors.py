@@ -69,6 +69,18 @@ class PropertyNotSupportedError(PredictionError, NotImplementedError):
     """The model does not compute the requested property (e.g. stress)."""
 
 
+class CapabilityNotSupportedError(MlipZooError, NotImplementedError):
+    """The card does not declare a capability a method needs (e.g. ``test_time_training``)."""
+
+
+class TrainingLabelError(MlipZooError, ValueError):
+    """Labels given for (test-time) training do not fit the structures: count, shape or NaN."""
+
+
+class ConformanceError(PredictionError):
+    """A model raised while the conformance kit checked it; the message names the check and structure."""
+
+
 class UnknownTaskError(MlipZooError, KeyError):
     """No task config has this key."""
 
@@ -95,3 +107,22 @@ class InvalidStructureError(PredictionError, ValueError):
 
 class OutputError(MlipZooError, OSError):
     """Results could not be written (read-only folder, disk full). Finished work is kept."""
+
+
+class MetricError(MlipZooError, ValueError):
+    """A task's metrics are inconsistent (e.g. its bootstrap fast path disagrees with ``metrics()``).
+    The message names the task and the metric."""
+
+
+class EnvError(MlipZooError, RuntimeError):
+    """A model's isolated Python environment cannot be used (e.g. its Dask workers did not start)."""
+
+
+class EnvBuildError(EnvError):
+    """A model's isolated environment could not be built. ``requirement`` names the requirement pip
+    failed on and ``log`` the full build log."""
+
+    def __init__(self, message: str, *, requirement: str, log=None):
+        super().__init__(message)
+        self.requirement = requirement
+        self.log = log

@@ -16,7 +16,8 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
-from mlip_zoo.errors import InvalidStructureError, NonFiniteOutputError, PropertyNotSupportedError, UnsupportedElementError
+from mlip_zoo.errors import (CapabilityNotSupportedError, InvalidStructureError, NonFiniteOutputError, PropertyNotSupportedError,
+                             UnsupportedElementError)
 from mlip_zoo.zoo.card import ModelCard
 
 PROPERTIES = ("energy", "forces", "stress")
@@ -75,13 +76,43 @@ def check_structure(atoms: Atoms, index: int = 0) -> None:
         if np.linalg.matrix_rank(periodic, tol=1e-6) < len(periodic):
             raise bad("is periodic but its cell is singular (zero volume or a zero vector); "
                       "give it a real cell or set pbc=False on those axes")
-    if len(atoms) > 1:
-        from ase.neighborlist import neighbor_list
+    overlap = closest_pair(atoms, MIN_DISTANCE)
+    if overlap is not None:
+        i, j, d = overlap
+        raise bad(f"atoms {i} and {j} overlap ({d:.3f} Å apart)")
 
-        i, j, d = neighbor_list("ijd", atoms, MIN_DISTANCE)  # linear in size, unlike all pair distances
-        if len(d):
-            k = int(np.argmin(d))
-            raise bad(f"atoms {i[k]} and {j[k]} overlap ({d[k]:.3f} Å apart)")
+
+def closest_pair(atoms: Atoms, cutoff: float) -> tuple[int, int, float] | None:
+    """The closest two atoms (periodic images included) when closer than ``cutoff``, else None.
+
+    Runs on every prediction (every optimizer step), so it must cost little next to a model call:
+    a k-d tree over the atoms and their neighbouring images takes ~0.1 ms on a small cell, where
+    ASE's general neighbour list has a fixed cost of ~2 ms whatever the cutoff.
+    """
+    from ase.geometry import wrap_positions
+    from scipy.spatial import cKDTree
+
+    n, pbc = len(atoms), np.asarray(atoms.pbc, bool)
+    positions = np.asarray(atoms.positions, float)
+    offsets = np.zeros((1, 3), int)
+    if pbc.any():
+        cell = np.asarray(atoms.cell.complete(), float)  # non-periodic zero vectors filled in
+        # Plane spacing along each periodic axis. When each is above the cutoff, a pair closer than
+        # the cutoff is at most one image away from the wrapped positions along every axis.
+        heights = 1.0 / np.linalg.norm(np.linalg.inv(cell), axis=0)
+        if np.any(heights[pbc] <= cutoff):
+            return 0, 0, float(heights[pbc].min())  # every atom sits on its own periodic image
+        positions = wrap_positions(positions, cell, pbc=pbc, eps=0)
+        offsets = np.stack(np.meshgrid(*[(-1, 0, 1) if p else (0,) for p in pbc], indexing="ij"), -1).reshape(-1, 3)
+    images = (positions[None] + (offsets @ cell if pbc.any() else offsets)[:, None]).reshape(-1, 3)
+    pairs = cKDTree(positions).sparse_distance_matrix(cKDTree(images), cutoff, output_type="ndarray")
+    home = n * int(np.flatnonzero(~offsets.any(axis=1))[0])  # where the unshifted copy starts
+    keep = pairs["j"] != pairs["i"] + home  # not an atom paired with itself
+    i, j, d = pairs["i"][keep], pairs["j"][keep] % n, pairs["v"][keep]
+    if not len(d):
+        return None
+    m = int(np.argmin(d))
+    return int(i[m]), int(j[m]), float(d[m])
 
 
 class Potential(ABC):
@@ -152,6 +183,38 @@ class Potential(ABC):
     def as_calculator(self) -> Calculator:
         """An ASE calculator over this potential (for optimizers, MD, any ASE workflow)."""
         return PotentialCalculator(self)
+
+    # Set on the potential ``test_time_train`` returns: losses, cost, trained/frozen modules.
+    ttt_report = None
+
+    def test_time_train(self, structures: Sequence[Atoms], energies, forces, *, steps: int, lr: float = 1e-5,
+                        momentum: float = 0.9, weight_decay: float = 1e-3, batch_size: int = 32,
+                        energy_weight: float = 1.0, force_weight: float = 1000.0,
+                        clip_grad_norm: float | None = 10.0, seed: int = 0) -> Potential:
+        """A NEW potential whose representation was trained on ``structures`` against a cheap
+        prior's ``energies`` (eV, total) and ``forces`` (eV/Å) -- test-time training, see
+        ``zoo/ttt.py``. This potential, and the weights on disk, are left untouched."""
+        if "test_time_training" not in self.card.capabilities:
+            raise CapabilityNotSupportedError(
+                f"{self.card.key} cannot be test-time trained: its card does not list the "
+                "`test_time_training` capability (families that support it: chgnet, sevenn)")
+        from mlip_zoo.zoo.ttt import TTTProtocol, train
+
+        for i, atoms in enumerate(structures):
+            check_structure(atoms, i)
+            self.check_elements(atoms, i)
+        protocol = TTTProtocol(steps=steps, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                               batch_size=batch_size, energy_weight=energy_weight, force_weight=force_weight,
+                               clip_grad_norm=clip_grad_norm, seed=seed)
+        potential, report = train(self._trainable(), structures, energies, forces, protocol)
+        potential.ttt_report = report
+        return potential
+
+    def _trainable(self):
+        """The family's ``zoo.ttt.Trainable``: a private copy of its network to train."""
+        raise CapabilityNotSupportedError(
+            f"{self.card.key}: family {self.card.family!r} has no test-time training; remove "
+            "`test_time_training` from the card's capabilities")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.card.key!r}, device={self.device!r}, dtype={self.dtype!r})"

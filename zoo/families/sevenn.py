@@ -6,11 +6,21 @@ them; we check that numpy arrays are the *only* extra globals before sevenn unpi
 
 from __future__ import annotations
 
+import copy
+import re
 import warnings
 
 from mlip_zoo.zoo.potential import CalculatorPotential
 from mlip_zoo.zoo.registry import require_module
+from mlip_zoo.zoo.ttt import Trainable
 from mlip_zoo.zoo.weights import NUMPY_ARRAY_GLOBALS, assert_safe_checkpoint
+
+
+class SevenNetPotential(CalculatorPotential):
+    """SevenNet behind its ASE calculator, plus the hooks of the methods only some families have."""
+
+    def _trainable(self) -> Trainable:
+        return _SevenNetTrainable(self)
 
 
 def load(card, files, *, device, dtype):
@@ -20,4 +30,45 @@ def load(card, files, *, device, dtype):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no tensor-product accelerator" is expected on a CPU
         calc = calculator.SevenNetCalculator(model=str(path), device=device, **card.options)
-    return CalculatorPotential(card, calc, device=device, dtype=dtype or "float32", cutoff=float(calc.cutoff))
+    return SevenNetPotential(card, calc, device=device, dtype=dtype or "float32", cutoff=float(calc.cutoff))
+
+
+class _SevenNetTrainable(Trainable):
+    """Test-time training view of a SevenNet ``AtomGraphSequential``. Representation (trained):
+    ``edge_embedding`` (learnable radial basis), ``onehot_to_feature_x`` (species embedding) and
+    every interaction block ``<i>_self_connection_intro``, ``<i>_self_interaction_1/2``,
+    ``<i>_convolution`` (gates and outros have no weights). Head (frozen): every module after the
+    last block -- ``reduce_input_to_hidden``, ``reduce_hidden_to_energy`` and the per-species
+    ``rescale_atomic_energy``. Float32, as sevenn trains; train mode makes its force output keep
+    the graph (``create_graph=self.training``)."""
+
+    def __init__(self, potential: SevenNetPotential):
+        self.card, self.device, self.dtype = potential.card, potential.device, potential.dtype
+        calc = potential.calculator
+        self.module = copy.deepcopy(calc.model)
+        self.cutoff, self.modal = float(calc.cutoff), calc.modal
+        names = list(self.module._modules)
+        last_block = max(i for i, name in enumerate(names) if re.match(r"\d+_", name))
+        self._head = tuple(f"{name}." for name in names[last_block + 1:])
+
+    def is_representation(self, parameter_name: str) -> bool:
+        return not parameter_name.startswith(self._head)
+
+    def energy_forces(self, atoms):
+        keys = require_module(self.card, "sevenn._keys")
+        graph = require_module(self.card, "sevenn.atom_graph_data").AtomGraphData
+        to_graph = require_module(self.card, "sevenn.train.dataload").unlabeled_atoms_to_graph
+        data = graph.from_numpy_dict(to_graph(atoms, self.cutoff))
+        if self.modal:
+            data[keys.DATA_MODALITY] = self.modal
+        out = self.module(data.to(self.device))
+        return out[keys.PRED_TOTAL_ENERGY].reshape(()), out[keys.PRED_FORCE][:len(atoms)]
+
+    def potential(self) -> SevenNetPotential:
+        calculator = require_module(self.card, "sevenn.calculator")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            calc = calculator.SevenNetCalculator(model=self.module, file_type="model_instance", device=self.device,
+                                                 **self.card.options)
+        calc.cutoff = self.cutoff  # the graph radius the loaded potential used (its own, or one set on it)
+        return SevenNetPotential(self.card, calc, device=self.device, dtype=self.dtype, cutoff=self.cutoff)
