@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 import yaml
 from ase import Atoms
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mlip_zoo.errors import ConfigError, UnknownTaskError
 from mlip_zoo.zoo.potential import Potential
@@ -37,6 +37,18 @@ class MetricSpec(BaseModel):
     description: str = ""
 
 
+class BootstrapSettings(BaseModel):
+    """How the confidence interval of every metric is computed (see ``evaluators/uncertainty.py``):
+    ``resamples`` draws of the structures with replacement, from ``seed``, within each value of the
+    ``strata`` column when the predictions have it (so every split keeps its size)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    resamples: int = Field(1000, ge=100, le=100_000)
+    seed: int = Field(0, ge=0)
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    strata: str | None = "split"
+
+
 class TaskConfig(BaseModel):
     """The versioned protocol of a task. Changing any constant means bumping ``version``."""
 
@@ -52,9 +64,13 @@ class TaskConfig(BaseModel):
     splits: list[str] = []
     shard_atoms: int = 2000  # atoms per shard: balances work across workers, bounds memory
     options: dict[str, Any] = {}
+    # Intervals only: changing it changes no prediction, so it stays out of the fingerprint (and
+    # shards stay valid); results record it in provenance instead.
+    bootstrap: BootstrapSettings = BootstrapSettings()
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+        data = self.model_dump(mode="json", exclude={"bootstrap"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def tasks_dir() -> Path:
@@ -117,6 +133,15 @@ class Evaluator(ABC):
     @abstractmethod
     def metrics(self, table: pa.Table) -> dict[str, Any]:
         """Pure function of the predictions table (rows with status "ok")."""
+
+    def metric_terms(self, table: pa.Table) -> dict[str, tuple[Any, Any]]:
+        """Optional fast path for the bootstrap. For metrics that are a ratio of sums over rows,
+        ``value = sum(total) / sum(numel)``, the per-row ``(total, numel)`` arrays (length
+        ``table.num_rows``; zeros for rows the metric ignores), keyed by the dotted name of the
+        metric in ``metrics()`` (``"splits.id.energy_mae"``). The bootstrap then evaluates every
+        resample at once instead of calling ``metrics()`` per resample, and checks the terms
+        against ``metrics()``. Metrics left out are recomputed with ``metrics()``."""
+        return {}
 
 
 def evaluator_for(task: str | TaskConfig) -> Evaluator:

@@ -14,10 +14,23 @@ from typing import Any
 from mlip_zoo.zoo.card import ModelCard
 from mlip_zoo.zoo.weights import atomic_write_text, sha256_of
 
-RESULT_SCHEMA_VERSION = 1
+# 2: every metric carries a bootstrap interval (``intervals``, mirroring ``metrics``), and
+# ``provenance.bootstrap`` records how they were drawn.
+RESULT_SCHEMA_VERSION = 2
 # Versions worth recording next to every number: they change answers.
 PACKAGES = ("mlip-zoo", "ase", "numpy", "torch", "e3nn", "chgnet", "sevenn", "diep", "tblite", "mace-torch",
             "orb-models", "mattersim", "fairchem-core", "pet-mad", "pymatgen", "dask", "distributed", "pyarrow")
+
+
+def flatten_metrics(metrics: dict[str, Any], sep: str = ".", prefix: str = "") -> dict[str, Any]:
+    """``{"splits": {"id": {"energy_mae": x}}}`` -> ``{"splits.id.energy_mae": x}``."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out.update(flatten_metrics(value, sep, f"{prefix}{key}{sep}"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def package_versions() -> dict[str, str]:
@@ -62,9 +75,9 @@ def card_sha256(card: ModelCard) -> str | None:
     return sha256_of(card.path) if card.path else None
 
 
-def build_result(*, card: ModelCard, task, dataset, metrics: dict, table_rows: list[dict], predictions: str,
-                 weights: dict[str, str], started: dt.datetime, wall_time_s: float, device: str,
-                 n_workers: int, limit: int | None) -> dict[str, Any]:
+def build_result(*, card: ModelCard, task, dataset, metrics: dict, intervals: dict, bootstrap: dict,
+                 table_rows: list[dict], predictions: str, weights: dict[str, str], started: dt.datetime,
+                 wall_time_s: float, device: str, n_workers: int, limit: int | None) -> dict[str, Any]:
     failures = [{"id": r["id"], "reason": r["reason"]} for r in table_rows if r["status"] != "ok"]
     return {
         "schema_version": RESULT_SCHEMA_VERSION,
@@ -74,6 +87,7 @@ def build_result(*, card: ModelCard, task, dataset, metrics: dict, table_rows: l
         "dataset": {"name": dataset.name, "file": dataset.path.name, "sha256": dataset.sha256,
                     "n": len(table_rows), "limit": limit},
         "metrics": metrics,
+        "intervals": intervals,
         "n_structures": len(table_rows),
         "n_failed": len(failures),
         "failures": failures,
@@ -88,6 +102,7 @@ def build_result(*, card: ModelCard, task, dataset, metrics: dict, table_rows: l
             "started": started.isoformat(timespec="seconds"),
             "wall_time_s": round(wall_time_s, 3),
             "device": device,
+            "bootstrap": bootstrap,
         },
     }
 

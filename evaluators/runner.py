@@ -1,6 +1,7 @@
 """Running one model on one task: stream the dataset, cut atom-balanced shards, run them on a Dask
 cluster (an embedded LocalCluster, an existing scheduler, or SLURM through dask-jobqueue), write
-each finished shard atomically as Parquet, then compute metrics and write the result record.
+each finished shard atomically as Parquet, then compute metrics with their bootstrap intervals and
+write the result record.
 
 A rerun of the same command skips finished shards, so a killed run resumes where it stopped.
 The scheduler only moves (card, task, shard); each worker loads the model once and keeps it.
@@ -29,6 +30,7 @@ from mlip_zoo.errors import ConfigError, DatasetError, OutputError
 from mlip_zoo.evaluators.base import Evaluator, TaskConfig, evaluator_for
 from mlip_zoo.evaluators.data import Dataset, iter_records, record_id, resolve_dataset
 from mlip_zoo.evaluators.result import build_result, card_sha256, write_result
+from mlip_zoo.evaluators.uncertainty import intervals as metric_intervals
 from mlip_zoo.zoo.card import ModelCard, get_card
 from mlip_zoo.zoo.potential import resolve_device
 from mlip_zoo.zoo.weights import atomic_write_text, sha256_of
@@ -231,6 +233,7 @@ def evaluate(model: str | ModelCard, task: str, opts: RunOptions | None = None) 
     if table.num_rows == 0:
         raise DatasetError(f"{dataset.path}: no structures to evaluate (empty dataset or --limit 0)")
     metrics = evaluator.metrics(table)
+    intervals, bootstrap = metric_intervals(evaluator, table, metrics)
 
     model_dir = opts.out / card.key
     predictions = model_dir / f"{config.key}.parquet"
@@ -239,7 +242,8 @@ def evaluate(model: str | ModelCard, task: str, opts: RunOptions | None = None) 
         pq.write_table(table, tmp)
         os.replace(tmp, predictions)
     rows = table.select(["id", "status", "reason"]).to_pylist()
-    record = build_result(card=card, task=config, dataset=dataset, metrics=metrics, table_rows=rows,
+    record = build_result(card=card, task=config, dataset=dataset, metrics=metrics, intervals=intervals,
+                          bootstrap=bootstrap, table_rows=rows,
                           predictions=predictions.name, weights=weights, started=started,
                           wall_time_s=time.perf_counter() - t0, device=device,
                           n_workers=opts.workers, limit=opts.limit)

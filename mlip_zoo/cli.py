@@ -222,8 +222,8 @@ def validate(
     Cards: the schema (unknown fields, key pattern, file name = key, weight paths, sha256 on
     package/URL sources, pickles need trusted: true), a known family, and sha256/size of any copy
     of the weights already on this machine. Results: complete fields and provenance, a present
-    predictions file, and metrics that recompute exactly from it. Imports, executes and unpickles
-    nothing that was submitted.
+    predictions file, and metrics and bootstrap intervals that recompute exactly from it. Imports,
+    executes and unpickles nothing that was submitted.
     """
     from mlip_zoo.leaderboard.results import recompute, result_files
     from mlip_zoo.zoo.card import read_card
@@ -240,7 +240,8 @@ def validate(
                 comparison = recompute(f)
                 if not comparison.ok:
                     lines = [f"  {k}: claimed {a!r}, recomputed {b!r}" for k, a, b in comparison.differences[:10]]
-                    raise CardError(f"{f}: metrics do not follow from the predictions file:\n" + "\n".join(lines))
+                    raise CardError(f"{f}: metrics or their intervals do not follow from the predictions file:\n"
+                                    + "\n".join(lines))
                 results.append({"file": str(f), "ok": True, "kind": "result"})
                 continue
             card = read_card(f)
@@ -272,7 +273,8 @@ def reproduce(
     result: Annotated[Path, typer.Argument(help="A result file, e.g. results/sevennet-0/oc20-s2ef.json")],
     as_json: JsonOpt = False,
 ) -> None:
-    """Recompute a result's metrics from its predictions file and print the differences."""
+    """Recompute a result's metrics and their bootstrap intervals from its predictions file and
+    print the differences (interval rows are named ``intervals.<metric>``)."""
     from mlip_zoo.leaderboard.results import recompute
 
     try:
@@ -281,10 +283,11 @@ def reproduce(
         raise _fail(exc) from None
     if as_json:
         _emit_json({"file": str(result), "ok": comparison.ok, "recomputed": comparison.recomputed,
+                    "intervals": comparison.intervals,
                     "differences": [{"metric": k, "claimed": a, "recomputed": b} for k, a, b in comparison.differences]})
     elif comparison.ok:
-        out.print(f"[green]reproduced[/] {_escape(str(result))}: every metric recomputes to the claimed value",
-                  highlight=False)
+        out.print(f"[green]reproduced[/] {_escape(str(result))}: every metric and interval recomputes to the "
+                  "claimed value", highlight=False)
     else:
         table = Table(title=f"differences in {result}")
         for col in ("metric", "claimed", "recomputed"):
@@ -294,6 +297,47 @@ def reproduce(
         out.print(table)
     if not comparison.ok:
         raise typer.Exit(1)
+
+
+@app.command("compare")
+def compare(
+    result_a: Annotated[Path, typer.Argument(help="A result file, e.g. results/chgnet-0.3.0/oc20-s2ef.json")],
+    result_b: Annotated[Path, typer.Argument(help="A result of the same task on the same dataset.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Per metric, the paired difference A - B with its bootstrap interval.
+
+    Both predictions files are matched by structure id, and the same bootstrap resamples of the
+    shared structures are scored for both models (the task's bootstrap settings), so the
+    interval is that of the difference itself. A difference is significant when its interval
+    excludes 0. Counts (n, TP, ...) are not compared.
+    """
+    from mlip_zoo.leaderboard.results import compare as compare_results
+
+    def fmt_number(v) -> str:
+        return "—" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    try:
+        facts, comparison = compare_results(result_a, result_b)
+    except MlipZooError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        _emit_json({**facts, "metrics": {k: d.as_dict() for k, d in comparison.differences.items()}})
+        return
+    confidence = round(100 * comparison.settings.confidence)
+    table = Table(title=f"{facts['task']}: {facts['model_a']} (A) − {facts['model_b']} (B) on {facts['n_common']} "
+                        f"shared structures ({facts['dataset']}; {comparison.settings.resamples} paired resamples)")
+    for col in ("metric", "A", "B", "A − B", f"{confidence}% interval", "significant"):
+        table.add_column(col, justify="left" if col == "metric" else "right", no_wrap=col == "metric")
+    for key, d in comparison.differences.items():
+        interval = "—" if d.interval is None else f"[{fmt_number(d.interval[0])}, {fmt_number(d.interval[1])}]"
+        table.add_row(key, fmt_number(d.a), fmt_number(d.b), fmt_number(d.difference), interval,
+                      "[bold]yes[/]" if d.significant else "no")
+    out.print(table)
+    if facts["n_common"] < max(facts["n_a"], facts["n_b"]):
+        err.print(f"[yellow]note:[/] A has {facts['n_a']} and B {facts['n_b']} structures; only the "
+                  f"{facts['n_common']} both have are compared, so A and B here can differ from their result files",
+                  highlight=False)
 
 
 def _ask_choice(question: str, choices: list[str], default: str | None = None) -> str:
@@ -472,6 +516,7 @@ def _evaluate_one(model: str, task: str, opts, wandb_mode: str = "offline") -> d
     total = resolve_dataset(config.dataset, config.dataset_file, opts.dataset).n
     if opts.limit is not None:
         total = min(total, opts.limit) if total is not None else opts.limit
+    _ensure_env(get_card(model), opts.env)
     progress, opts.progress = _progress_bar(total, f"{model} × {task}")
     with _quiet_stdout(), progress:
         record = evaluate(model, task, opts)
@@ -487,6 +532,17 @@ def _evaluate_one(model: str, task: str, opts, wandb_mode: str = "offline") -> d
     return record
 
 
+def _ensure_env(card, mode: str) -> None:
+    """Build the model's own environment first (if it needs one), with a spinner: pip takes a while."""
+    from mlip_zoo.zoo.envs import ensure_environment, environment_for, needs_environment
+
+    if needs_environment(card, mode) and not environment_for(card).built:
+        with err.status(f"building the environment of {card.key} ({', '.join(card.requires)}) …") as status:
+            env, _ = ensure_environment(card, echo=lambda message: status.update(_escape(message)))
+        err.print(f"[green]environment[/] {card.key}: {_escape(str(env.path))} "
+                  f"({env.info()['build_seconds']:.0f} s)", highlight=False)
+
+
 def _summary(record: dict) -> str:
     from mlip_zoo.evaluators.base import load_task_config
 
@@ -499,6 +555,15 @@ def _summary(record: dict) -> str:
 WandbOpt = Annotated[str, typer.Option("--wandb", help="offline (write the run under OUT/wandb; `wandb sync` later), online, or disabled.")]
 WorkersOpt = Annotated[int, typer.Option(help="Dask worker processes on this machine; 0 runs in-process.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto (a GPU if torch sees one), cpu or cuda[:N].")]
+EnvOpt = Annotated[str, typer.Option("--env", help="Where a card with `requires` runs: auto (its own environment when this "
+                                     "one lacks its packages), isolated (always its own), shared (always here). "
+                                     "See `mlipzoo env --help`.")]
+
+
+def _env_mode(mode: str) -> str:
+    if mode not in ("auto", "shared", "isolated"):
+        raise _fail(ValueError(f"--env must be auto, shared or isolated, not {mode!r}"), 2)
+    return mode
 
 
 def _wandb_mode(mode: str) -> str:
@@ -521,6 +586,7 @@ def eval_(
     limit: Annotated[Optional[int], typer.Option(help="Only the first N structures (quick looks; recorded in the result).")] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow legacy OC20 LMDBs (unpickling runs code).")] = False,
     wandb: WandbOpt = "offline",
+    env: EnvOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate one model on one task and write its result record.
@@ -532,7 +598,8 @@ def eval_(
     from mlip_zoo.evaluators.runner import RunOptions
 
     opts = RunOptions(out=out_dir, dataset=dataset, device=device, workers=workers, scheduler=scheduler,
-                      cluster=cluster, cluster_config=cluster_config, limit=limit, trust_pickle=trust_pickle)
+                      cluster=cluster, cluster_config=cluster_config, limit=limit, trust_pickle=trust_pickle,
+                      env=_env_mode(env))
     try:
         record = _evaluate_one(model, task, opts, _wandb_mode(wandb))
     except MlipZooError as exc:

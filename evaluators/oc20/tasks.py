@@ -56,6 +56,23 @@ def _by_split(rows: list[dict], compute, splits: list[str]) -> dict[str, Any]:
     return out
 
 
+def _terms_by_split(table: pa.Table, compute, splits: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-row (total, numel) of everything ``_by_split`` reports: every OC20 metric merges as
+    sum(total) / sum(numel), so the bootstrap can resample these sums directly (its fast path)."""
+    rows = table.to_pylist()
+    ok = np.array([r["status"] == "ok" for r in rows])
+    per_row = [compute([r]) if good else {} for r, good in zip(rows, ok)]
+    overall = {key: (np.array([p[key].total if p else 0.0 for p in per_row]),
+                     np.array([p[key].numel if p else 0 for p in per_row], dtype=float)) for key in compute([])}
+    out = dict(overall)
+    split = np.array([r["split"] for r in rows], dtype=object)
+    for s in dict.fromkeys([*splits, *sorted(set(split[ok].tolist()))]):
+        if s != "all":
+            mask = split == s
+            out.update({f"splits.{s}.{key}": (total * mask, numel * mask) for key, (total, numel) in overall.items()})
+    return out
+
+
 class S2EF(Evaluator):
     schema = pa.schema([*_COMMON, pa.field("energy_true", pa.float64()), pa.field("energy_pred", pa.float64()),
                         pa.field("forces_true", _VEC), pa.field("forces_pred", _VEC),
@@ -82,17 +99,20 @@ class S2EF(Evaluator):
                 rows.append(_failed(atoms, i, exc, time.perf_counter() - t0))
         return rows
 
-    def metrics(self, table: pa.Table) -> dict[str, Any]:
-        def compute(rows):
-            return m.s2ef_metrics(
-                [r["energy_true"] for r in rows], [r["energy_pred"] for r in rows],
-                [np.reshape(r["forces_true"], (-1, 3)) for r in rows],
-                [np.reshape(r["forces_pred"], (-1, 3)) for r in rows],
-                [np.asarray(r["free"], bool) for r in rows],
-                energy_threshold=self.config.options["energy_threshold"],
-                force_threshold=self.config.options["force_threshold"])
+    def _compute(self, rows):
+        return m.s2ef_metrics(
+            [r["energy_true"] for r in rows], [r["energy_pred"] for r in rows],
+            [np.reshape(r["forces_true"], (-1, 3)) for r in rows],
+            [np.reshape(r["forces_pred"], (-1, 3)) for r in rows],
+            [np.asarray(r["free"], bool) for r in rows],
+            energy_threshold=self.config.options["energy_threshold"],
+            force_threshold=self.config.options["force_threshold"])
 
-        return _by_split([r for r in table.to_pylist() if r["status"] == "ok"], compute, self.config.splits)
+    def metrics(self, table: pa.Table) -> dict[str, Any]:
+        return _by_split([r for r in table.to_pylist() if r["status"] == "ok"], self._compute, self.config.splits)
+
+    def metric_terms(self, table: pa.Table) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        return _terms_by_split(table, self._compute, self.config.splits)
 
 
 class _Relaxation(Evaluator):
@@ -137,23 +157,32 @@ class _Relaxation(Evaluator):
 
 
 class IS2RE(_Relaxation):
-    def metrics(self, table: pa.Table) -> dict[str, Any]:
-        def compute(rows):
-            return m.is2re_metrics([r["energy_true"] for r in rows], [r["energy_pred"] for r in rows],
-                                   energy_threshold=self.config.options["energy_threshold"])
+    def _compute(self, rows):
+        return m.is2re_metrics([r["energy_true"] for r in rows], [r["energy_pred"] for r in rows],
+                               energy_threshold=self.config.options["energy_threshold"])
 
+    def metrics(self, table: pa.Table) -> dict[str, Any]:
         rows = [r for r in table.to_pylist() if r["status"] == "ok"]
-        out = _by_split(rows, compute, self.config.splits)
+        out = _by_split(rows, self._compute, self.config.splits)
         out["converged_fraction"] = float(np.mean([r["converged"] for r in rows])) if rows else None
         return out
 
+    def metric_terms(self, table: pa.Table) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        ok = np.array([s == "ok" for s in table.column("status").to_pylist()], dtype=float)
+        converged = np.array([bool(c) for c in table.column("converged").to_pylist()], dtype=float)
+        return {**_terms_by_split(table, self._compute, self.config.splits),
+                "converged_fraction": (converged * ok, ok)}
+
 
 class IS2RS(_Relaxation):
-    def metrics(self, table: pa.Table) -> dict[str, Any]:
-        def compute(rows):
-            return m.is2rs_metrics([np.reshape(r["pos_true"], (-1, 3)) for r in rows],
-                                   [np.reshape(r["pos_pred"], (-1, 3)) for r in rows],
-                                   [np.reshape(r["cell"], (3, 3)) for r in rows], [r["pbc"] for r in rows],
-                                   [np.asarray(r["free"], bool) for r in rows])
+    def _compute(self, rows):
+        return m.is2rs_metrics([np.reshape(r["pos_true"], (-1, 3)) for r in rows],
+                               [np.reshape(r["pos_pred"], (-1, 3)) for r in rows],
+                               [np.reshape(r["cell"], (3, 3)) for r in rows], [r["pbc"] for r in rows],
+                               [np.asarray(r["free"], bool) for r in rows])
 
-        return _by_split([r for r in table.to_pylist() if r["status"] == "ok"], compute, self.config.splits)
+    def metrics(self, table: pa.Table) -> dict[str, Any]:
+        return _by_split([r for r in table.to_pylist() if r["status"] == "ok"], self._compute, self.config.splits)
+
+    def metric_terms(self, table: pa.Table) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        return _terms_by_split(table, self._compute, self.config.splits)
