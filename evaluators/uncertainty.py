@@ -1,0 +1,351 @@
+"""How sure is each number: a seeded bootstrap over structures, for any task.
+
+A resample draws the rows (structures) of a predictions table with replacement and recomputes
+the task's own ``Evaluator.metrics`` on them, so classification metrics (F1, DAF, precision),
+threshold metrics (EFwT, EwT, ADwT) and nested per-split or per-subset metrics are all covered
+by the same code. Rows are drawn within each value of the task's ``bootstrap.strata`` column
+(``split`` by default) when the table has it, so every split keeps its size and its interval is
+the bootstrap of that split alone. A metric's interval is the percentile interval of its
+resampled values (2.5 and 97.5 percentiles at 95 %).
+
+Which values get an interval:
+
+- real numbers (``float``, numpy floats) do;
+- integers are counts (``n``, TP/FP/TN/FN): they describe the sample, not the model, and get
+  ``None``; so do booleans, strings and a point value that is ``None`` or NaN;
+- a resample in which a metric is undefined (NaN/None, e.g. no stable material drawn, or
+  ``metrics()`` raising ``ValueError``/``ArithmeticError`` on a degenerate draw) is left out of
+  that metric's percentiles and counted in ``undefined``; when fewer than half the resamples are
+  defined the interval is ``None``.
+
+Resamples are count vectors: ``W[b, i]`` is how often row ``i`` is drawn in resample ``b``. One
+seed gives the same ``W`` for every table with the same number of rows and strata, so two
+models' predictions on the same structures (aligned by ``id``) share their resamples: that is
+the paired bootstrap of their difference, and of their ranks. A model compared with itself
+differs by exactly 0 in every resample.
+
+Speed: a task whose metrics are ratios of sums over rows can declare per-row terms
+(``Evaluator.metric_terms``); then all resamples are ``W @ total / W @ numel`` at once, checked
+against ``metrics()`` on the full table and on one resample. Other metrics call ``metrics()``
+once per resample.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mlip_zoo.errors import DatasetError, MetricError
+from mlip_zoo.evaluators.base import BootstrapSettings, Evaluator
+from mlip_zoo.evaluators.result import flatten_metrics
+
+CHUNK = 128  # resamples per count matrix: bounds memory on large tables (CHUNK x rows int32)
+TERMS_RTOL = 1e-9  # fast path vs metrics(): the same sums in another order
+
+
+# ---------------------------------------------------------------------------------------------
+# Values and intervals
+
+
+def is_estimate(value: Any) -> bool:
+    """A value that gets an interval: a finite real number that is not a count (see module doc)."""
+    if isinstance(value, (bool, np.bool_, int, np.integer)) or not isinstance(value, (float, np.floating)):
+        return False
+    return math.isfinite(value)
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return math.nan
+    return float(value)
+
+
+def percentile_interval(values: np.ndarray, confidence: float) -> list[float] | None:
+    """``[lo, hi]`` percentiles of the defined (finite) values; None if fewer than half are defined."""
+    values = np.asarray(values, dtype=float)
+    finite = values[np.isfinite(values)]
+    if finite.size == 0 or 2 * finite.size < values.size:
+        return None
+    tail = 50.0 * (1.0 - confidence)
+    lo, hi = np.percentile(finite, [tail, 100.0 - tail])
+    return [float(lo), float(hi)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Resamples
+
+
+def strata_labels(table: pa.Table, settings: BootstrapSettings) -> np.ndarray | None:
+    """The stratum of each row, or None (one stratum) when the table has no such column."""
+    if settings.strata is None or settings.strata not in table.column_names:
+        return None
+    return np.asarray([str(v) for v in table.column(settings.strata).to_pylist()], dtype=object)
+
+
+def resample_counts(n: int, settings: BootstrapSettings, strata: np.ndarray | None = None
+                    ) -> Iterator[np.ndarray]:
+    """Count matrices of ``CHUNK`` resamples each (``settings.resamples`` rows in all), shape
+    ``(chunk, n)``. Resample ``b`` draws, for each stratum in sorted order, as many rows as the
+    stratum has, uniformly with replacement from it; the draws depend only on the seed, ``n``
+    and the strata, never on the values."""
+    rng = np.random.default_rng(settings.seed)
+    if strata is None:
+        groups = [np.arange(n)]
+    else:
+        if len(strata) != n:
+            raise ValueError(f"{len(strata)} strata labels for {n} rows")
+        groups = [np.flatnonzero(strata == s) for s in sorted(set(strata.tolist()))]
+    for start in range(0, settings.resamples, CHUNK):
+        size = min(CHUNK, settings.resamples - start)
+        counts = np.zeros((size, n), dtype=np.int32)
+        for b in range(size):
+            for group in groups:
+                drawn = group[rng.integers(0, group.size, group.size)]
+                counts[b] += np.bincount(drawn, minlength=n).astype(np.int32)
+        yield counts
+
+
+def _rows_of(counts: np.ndarray) -> np.ndarray:
+    """The row indices one count vector draws (sorted; metrics do not depend on row order)."""
+    return np.repeat(np.arange(counts.size), counts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Replicates: each metric's value in every resample
+
+
+@dataclass
+class Replicates:
+    """Point values (flattened, dotted keys) and each estimate's value in every resample."""
+
+    point: dict[str, Any]
+    values: dict[str, np.ndarray]
+    settings: BootstrapSettings
+
+    def interval(self, key: str) -> list[float] | None:
+        return percentile_interval(self.values[key], self.settings.confidence) if key in self.values else None
+
+    def undefined(self) -> dict[str, int]:
+        return {k: int(np.count_nonzero(~np.isfinite(v))) for k, v in self.values.items()
+                if not np.isfinite(v).all()}
+
+
+def _metrics_or_undefined(evaluator: Evaluator, table: pa.Table) -> dict[str, Any]:
+    try:
+        return flatten_metrics(evaluator.metrics(table))
+    except (ValueError, ArithmeticError):  # a degenerate draw (a class absent): undefined here
+        return {}
+
+
+def _close(a: float, b: float) -> bool:
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return math.isfinite(a) == math.isfinite(b)
+    return math.isclose(a, b, rel_tol=TERMS_RTOL, abs_tol=1e-12)
+
+
+def _ratio(total: np.ndarray, numel: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(numel > 0, total / np.where(numel > 0, numel, 1.0), np.nan)
+
+
+def _terms(evaluator: Evaluator, table: pa.Table, point: dict[str, Any], keys: list[str]
+           ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The evaluator's fast-path terms for ``keys``, checked against the full-table metrics."""
+    terms = {}
+    for key, (total, numel) in evaluator.metric_terms(table).items():
+        if key not in keys:
+            continue
+        total, numel = np.asarray(total, dtype=float), np.asarray(numel, dtype=float)
+        if total.shape != (table.num_rows,) or numel.shape != (table.num_rows,):
+            raise MetricError(f"task {evaluator.key}: metric_terms[{key!r}] must be two arrays of "
+                              f"{table.num_rows} values (one per row), got {total.shape} and {numel.shape}")
+        whole = float(_ratio(np.array([total.sum()]), np.array([numel.sum()]))[0])
+        if not _close(whole, _number(point[key])):
+            raise MetricError(f"task {evaluator.key}: metric_terms gives {key} = {whole!r} but metrics() gives "
+                              f"{point[key]!r}; fix the task's metric_terms (or drop the key from it)")
+        terms[key] = (total, numel)
+    return terms
+
+
+def replicates(evaluator: Evaluator, table: pa.Table, settings: BootstrapSettings | None = None, *,
+               strata: np.ndarray | None = None, keys: Sequence[str] | None = None,
+               metrics: dict[str, Any] | None = None) -> Replicates:
+    """Every estimate's value in each resample of ``table``'s rows (``keys`` limits which).
+
+    ``strata`` overrides the table's own strata column (paired comparisons pass one table's
+    labels to both, so both draw the same rows); ``metrics`` is ``evaluator.metrics(table)``
+    when the caller has it already."""
+    settings = settings or evaluator.config.bootstrap
+    if strata is None:
+        strata = strata_labels(table, settings)
+    point = flatten_metrics(evaluator.metrics(table) if metrics is None else metrics)
+    wanted = [k for k, v in point.items() if is_estimate(v) and (keys is None or k in keys)]
+    terms = _terms(evaluator, table, point, wanted)
+    slow = [k for k in wanted if k not in terms]
+    values = {k: np.full(settings.resamples, np.nan) for k in wanted}
+    start = 0
+    for counts in resample_counts(table.num_rows, settings, strata):
+        weights = counts.astype(float)
+        for key, (total, numel) in terms.items():
+            values[key][start:start + len(counts)] = _ratio(weights @ total, weights @ numel)
+        if terms and start == 0:  # the fast path must also agree with metrics() under duplication
+            drawn = _metrics_or_undefined(evaluator, table.take(_rows_of(counts[0])))
+            for key in terms:
+                if not _close(values[key][0], _number(drawn.get(key))):
+                    raise MetricError(f"task {evaluator.key}: on a resample, metric_terms gives {key} = "
+                                      f"{values[key][0]!r} but metrics() gives {drawn.get(key)!r}: {key} is not a "
+                                      "ratio of per-row sums; leave it out of metric_terms")
+        if slow:
+            for j, row in enumerate(counts):
+                drawn = _metrics_or_undefined(evaluator, table.take(_rows_of(row)))
+                for key in slow:
+                    values[key][start + j] = _number(drawn.get(key))
+        start += len(counts)
+    return Replicates(point, values, settings)
+
+
+def nest(metrics: Mapping[str, Any], flat: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A mapping shaped like ``metrics`` with ``flat[dotted key]`` (None where absent) at its leaves."""
+    return {k: nest(v, flat, f"{prefix}{k}.") if isinstance(v, dict) else flat.get(f"{prefix}{k}")
+            for k, v in metrics.items()}
+
+
+def intervals(evaluator: Evaluator, table: pa.Table, metrics: dict[str, Any],
+              settings: BootstrapSettings | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(intervals, bootstrap)`` for a result file whose ``metrics = evaluator.metrics(table)``:
+    intervals mirror ``metrics`` with ``[lo, hi]`` (or None) at every leaf; bootstrap records
+    the settings and, per metric, how many resamples were undefined."""
+    settings = settings or evaluator.config.bootstrap
+    reps = replicates(evaluator, table, settings, metrics=metrics)
+    flat = {k: reps.interval(k) for k in reps.values}
+    return nest(metrics, flat), {**record_of(settings), "undefined": reps.undefined()}
+
+
+def record_of(settings: BootstrapSettings) -> dict[str, Any]:
+    """What a result records about how its intervals were drawn."""
+    return {"method": "percentile bootstrap over structures", **settings.model_dump(mode="json")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Several models on the same structures
+
+
+def align(tables: Mapping[str, pa.Table]) -> tuple[dict[str, pa.Table], list[str]]:
+    """The rows every table has, matched by ``id`` and put in one (sorted id) order."""
+    index: dict[str, dict[str, int]] = {}
+    for name, table in tables.items():
+        if "id" not in table.column_names:
+            raise DatasetError(f"{name}: predictions have no 'id' column; models are matched by structure id")
+        ids = [str(i) for i in table.column("id").to_pylist()]
+        index[name] = {rid: i for i, rid in enumerate(ids)}
+        if len(index[name]) != len(ids):
+            raise DatasetError(f"{name}: duplicate structure ids in the predictions; ids must be unique")
+    common = sorted(set.intersection(*(set(ix) for ix in index.values()))) if index else []
+    return {name: tables[name].take([index[name][rid] for rid in common]) for name in tables}, common
+
+
+@dataclass
+class Difference:
+    """``a - b`` of one metric on the same structures, with its paired-bootstrap interval."""
+
+    a: Any
+    b: Any
+    difference: float | None
+    interval: list[float] | None
+    undefined: int = 0
+
+    @property
+    def significant(self) -> bool:
+        """The interval excludes 0 (an undefined interval is never significant)."""
+        return self.interval is not None and (self.interval[0] > 0 or self.interval[1] < 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"a": self.a, "b": self.b, "difference": self.difference, "interval": self.interval,
+                "significant": self.significant, "undefined": self.undefined}
+
+
+def _difference(ra: Replicates, rb: Replicates, key: str, settings: BootstrapSettings) -> Difference:
+    a, b = ra.point.get(key), rb.point.get(key)
+    if key not in ra.values or key not in rb.values:
+        return Difference(a, b, None, None, settings.resamples)
+    diff = ra.values[key] - rb.values[key]
+    return Difference(a, b, _number(a) - _number(b), percentile_interval(diff, settings.confidence),
+                      int(np.count_nonzero(~np.isfinite(diff))))
+
+
+@dataclass
+class PairedComparison:
+    n: int  # structures both tables have
+    differences: dict[str, Difference]
+    settings: BootstrapSettings
+
+
+def paired(evaluator: Evaluator, table_a: pa.Table, table_b: pa.Table,
+           settings: BootstrapSettings | None = None) -> PairedComparison:
+    """Per metric, ``a - b`` on the structures both have, with a paired-bootstrap interval."""
+    settings = settings or evaluator.config.bootstrap
+    aligned, common = align({"a": table_a, "b": table_b})
+    if not common:
+        raise DatasetError("the two predictions share no structure id; nothing to compare")
+    strata = strata_labels(aligned["a"], settings)
+    ra = replicates(evaluator, aligned["a"], settings, strata=strata)
+    rb = replicates(evaluator, aligned["b"], settings, strata=strata)
+    keys = [k for k in dict.fromkeys([*ra.point, *rb.point]) if k in ra.values or k in rb.values]
+    return PairedComparison(len(common), {k: _difference(ra, rb, k, settings) for k in keys}, settings)
+
+
+@dataclass
+class Ranking:
+    """Ranks of several models by one metric on the structures they all have (1 = best; ties
+    share the better rank), with the rank range from the bootstrap and the pairs whose paired
+    difference is not significant."""
+
+    metric: str
+    n: int
+    value: dict[str, Any]
+    rank: dict[str, int]
+    rank_range: dict[str, tuple[int, int]]
+    pairs: dict[tuple[str, str], Difference] = field(default_factory=dict)
+
+    def indistinct(self, model: str) -> list[str]:
+        """The models whose difference from ``model`` is not significant."""
+        out = []
+        for (a, b), d in self.pairs.items():
+            if model in (a, b) and not d.significant:
+                out.append(b if a == model else a)
+        return out
+
+
+def _ranks(values: np.ndarray, higher_is_better: bool) -> np.ndarray:
+    """Competition ranks down axis 0 (models); an undefined value ranks last."""
+    score = np.where(np.isfinite(values), values if higher_is_better else -values, -np.inf)
+    return 1 + (score[None, :, ...] > score[:, None, ...]).sum(axis=1)
+
+
+def rank(evaluator: Evaluator, tables: Mapping[str, pa.Table], metric: str, *, higher_is_better: bool,
+         settings: BootstrapSettings | None = None) -> Ranking:
+    """Rank the models of ``tables`` (predictions of one task on one dataset) by ``metric``."""
+    settings = settings or evaluator.config.bootstrap
+    aligned, common = align(tables)
+    names = list(aligned)
+    if not common:
+        return Ranking(metric, 0, {}, {}, {})
+    strata = strata_labels(aligned[names[0]], settings)
+    reps = {m: replicates(evaluator, aligned[m], settings, strata=strata, keys=[metric]) for m in names}
+    empty = np.full(settings.resamples, np.nan)
+    matrix = np.stack([reps[m].values.get(metric, empty) for m in names])
+    point = np.array([_number(reps[m].point.get(metric)) for m in names])
+    point_ranks = _ranks(point, higher_is_better)
+    ranks = _ranks(matrix, higher_is_better)
+    tail = 50.0 * (1.0 - settings.confidence)
+    ranges = {m: (int(np.percentile(ranks[i], tail, method="lower")),
+                  int(np.percentile(ranks[i], 100.0 - tail, method="higher"))) for i, m in enumerate(names)}
+    pairs = {(a, b): _difference(reps[a], reps[b], metric, settings)
+             for i, a in enumerate(names) for b in names[i + 1:]}
+    return Ranking(metric, len(common), {m: reps[m].point.get(metric) for m in names},
+                   {m: int(point_ranks[i]) for i, m in enumerate(names)}, ranges, pairs)
