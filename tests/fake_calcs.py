@@ -51,3 +51,29 @@ class CollapsingEMT(EMT):
         forces = self.results["forces"].copy()
         forces[:, 2] += 50.0
         self.results["forces"] = forces
+
+
+class NoisyEMT(EMT):
+    """EMT plus noise that depends only on the structure and ``seed`` (the same structure gets the
+    same noise in any order, shard or worker): energy + ``energy_bias`` + N(0, ``energy_noise``),
+    each force component + N(0, ``force_noise``). A model with known error statistics."""
+
+    def __init__(self, energy_bias: float = 0.0, energy_noise: float = 0.0, force_noise: float = 0.0,
+                 seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.energy_bias, self.energy_noise, self.force_noise, self.seed = energy_bias, energy_noise, force_noise, seed
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=None):
+        import hashlib
+
+        import numpy as np
+
+        super().calculate(atoms, properties, system_changes or [])
+        key = np.round(self.atoms.positions, 6).tobytes() + self.atoms.numbers.tobytes() + str(self.seed).encode()
+        rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
+        shift = self.energy_bias + self.energy_noise * rng.standard_normal()
+        self.results["energy"] += shift
+        if "free_energy" in self.results:
+            self.results["free_energy"] += shift
+        self.results["forces"] = self.results["forces"] + self.force_noise * rng.standard_normal(
+            self.results["forces"].shape)

@@ -1,0 +1,274 @@
+"""Uncertainty of every number: bootstrap intervals in result files (reproducible), paired
+differences (`mlipzoo compare`), rank distributions; on oc20-mini (EMT labels) with EMT and
+noisy EMT models whose error statistics are known."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from mlip_zoo.cli import app
+from mlip_zoo.errors import MetricError
+from mlip_zoo.evaluators import uncertainty as u
+from mlip_zoo.evaluators.base import BootstrapSettings, Evaluator, MetricSpec, TaskConfig, evaluator_for, load_task_config
+from mlip_zoo.evaluators.runner import RunOptions, evaluate
+from mlip_zoo.leaderboard.results import recompute
+
+TESTS = Path(__file__).parent
+runner = CliRunner()
+
+
+def noisy_card(key: str, **kwargs) -> str:
+    args = ", ".join(f"{k}: {v}" for k, v in kwargs.items())
+    return f"""\
+        key: {key}
+        name: Noisy EMT {key}
+        version: "1"
+        family: ase
+        calculator: "fake_calcs:NoisyEMT"
+        calculator_kwargs: {{{args}}}
+        license: MIT
+        targets: EFS
+        """
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """EMT and three noisy EMTs on S2EF. ``small``/``large``: the same noisy model on 60 and on
+    240 structures; ``low``/``high``: energy errors N(0.1, 0.02) and N(0.3, 0.02) eV, so their
+    energy MAE differs by 0.2 eV in expectation."""
+    root = tmp_path_factory.mktemp("uncertainty")
+    cards = root / "cards"
+    cards.mkdir()
+    (cards / "noisy.yaml").write_text(noisy_card("noisy", energy_noise=0.1, force_noise=0.05, seed=1))
+    (cards / "low.yaml").write_text(noisy_card("low", energy_bias=0.1, energy_noise=0.02, seed=2))
+    (cards / "high.yaml").write_text(noisy_card("high", energy_bias=0.3, energy_noise=0.02, seed=3))
+    for card in cards.iterdir():
+        card.write_text("\n".join(line.strip() for line in card.read_text().splitlines()) + "\n")
+    out: dict[str, Any] = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLIPZOO_CACHE", str(root / "cache"))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("MLIPZOO_CARDS", str(cards))
+        mp.syspath_prepend(str(TESTS))
+        out["small"] = evaluate("noisy", "oc20-s2ef", RunOptions(out=root / "small", workers=0, limit=60))
+        out["large"] = evaluate("noisy", "oc20-s2ef", RunOptions(out=root / "large", workers=0, limit=240))
+        for key in ("emt", "low", "high"):
+            out[key] = evaluate(key, "oc20-s2ef", RunOptions(out=root / "results", workers=0, limit=60))
+    out["root"] = root
+    return out
+
+
+def width(interval) -> float:
+    return interval[1] - interval[0]
+
+
+def test_intervals_shrink_as_one_over_sqrt_n(runs):
+    small, large = runs["small"], runs["large"]
+    for key in ("energy_mae", "forces_mae"):
+        point_s, ci_s = small["metrics"][key], small["intervals"][key]
+        point_l, ci_l = large["metrics"][key], large["intervals"][key]
+        assert ci_s[0] < point_s < ci_s[1] and ci_l[0] < point_l < ci_l[1]
+        ratio = width(ci_s) / width(ci_l)  # 4x the structures: sqrt(4) = 2
+        assert 1.6 < ratio < 2.5, (key, ratio)
+    # energy errors are N(0, 0.1): MAE = 0.1 sqrt(2/pi); its interval on 240 structures covers that
+    ci = large["intervals"]["energy_mae"]
+    assert ci[0] < 0.1 * math.sqrt(2 / math.pi) < ci[1]
+    # per split, and counts carry no interval
+    for split, values in large["intervals"]["splits"].items():
+        assert values["n"] is None
+        if large["metrics"]["splits"][split]["n"] > 5:
+            assert values["energy_mae"][0] < large["metrics"]["splits"][split]["energy_mae"] < values["energy_mae"][1]
+    boot = large["provenance"]["bootstrap"]
+    assert (boot["resamples"], boot["seed"], boot["confidence"], boot["strata"]) == (1000, 0, 0.95, "split")
+
+
+def test_result_intervals_reproduce_and_edits_are_caught(runs):
+    path = runs["root"] / "small" / "noisy" / "oc20-s2ef.json"
+    assert recompute(path).ok
+    record = json.loads(path.read_text())
+    record["intervals"]["energy_mae"][1] *= 0.5  # a narrower interval than the predictions support
+    record["provenance"]["bootstrap"]["seed"] = 7
+    path.write_text(json.dumps(record))
+    keys = {d[0] for d in recompute(path).differences}
+    assert keys == {"intervals.energy_mae", "provenance.bootstrap.seed"}
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1 and "intervals.energy_mae: claimed" in result.stderr
+
+
+def test_a_model_compared_with_itself_differs_by_exactly_zero(runs):
+    path = runs["root"] / "results" / "low" / "oc20-s2ef.json"
+    result = runner.invoke(app, ["compare", str(path), str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["n_common"] == 60 and data["metrics"]
+    for key, d in data["metrics"].items():
+        assert d["difference"] == 0.0 and d["interval"] == [0.0, 0.0], key
+        assert not d["significant"]
+
+
+def test_a_known_offset_lies_inside_the_paired_interval(runs):
+    low, high = (runs["root"] / "results" / k / "oc20-s2ef.json" for k in ("low", "high"))
+    result = runner.invoke(app, ["compare", str(high), str(low), "--json"])
+    assert result.exit_code == 0, result.output
+    energy = json.loads(result.stdout)["metrics"]["energy_mae"]
+    lo, hi = energy["interval"]
+    assert lo < 0.2 < hi and energy["significant"]
+    assert energy["difference"] == pytest.approx(runs["high"]["metrics"]["energy_mae"] - runs["low"]["metrics"]["energy_mae"])
+    assert width(energy["interval"]) < 0.05  # paired: the shared structures cancel, only the noise is left
+    forces = json.loads(result.stdout)["metrics"]["forces_mae"]
+    assert forces["difference"] == 0.0 and forces["interval"] == [0.0, 0.0]  # same EMT forces
+    table = runner.invoke(app, ["compare", str(high), str(low)])
+    assert table.exit_code == 0 and "energy_mae" in table.stdout and "yes" in table.stdout
+
+
+def test_compare_refuses_different_tasks(runs, tmp_path):
+    path = runs["root"] / "results" / "emt" / "oc20-s2ef.json"
+    other = evaluate("emt", "oc20-is2re", RunOptions(out=tmp_path, workers=0, limit=2))
+    assert other["intervals"]["energy_mae"] == [0.0, 0.0]
+    result = runner.invoke(app, ["compare", str(path), str(tmp_path / "emt" / "oc20-is2re.json")])
+    assert result.exit_code == 1 and "compare two results of the same task" in result.stderr
+
+
+def test_ranks_are_ranges_and_indistinct_pairs_are_marked(runs):
+    import pyarrow.parquet as pq
+
+    evaluator = evaluator_for("oc20-s2ef")
+    tables = {k: pq.read_table(runs["root"] / "results" / k / "oc20-s2ef.parquet") for k in ("emt", "low", "high")}
+    tables["twin"] = tables["emt"]  # identical predictions: a tie, never significant
+    ranking = u.rank(evaluator, tables, "energy_mae", higher_is_better=False)
+    assert ranking.n == 60
+    assert ranking.rank == {"emt": 1, "twin": 1, "low": 3, "high": 4}
+    assert ranking.rank_range == {"emt": (1, 1), "twin": (1, 1), "low": (3, 3), "high": (4, 4)}
+    assert ranking.indistinct("emt") == ["twin"] and ranking.indistinct("low") == []
+    # forces: low and high have EMT's forces exactly, so all four tie on force MAE
+    ranking = u.rank(evaluator, tables, "forces_mae", higher_is_better=False)
+    assert set(ranking.rank.values()) == {1} and set(ranking.rank_range.values()) == {(1, 1)}
+    assert sorted(ranking.indistinct("high")) == ["emt", "low", "twin"]
+
+
+def _noisy_copy(table: pa.Table, rng: np.random.Generator, columns: dict[str, float]) -> pa.Table:
+    """The table with Gaussian noise of the given size added to list or scalar float columns."""
+    for name, sigma in columns.items():
+        values = table.column(name).to_pylist()
+        noisy = [(np.asarray(v) + sigma * rng.standard_normal(np.shape(v))).tolist() if v is not None else None
+                 for v in values]
+        table = table.set_column(table.column_names.index(name), name, pa.array(noisy, table.schema.field(name).type))
+    return table
+
+
+class _NoTerms:
+    def metric_terms(self, table):
+        return {}
+
+
+@pytest.mark.parametrize(("task", "noise"), [
+    ("oc20-s2ef", {"energy_pred": 0.05, "forces_pred": 0.02}),
+    ("oc20-is2re", {"energy_pred": 0.05}),
+    ("oc20-is2rs", {"pos_pred": 0.05}),
+])
+def test_fast_path_equals_metrics_on_every_resample(task, noise, tmp_path):
+    """The OC20 tasks' metric_terms give, resample by resample, what metrics() gives."""
+    import pyarrow.parquet as pq
+
+    limit = 24 if task == "oc20-s2ef" else 5
+    evaluate("emt", task, RunOptions(out=tmp_path, workers=0, limit=limit))
+    table = _noisy_copy(pq.read_table(tmp_path / "emt" / f"{task}.parquet"), np.random.default_rng(0), noise)
+    evaluator = evaluator_for(task)
+    slow = type("Slow", (_NoTerms, type(evaluator)), {})(evaluator.config)
+    settings = BootstrapSettings(resamples=100, seed=3)
+    fast, reference = u.replicates(evaluator, table, settings), u.replicates(slow, table, settings)
+    assert set(fast.values) == set(reference.values) and len(fast.values) > 5
+    for key, values in fast.values.items():
+        np.testing.assert_allclose(values, reference.values[key], rtol=1e-9, atol=1e-12, err_msg=key)
+        assert np.ptp(values[np.isfinite(values)]) > 0 or key.endswith(("within_threshold", "converged_fraction"))
+
+
+def test_terms_that_disagree_with_metrics_are_refused(runs):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(runs["root"] / "results" / "low" / "oc20-s2ef.parquet")
+    evaluator = evaluator_for("oc20-s2ef")
+
+    class Wrong(type(evaluator)):
+        def metric_terms(self, table):
+            total, numel = super().metric_terms(table)["energy_mae"]
+            return {"energy_mae": (total * 2, numel)}
+
+    class Squared(type(evaluator)):  # right on the full set by construction, wrong on resamples
+        def metric_terms(self, table):
+            total, numel = super().metric_terms(table)["energy_mae"]
+            scale = evaluator.metrics(table)["energy_mae"] * numel.sum() / (total ** 2).sum()
+            return {"energy_mae": (total ** 2 * scale, numel)}
+
+    with pytest.raises(MetricError, match="metric_terms gives energy_mae = .* but metrics"):
+        u.replicates(Wrong(evaluator.config), table)
+    with pytest.raises(MetricError, match="on a resample.*not a ratio of per-row sums"):
+        u.replicates(Squared(evaluator.config), table)
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic: a classification task, as matbench-discovery scores one, through the same machinery.
+
+
+class Classify(Evaluator):
+    """Stability classification with matbench-discovery's own metrics, one row per structure."""
+
+    schema = pa.schema([pa.field("id", pa.string()), pa.field("status", pa.string()),
+                        pa.field("each_true", pa.float64()), pa.field("each_pred", pa.float64())])
+
+    def run(self, potential, records):
+        raise NotImplementedError  # scored from a table the test builds
+
+    def metrics(self, table: pa.Table) -> dict[str, Any]:
+        from matbench_discovery.metrics import stable_metrics
+
+        with np.errstate(all="ignore"):
+            out = stable_metrics(table.column("each_true").to_numpy(), table.column("each_pred").to_numpy())
+        return {k: int(v) if isinstance(v, (int, np.integer)) else float(v) for k, v in out.items()
+                if k in ("F1", "DAF", "Precision", "Recall", "TP", "FP", "MAE")} | {"n": table.num_rows}
+
+
+def _classify_config() -> TaskConfig:
+    return TaskConfig(key="toy-stability", version="1", description="test", evaluator="none", dataset="none",
+                      dataset_file="none", headline="F1",
+                      metrics={"F1": MetricSpec(label="F1", higher_is_better=True)})
+
+
+def test_classification_metrics_with_undefined_resamples(recwarn):
+    rng = np.random.default_rng(0)
+    n = 40
+    each_true = rng.uniform(0.05, 0.5, n)
+    each_true[:3] = [-0.1, -0.05, -0.02]  # 3 stable of 40: some resamples draw none
+    each_pred = each_true + rng.normal(0, 0.03, n)
+    table = pa.table({"id": [f"s{i}" for i in range(n)], "status": ["ok"] * n, "each_true": each_true,
+                      "each_pred": each_pred})
+    evaluator = Classify(_classify_config())
+    metrics = evaluator.metrics(table)
+    intervals, boot = u.intervals(evaluator, table, metrics)
+    assert intervals["TP"] is None and intervals["FP"] is None and intervals["n"] is None  # counts
+    for key in ("F1", "Precision", "Recall", "DAF", "MAE"):
+        assert intervals[key] is not None, key
+        assert intervals[key][0] <= metrics[key] <= intervals[key][1], key
+    undefined = boot["undefined"]
+    assert 0 < undefined["F1"] < 500  # resamples without a stable material: left out, counted
+    # every resample of a stratified draw keeps each stratum's size
+    strata = np.array(["a"] * 10 + ["b"] * 30, dtype=object)
+    for counts in u.resample_counts(n, BootstrapSettings(resamples=100), strata):
+        assert (counts[:, :10].sum(axis=1) == 10).all() and (counts[:, 10:].sum(axis=1) == 30).all()
+
+
+def test_bootstrap_settings_stay_out_of_the_work_fingerprint():
+    config = load_task_config("oc20-s2ef")
+    other = config.model_copy(update={"bootstrap": BootstrapSettings(resamples=200, seed=5)})
+    assert other.fingerprint() == config.fingerprint()
+    assert config.bootstrap == BootstrapSettings()  # the YAML need not say anything
+    with pytest.raises(ValueError, match="resamples"):
+        BootstrapSettings(resamples=5)
