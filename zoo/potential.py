@@ -216,6 +216,32 @@ class Potential(ABC):
             f"{self.card.key}: family {self.card.family!r} has no test-time training; remove "
             "`test_time_training` from the card's capabilities")
 
+    def with_cutoff(self, radius: float) -> Potential:
+        """This model with its radius graph built at ``radius`` Å (radius refinement). It shares
+        the loaded network; this potential keeps its own radius.
+
+        The radius in effect (``.cutoff`` of the result) is capped at the cutoff the model was
+        trained with: beyond it, a model whose envelope vanishes there (CHGNet) gets only
+        zero-weight edges, and one whose envelope polynomial is not masked (SevenNet) would
+        extrapolate it (its predictions blow up). So refinement can only shrink the radius."""
+        if "radius_refinement" not in self.card.capabilities:
+            raise CapabilityNotSupportedError(
+                f"{self.card.key} cannot change its cutoff: its card does not list the `radius_refinement` "
+                "capability (families that support it: chgnet, sevenn)")
+        if self.cutoff is None:
+            raise CapabilityNotSupportedError(f"{self.card.key}: radius refinement needs the model's cutoff; "
+                                              "set `cutoff` in its card")
+        if not radius > 0:
+            raise ValueError(f"cutoff radius must be positive, got {radius!r}")
+        return CutoffPotential(self, float(radius))
+
+    def _swap_graph_radius(self, radius: float) -> float:
+        """Family hook for ``with_cutoff``: build graphs at ``radius`` from now on; return the
+        radius this replaced."""
+        raise CapabilityNotSupportedError(
+            f"{self.card.key}: family {self.card.family!r} cannot change its graph radius; remove "
+            "`radius_refinement` from the card's capabilities")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.card.key!r}, device={self.device!r}, dtype={self.dtype!r})"
 
@@ -240,6 +266,25 @@ class CalculatorPotential(Potential):
         forces = atoms.get_forces()
         s = atoms.get_stress(voigt=True) if stress else None
         return energy, forces, s
+
+
+class CutoffPotential(Potential):
+    """``base`` with its graph radius set to ``min(radius, base.cutoff)`` around each prediction
+    (what ``Potential.with_cutoff`` returns; ``requested_cutoff`` keeps the asked-for radius)."""
+
+    def __init__(self, base: Potential, radius: float):
+        super().__init__(base.card, device=base.device, dtype=base.dtype, cutoff=min(radius, base.cutoff))
+        self.base, self.requested_cutoff = base, radius
+
+    def _predict_one(self, atoms: Atoms, stress: bool):
+        previous = self.base._swap_graph_radius(self.cutoff)
+        try:
+            return self.base._predict_one(atoms, stress)
+        finally:  # the shared network goes back to its own radius whatever happened
+            self.base._swap_graph_radius(previous)
+
+    def with_cutoff(self, radius: float) -> Potential:
+        return self.base.with_cutoff(radius)
 
 
 class PotentialCalculator(Calculator):

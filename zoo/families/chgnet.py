@@ -17,6 +17,12 @@ class CHGNetPotential(CalculatorPotential):
     def _trainable(self) -> Trainable:
         return _CHGNetTrainable(self)
 
+    def _swap_graph_radius(self, radius: float) -> float:
+        # The atom-graph radius; the 3 Å bond (angle) graph and the radial basis stay as trained.
+        converter = self.calculator.model.graph_converter
+        previous, converter.atom_graph_cutoff = converter.atom_graph_cutoff, radius
+        return previous
+
 
 def load(card, files, *, device, dtype):
     # chgnet converts a grad-tracking volume tensor on every call; harmless, and it floods logs.

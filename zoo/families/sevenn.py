@@ -22,6 +22,11 @@ class SevenNetPotential(CalculatorPotential):
     def _trainable(self) -> Trainable:
         return _SevenNetTrainable(self)
 
+    def _swap_graph_radius(self, radius: float) -> float:
+        # The radius the calculator builds its graph at; the radial basis and envelope stay as trained.
+        previous, self.calculator.cutoff = self.calculator.cutoff, radius
+        return previous
+
 
 def load(card, files, *, device, dtype):
     calculator = require_module(card, "sevenn.calculator")

@@ -1,0 +1,183 @@
+"""Training statistics a test structure's shift is measured against, computed once per reference
+set and cached as a small JSON file.
+
+Three axes (Kreiman & Krishnapriyan, 2025):
+
+- **element**: share of the structure's atoms whose element is absent or rare in training
+  (rare = below ``rare_fraction`` of all training atoms);
+- **force_norm**: mean over atoms of |F_i| of the structure's reference forces (eV/Å);
+- **connectivity**: squared distance of the structure's radius-graph Laplacian spectrum from the
+  mean training spectrum (see ``spectra``).
+
+For each axis the same score is computed for every training structure; its mean and standard
+deviation (population, ddof=0) define the training distribution, and a structure is out of
+distribution on an axis when ``|score - mean| > std``.
+
+The cache file is keyed by the reference file's sha256 and the statistics config, so a changed
+reference or radius is never served stale numbers; a corrupt cache file is recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mlip_zoo.errors import DatasetError
+from mlip_zoo.evaluators.shift import spectra
+
+STATS_VERSION = 1
+AXES = ("element", "force_norm", "connectivity")
+
+
+class StatsConfig(BaseModel):
+    """What the statistics depend on besides the reference file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    radius: float = Field(default=5.0, gt=0)  # Å, radius graph of the connectivity axis
+    max_neighbors: int = Field(default=spectra.MAX_NEIGHBORS, gt=0)
+    rare_fraction: float = Field(default=0.01, ge=0, lt=1)  # rarer elements count as shifted
+
+
+class Moments(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    mean: float
+    std: float
+
+    def deviation(self, score: float) -> float:
+        """Signed distance from the mean in standard deviations (±inf off a zero-width distribution)."""
+        if self.std > 0:
+            return (score - self.mean) / self.std
+        return 0.0 if score == self.mean else math.copysign(math.inf, score - self.mean)
+
+    def is_ood(self, score: float) -> bool:
+        return abs(score - self.mean) > self.std
+
+
+class Reference(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    file: str
+    sha256: str
+    n_structures: int
+    n_atoms: int
+
+
+class TrainingStats(BaseModel):
+    """The training distribution on the three axes; ``score``/``is_ood`` place a test structure."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    version: int = STATS_VERSION
+    reference: Reference
+    config: StatsConfig
+    element_fraction: dict[str, float]  # share of all training atoms, per element
+    spectrum_mean: list[float]  # mean zero-padded spectrum at config.radius
+    element: Moments
+    force_norm: Moments
+    connectivity: Moments
+
+    def element_shift(self, atoms: Atoms) -> float:
+        rare = [self.element_fraction.get(s, 0.0) < self.config.rare_fraction for s in atoms.get_chemical_symbols()]
+        return float(np.mean(rare))
+
+    def connectivity_shift(self, atoms: Atoms) -> float:
+        spectrum = spectra.laplacian_spectrum(atoms, self.config.radius, self.config.max_neighbors)
+        return spectra.spectral_distance(spectrum, np.asarray(self.spectrum_mean))
+
+    def scores(self, atoms: Atoms, forces: np.ndarray) -> dict[str, float]:
+        """The structure's score on each axis (``forces``: its reference forces)."""
+        return {"element": self.element_shift(atoms), "force_norm": force_norm(forces),
+                "connectivity": self.connectivity_shift(atoms)}
+
+    def moments(self, axis: str) -> Moments:
+        if axis not in AXES:
+            raise KeyError(f"unknown shift axis {axis!r}; axes are {', '.join(AXES)}")
+        return getattr(self, axis)
+
+
+def force_norm(forces: np.ndarray) -> float:
+    """Mean over atoms of the force vector's norm."""
+    return float(np.linalg.norm(np.asarray(forces, dtype=float).reshape(-1, 3), axis=1).mean())
+
+
+def reference_forces(atoms: Atoms, where: str) -> np.ndarray:
+    """The structure's labelled forces, or an error naming it."""
+    if atoms.calc is None or "forces" not in getattr(atoms.calc, "results", {}):
+        raise DatasetError(f"{where}: needs reference forces (a labelled structure) for the force-norm axis")
+    return np.asarray(atoms.calc.results["forces"], dtype=float)
+
+
+def compute_stats(records: Iterable[Atoms], *, file: str, sha256: str, config: StatsConfig) -> TrainingStats:
+    """Statistics of a training set, in two passes' worth of work but one read of the records."""
+    counts: Counter[str] = Counter()
+    norms, spectra_ = [], []
+    kept: list[list[str]] = []
+    for index, atoms in enumerate(records):
+        where = f"{file}: record {atoms.info.get('id', index)}"
+        if len(atoms) == 0:
+            raise DatasetError(f"{where}: has no atoms")
+        symbols = atoms.get_chemical_symbols()
+        counts.update(symbols)
+        kept.append(symbols)
+        norms.append(force_norm(reference_forces(atoms, where)))
+        spectra_.append(spectra.laplacian_spectrum(atoms, config.radius, config.max_neighbors))
+    if not kept:
+        raise DatasetError(f"{file}: the reference set is empty; training statistics need structures")
+    total = sum(counts.values())
+    fraction = {s: counts[s] / total for s in sorted(counts)}
+    element = [float(np.mean([fraction[s] < config.rare_fraction for s in symbols])) for symbols in kept]
+    mean = spectra.mean_spectrum(spectra_)
+    distance = [spectra.spectral_distance(s, mean) for s in spectra_]
+
+    def moments(values) -> Moments:
+        return Moments(mean=float(np.mean(values)), std=float(np.std(values)))
+
+    return TrainingStats(reference=Reference(file=file, sha256=sha256, n_structures=len(kept), n_atoms=total),
+                         config=config, element_fraction=fraction, spectrum_mean=mean.tolist(),
+                         element=moments(element), force_norm=moments(norms), connectivity=moments(distance))
+
+
+def stats_dir() -> Path:
+    from mlip_zoo.zoo.weights import cache_dir
+
+    return cache_dir() / "shift-stats"
+
+
+def cache_key(sha256: str, config: StatsConfig) -> str:
+    blob = json.dumps({"reference": sha256, "config": config.model_dump(), "version": STATS_VERSION}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def training_stats(reference: Path, config: StatsConfig | None = None, *,
+                   cache: Path | None = None) -> tuple[TrainingStats, Path]:
+    """The reference set's statistics and the cache file holding them (computed on first use).
+
+    ``reference`` is any dataset file ``iter_records`` reads, with reference forces on every record;
+    ``cache`` is the folder for the file (default ``<mlip-zoo cache>/shift-stats``).
+    """
+    from mlip_zoo.evaluators.data import iter_records, sha256_file
+    from mlip_zoo.zoo.weights import atomic_write_text
+
+    config = config or StatsConfig()
+    reference = Path(reference)
+    if not reference.exists():
+        raise DatasetError(f"{reference}: reference (training) set not found; give an existing file")
+    digest = sha256_file(reference)
+    path = (cache or stats_dir()) / f"{cache_key(digest, config)}.json"
+    if path.exists():
+        try:
+            stats = TrainingStats.model_validate_json(path.read_text())
+            if stats.reference.sha256 == digest and stats.config == config:
+                return stats, path
+        except (OSError, ValidationError):
+            pass  # corrupt or foreign: recompute below
+    stats = compute_stats(iter_records(reference), file=reference.name, sha256=digest, config=config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, stats.model_dump_json(indent=1) + "\n")
+    return stats, path
