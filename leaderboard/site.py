@@ -1,5 +1,8 @@
 """The static leaderboard site: ``build_site(results_dir, out_dir)`` renders an index (models x
 tasks, reader-weighted combined score), a page per model and a page per task with plots.
+Every number shows its bootstrap interval (from the result file), every model its rank as a
+range, and pairs whose paired difference is not significant are marked (computed here, from the
+predictions of all models on the structures they share).
 
 The site must open from ``file://`` with no network: plotly.min.js is copied from the installed
 plotly package, and data travels as JSON inside ``<script type="application/json">`` tags (file://
@@ -26,8 +29,9 @@ from jinja2 import Environment, FileSystemLoader
 from markupsafe import Markup
 
 from mlip_zoo.errors import CardError, ConfigError, MlipZooError
-from mlip_zoo.evaluators.base import TaskConfig, load_task_config, task_keys
-from mlip_zoo.leaderboard.results import predictions_path, read_result, result_files
+from mlip_zoo.evaluators.base import TaskConfig, evaluator_for, load_task_config, task_keys
+from mlip_zoo.evaluators.uncertainty import rank
+from mlip_zoo.leaderboard.results import predictions_path, read_predictions, read_result, result_files
 from mlip_zoo.zoo.card import ModelCard, builtin_cards_dir, load_cards
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -201,6 +205,56 @@ def _plot_data(record: dict, config: TaskConfig) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Ranks with their uncertainty, from the predictions of every model on the same structures
+
+
+def _rankings(config: TaskConfig, results: dict[str, dict[str, dict]]) -> list[dict[str, Any]]:
+    """Per dataset the task was run on (results on different datasets are never ranked
+    together): the models' ranks by the headline metric on the structures they all have, the
+    rank ranges from the bootstrap, and the paired difference of every pair."""
+    groups: dict[str, dict[str, dict]] = {}
+    for model, by_task in results.items():
+        if config.key in by_task:
+            groups.setdefault(by_task[config.key]["dataset"]["sha256"], {})[model] = by_task[config.key]
+    spec = config.metrics.get(config.headline)
+    if not groups or spec is None:
+        return []
+    evaluator = evaluator_for(config)
+    out = []
+    for records in groups.values():
+        tables = {}
+        for model, record in records.items():
+            try:
+                tables[model] = read_predictions(record["_path"], record, evaluator)
+            except MlipZooError as exc:
+                warnings.warn(f"{model} x {config.key} is left out of the ranking: {exc}", stacklevel=3)
+        if not tables:
+            continue
+        try:
+            ranking = rank(evaluator, tables, config.headline, higher_is_better=spec.higher_is_better,
+                           settings=config.bootstrap)
+        except MlipZooError as exc:
+            warnings.warn(f"no ranking for {config.key}: {exc}", stacklevel=3)
+            continue
+        names = sorted(tables, key=lambda m: (ranking.rank.get(m, len(tables) + 1), m))
+        out.append({"dataset": next(iter(records.values()))["dataset"], "ranking": ranking, "models": names,
+                    "confidence": config.bootstrap.confidence, "resamples": config.bootstrap.resamples})
+    return out
+
+
+def _rank_facts(groups: list[dict[str, Any]], names: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """{model: rank, rank range, names of the models it is indistinguishable from, shared structures}."""
+    out = {}
+    for group in groups:
+        ranking = group["ranking"]
+        for model in group["models"]:
+            out[model] = {"rank": ranking.rank.get(model), "range": ranking.rank_range.get(model),
+                          "indistinct": sorted(names.get(m, m) for m in ranking.indistinct(model)), "n": ranking.n,
+                          "of": len(group["models"]), "confidence": group["confidence"]}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # Build
 
 
@@ -230,12 +284,16 @@ def build_site(results_dir: Path, out_dir: Path) -> Path:
     models = {key: _card_facts(key, cards.get(key)) for key in results}
     tasks = list(configs)
 
+    rankings = {t: _rankings(configs[t], results) for t in tasks}
+    ranks = {t: _rank_facts(groups, {k: m["name"] for k, m in models.items()}) for t, groups in rankings.items()}
+
     # Per-model headline values and combined score, for the first render (JS recomputes on change).
     rows = []
     for key, by_task in results.items():
         values = {t: r["metrics"].get(configs[t].headline) for t, r in by_task.items()}
         term_values = {t: by_task[t]["metrics"].get(s["metric"]) if t in by_task else None for t, s in terms.items()}
         rows.append({**models[key], "results": by_task, "values": values, "term_values": term_values,
+                     "ranks": {t: ranks[t][key] for t in by_task if key in ranks.get(t, {})},
                      "combined": combined(term_values, terms),
                      "mini": sorted({r["dataset"]["name"] for t, r in by_task.items() if is_mini(r["dataset"])})})
     rows.sort(key=lambda r: (r["combined"]["score"] is None, -(r["combined"]["score"] or 0.0), r["key"]))
@@ -274,6 +332,7 @@ def build_site(results_dir: Path, out_dir: Path) -> Path:
             datasets = {(d["name"], d["file"], d["sha256"]): d for d in (r["results"][t]["dataset"] for r in task_rows)}
             _write(tmp / "tasks" / f"{t}.html", env.get_template("task.html.j2").render(
                 root="../", task=config, task_rows=task_rows, datasets=list(datasets.values()),
+                rankings=rankings[t], names={r["key"]: r["name"] for r in rows},
                 plot_data={"task": t, "headline": config.headline, "models": plots[t]}, **common))
         (tmp / MARKER).write_text("built by mlip_zoo.leaderboard.site; this folder is replaced on rebuild\n")
         _swap(tmp, out_dir)

@@ -152,6 +152,18 @@ def test_site_in_a_browser(site):
             assert page.input_value("#weight-oc20-is2re") == "2"
             assert page.locator('tr[data-model="emt-copy"] td.combined').inner_text().startswith("—")
 
+            # Every number has its interval and every model its rank range beside it.
+            copy = json.loads((site.parent / "results" / "emt-copy" / "oc20-s2ef.json").read_text())
+            lo, hi = copy["intervals"]["forces_mae"]
+            assert lo < copy["metrics"]["forces_mae"] < hi
+            copy_cell = page.locator('tr[data-model="emt-copy"] td').nth(s2ef - 1)
+            assert copy_cell.locator(".ci").inner_text() == f"[{lo:.4g}, {hi:.4g}]"
+            assert copy_cell.locator(".ci").is_visible() and copy_cell.locator(".rank").is_visible()
+            assert copy_cell.locator(".rank").inner_text() == "rank 2"
+            emt_cell = page.locator('tr[data-model="emt"] td').nth(s2ef - 1)
+            assert emt_cell.locator(".ci").inner_text() == "[0, 0]" and emt_cell.locator(".rank").inner_text() == "rank 1"
+            assert "of 2 on the 30 structures" in emt_cell.locator(".rank").get_attribute("title")
+
             # The filter hides rows that do not match.
             page.fill("#filter", "copy")
             assert page.locator("#leaderboard tbody tr:visible").count() == 1
@@ -167,6 +179,15 @@ def test_site_in_a_browser(site):
                 page.goto((site / "tasks" / f"{task}.html").as_uri())
                 page.wait_for_selector(".plot .main-svg", timeout=15_000)
                 assert page.locator("#plot-speed .main-svg").count() >= 1
+                if task == "oc20-s2ef":  # rank ranges and the paired difference of the two models
+                    ranking = page.locator("table.ranking")
+                    assert ranking.is_visible()
+                    assert ranking.locator('tr[data-model="emt"] td.rank-range').inner_text() == "1"
+                    assert ranking.locator('tr[data-model="emt-copy"] td.rank-range').inner_text() == "2"
+                    pair = ranking.locator('tr[data-model="emt-copy"] td.pair.sig')
+                    assert pair.count() == 1 and pair.locator(".ci").is_visible()
+                    results_ci = page.locator('tr[data-model="emt-copy"] .ci').first
+                    assert results_ci.is_visible() and results_ci.inner_text().startswith("[")
             page.screenshot(path="/tmp/site-task.png", full_page=True)
             page.goto((site / "index.html").as_uri())
             page.wait_for_load_state("load")
@@ -174,3 +195,22 @@ def test_site_in_a_browser(site):
         finally:
             browser.close()
     assert not problems, problems
+
+
+def test_site_marks_models_it_cannot_tell_apart(tmp_path, card_dir, monkeypatch):
+    """A second EMT gives identical predictions: same rank, rank range 1-1 for both, and the
+    pair is marked not significant on the index and in the task's ranking table."""
+    card_dir("emt-twin", "key: emt-twin\nname: EMT twin\nversion: '1'\nfamily: emt\nlicense: MIT\ntargets: EFS\n")
+    monkeypatch.setenv("MLIPZOO_CARDS", str(card_dir.dir))
+    for model in ("emt", "emt-twin"):
+        evaluate(model, "oc20-s2ef", RunOptions(out=tmp_path / "results", workers=0, limit=8))
+    out = build_site(tmp_path / "results", tmp_path / "site").parent
+    index = (out / "index.html").read_text()
+    for model, other in (("emt", "EMT twin"), ("emt-twin", "EMT (ASE)")):
+        row = re.search(rf'<tr data-model="{model}".*?</tr>', index, re.S).group(0)
+        assert '<span class="rank"' in row and ">rank 1</span>" in row
+        assert re.search(rf'class="ns" title="not significantly different \(paired bootstrap\) from {re.escape(other)}">', row)
+    task = (out / "tasks" / "oc20-s2ef.html").read_text()
+    table = re.search(r'<table class="plain ranking".*?</table>', task, re.S).group(0)
+    assert table.count('class="rank-range">1</td>') == 2
+    assert table.count('class="pair ns"') == 2 and 'class="pair sig"' not in table
