@@ -134,6 +134,11 @@ class Evaluator(ABC):
     def metrics(self, table: pa.Table) -> dict[str, Any]:
         """Pure function of the predictions table (rows with status "ok")."""
 
+    def provenance(self) -> dict[str, Any]:
+        """Inputs besides the dataset that this task's numbers depend on (e.g. a cached file of
+        training statistics: its path and sha256), recorded as ``provenance.task_inputs``."""
+        return {}
+
     def metric_terms(self, table: pa.Table) -> dict[str, tuple[Any, Any]]:
         """Optional fast path for the bootstrap. For metrics that are a ratio of sums over rows,
         ``value = sum(total) / sum(numel)``, the per-row ``(total, numel)`` arrays (length

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from mlip_zoo.evaluators.base import evaluator_for
 from mlip_zoo.zoo.card import ModelCard
 from mlip_zoo.zoo.weights import atomic_write_text, sha256_of
 
@@ -103,6 +104,7 @@ def build_result(*, card: ModelCard, task, dataset, metrics: dict, intervals: di
             "wall_time_s": round(wall_time_s, 3),
             "device": device,
             "bootstrap": bootstrap,
+            **({"task_inputs": inputs} if (inputs := evaluator_for(task).provenance()) else {}),
         },
     }
 

@@ -1,0 +1,184 @@
+"""``ood-shift``: how a model's errors grow with distribution shift (Kreiman & Krishnapriyan, 2025).
+
+Each test structure is placed against a training (reference) set on three axes -- element,
+force norm, connectivity (see ``stats``) -- from its labels and geometry alone, so the placement
+is the same for every model. The model's energy and forces are then scored overall, for
+structures in distribution on every axis vs out of distribution on at least one, per axis
+(in vs out), per bin of each axis's score, and per dataset split.
+
+The training statistics are computed once per reference file and cached (``stats``); the cache
+file and its sha256 go into the result's provenance. Rows carry the scores and OOD flags, so the
+metrics are a pure function of the predictions table.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from ase import Atoms
+
+from mlip_zoo.evaluators.base import Evaluator
+from mlip_zoo.evaluators.data import Dataset, record_id, resolve_dataset, sha256_file
+from mlip_zoo.evaluators.shift.stats import AXES, StatsConfig, TrainingStats, reference_forces, training_stats
+from mlip_zoo.zoo.potential import Potential
+
+_VEC = pa.list_(pa.float64())
+ERRORS = ("energy_per_atom_mae", "forces_mae", "forces_cosine")
+
+
+def reference_dataset(option: str | dict) -> Dataset:
+    """The training set a task's ``reference`` option names: ``{dataset, file}`` of an embedded
+    set (checked against its manifest) or a path to the user's own file."""
+    if isinstance(option, dict):
+        return resolve_dataset(option["dataset"], option["file"])
+    return resolve_dataset("", "", Path(option))
+
+
+def bin_labels(edges: list[float]) -> list[str]:
+    """Bins below, between and above ``edges``: ``< e0``, ``[e0, e1)``, ..., ``>= eN``."""
+    return ([f"< {edges[0]:g}"] + [f"[{a:g}, {b:g})" for a, b in zip(edges, edges[1:])]
+            + [f">= {edges[-1]:g}"])
+
+
+class OODShift(Evaluator):
+    schema = pa.schema([
+        pa.field("id", pa.string()), pa.field("split", pa.string()), pa.field("n_atoms", pa.int32()),
+        pa.field("status", pa.string()), pa.field("reason", pa.string()), pa.field("seconds", pa.float64()),
+        pa.field("energy_true", pa.float64()), pa.field("energy_pred", pa.float64()),
+        pa.field("forces_true", _VEC), pa.field("forces_pred", _VEC),
+        *[pa.field(f"shift_{a}", pa.float64()) for a in AXES], *[pa.field(f"ood_{a}", pa.bool_()) for a in AXES],
+    ])
+
+    _stats: tuple[TrainingStats, Path] | None = None
+
+    @property
+    def stats_config(self) -> StatsConfig:
+        return StatsConfig.model_validate(self.config.options.get("stats", {}))
+
+    def training_stats(self) -> tuple[TrainingStats, Path]:
+        """The reference set's statistics and their cache file (computed on first use)."""
+        if self._stats is None:
+            reference = reference_dataset(self.config.options["reference"])
+            self._stats = training_stats(reference.path, self.stats_config)
+        return self._stats
+
+    def work_key(self) -> str:
+        # The reference file's content decides every row's shift scores: a new file, new shards.
+        # (Asked on the driver before any shard runs, so workers find the statistics cached.)
+        stats, _ = self.training_stats()
+        return f"{self.key}:{self.config.fingerprint()}:{stats.reference.sha256}"
+
+    def provenance(self) -> dict[str, Any]:
+        stats, path = self.training_stats()
+        return {"training_stats": {"file": str(path), "sha256": sha256_file(path),
+                                   "reference": stats.reference.model_dump(), "config": stats.config.model_dump()}}
+
+    def accepts(self, atoms: Atoms) -> str | None:
+        if atoms.calc is None or "energy" not in atoms.calc.results or "forces" not in atoms.calc.results:
+            return "ood-shift needs reference energy and forces on every record"
+        return None
+
+    def run(self, potential: Potential, records: list[Atoms]) -> list[dict]:
+        stats, _ = self.training_stats()
+        rows = []
+        for i, atoms in enumerate(records):
+            t0 = time.perf_counter()
+            rid = record_id(atoms, i)
+            forces_true = reference_forces(atoms, rid)
+            scores = stats.scores(atoms, forces_true)  # labels and geometry only: the same for every model
+            row = {"id": rid, "split": str(atoms.info.get("split", "all")), "n_atoms": len(atoms),
+                   "energy_true": float(atoms.calc.results["energy"]), "forces_true": forces_true.ravel().tolist(),
+                   **{f"shift_{a}": scores[a] for a in AXES},
+                   **{f"ood_{a}": stats.moments(a).is_ood(scores[a]) for a in AXES}}
+            try:
+                (pred,) = potential.predict([atoms], properties=("energy", "forces"))
+                row.update(status="ok", reason=None, energy_pred=pred.energy, forces_pred=pred.forces.ravel().tolist())
+            except Exception as exc:  # recorded, never fatal: one structure must not sink a run
+                row.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
+            row["seconds"] = time.perf_counter() - t0
+            rows.append(row)
+        return rows
+
+    # -- metrics: every number is sum(total) / sum(numel) over rows, so the terms serve both
+    # metrics() and the bootstrap's fast path.
+
+    def _groups(self, table: pa.Table) -> dict[str, np.ndarray]:
+        """Row masks of every group a metric is reported for, keyed by its dotted prefix."""
+        cols = table.select(["split", "status", *[f"shift_{a}" for a in AXES], *[f"ood_{a}" for a in AXES]])
+        data = cols.to_pydict()
+        ok = np.array([s == "ok" for s in data["status"]], dtype=bool)
+        ood = {a: np.array(data[f"ood_{a}"], dtype=bool) for a in AXES}
+        any_ood = np.logical_or.reduce([ood[a] for a in AXES]) if len(ok) else np.zeros(0, bool)
+        # "id_"/"ood_": in distribution on every axis / out on at least one (flat: headline metrics)
+        groups = {"": ok, "id_": ok & ~any_ood, "ood_": ok & any_ood}
+        for a in AXES:
+            groups[f"axes.{a}.id."] = ok & ~ood[a]
+            groups[f"axes.{a}.ood."] = ok & ood[a]
+            score = np.array(data[f"shift_{a}"], dtype=float)
+            edges = self.config.options["bins"][a]
+            index = np.searchsorted(np.asarray(edges, float), score, side="right")
+            for b, _ in enumerate(bin_labels(edges)):
+                groups[f"axes.{a}.bins.bin{b}."] = ok & (index == b)
+        splits = list(dict.fromkeys([*self.config.splits, *sorted(set(data["split"]))]))
+        for s in splits:
+            groups[f"splits.{s}."] = ok & np.array([x == s for x in data["split"]], dtype=bool)
+        return groups
+
+    def _row_terms(self, table: pa.Table) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per-row (total, numel) of each error metric; zeros on failed rows."""
+        n = table.num_rows
+        e_abs, f_abs, f_n, cos, n_atoms = (np.zeros(n) for _ in range(5))
+        data = table.select(["status", "n_atoms", "energy_true", "energy_pred", "forces_true", "forces_pred"]).to_pylist()
+        for k, r in enumerate(data):
+            if r["status"] != "ok":
+                continue
+            ft, fp = np.reshape(r["forces_true"], (-1, 3)), np.reshape(r["forces_pred"], (-1, 3))
+            e_abs[k] = abs(r["energy_pred"] - r["energy_true"]) / r["n_atoms"]
+            f_abs[k], f_n[k] = np.abs(fp - ft).sum(), ft.size
+            norms = np.linalg.norm(ft, axis=1) * np.linalg.norm(fp, axis=1)
+            cos[k] = np.sum(np.einsum("ij,ij->i", ft, fp) / np.maximum(norms, 1e-8))
+            n_atoms[k] = len(ft)
+        ones = np.ones(n)
+        return {"energy_per_atom_mae": (e_abs, ones), "forces_mae": (f_abs, f_n), "forces_cosine": (cos, n_atoms)}
+
+    def metric_terms(self, table: pa.Table) -> dict[str, tuple[Any, Any]]:
+        groups, terms = self._groups(table), self._row_terms(table)
+        out = {}
+        for prefix, mask in groups.items():
+            for name, (total, numel) in terms.items():
+                out[prefix + name] = (np.where(mask, total, 0.0), np.where(mask, numel, 0.0))
+        ok = groups[""].astype(float)
+        out["ood_fraction"] = (groups["ood_"].astype(float), ok)
+        for a in AXES:
+            out[f"axes.{a}.ood_fraction"] = (groups[f"axes.{a}.ood."].astype(float), ok)
+        return out
+
+    def metrics(self, table: pa.Table) -> dict[str, Any]:
+        groups, terms = self._groups(table), self._row_terms(table)
+        n_ok = int(groups[""].sum())
+        result: dict[str, Any] = {}
+
+        def put(dotted: str, value: Any) -> None:
+            *path, leaf = dotted.split(".")
+            node = result
+            for part in path:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+
+        for prefix, mask in groups.items():
+            if ".bins." in prefix:  # name the bin before its numbers
+                axis, b = prefix.split(".")[1], int(prefix.split(".")[3][3:])
+                put(prefix + "range", bin_labels(self.config.options["bins"][axis])[b])
+            for name, (total, numel) in terms.items():
+                denominator = float(numel[mask].sum())
+                put(prefix + name, float(total[mask].sum()) / denominator if denominator > 0 else None)
+            put(prefix + "n", int(mask.sum()))
+            if prefix == "ood_":
+                put("ood_fraction", int(mask.sum()) / n_ok if n_ok else None)
+            if prefix.endswith(".ood."):
+                put(prefix[:-len("ood.")] + "ood_fraction", int(mask.sum()) / n_ok if n_ok else None)
+        return result
