@@ -1,7 +1,8 @@
 """Weights & Biases: every evaluation becomes a W&B run.
 
 config = card + task protocol + dataset sha256; summary = the metrics (per split as
-``splits/<split>/<metric>``); a per-structure table (capped); the predictions Parquet as an
+``splits/<split>/<metric>``) and their bootstrap intervals (``interval/<metric>`` = [lo, hi]);
+a per-structure table (capped); the predictions Parquet as an
 artifact; tags model/task/dataset. Offline mode is the default: the run is written under
 ``<out>/wandb/`` and ``wandb sync`` uploads it later. A W&B failure is reported and never costs
 the local result, which is written before W&B is touched.
@@ -44,6 +45,8 @@ def log_run(record: dict[str, Any], *, card, task_config, results_dir: Path, mod
         settings=wandb.Settings(silent=True, console="off", x_disable_stats=True))
     try:
         run.summary.update({k: v for k, v in flatten_metrics(record["metrics"], sep="/").items() if v is not None})
+        run.summary.update({f"interval/{k}": v for k, v in flatten_metrics(record.get("intervals", {}), sep="/").items()
+                            if v is not None})
         run.summary.update({"n_structures": record["n_structures"], "n_failed": record["n_failed"]})
         run.log({"predictions": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])})
         artifact = wandb.Artifact(f"{record['model']}-{record['task']}-predictions", type="predictions",

@@ -22,6 +22,7 @@ def test_offline_run_file_holds_the_metrics(tmp_path):
     assert summary["forces_mae"] == record["metrics"]["forces_mae"] == 0.0
     assert summary["energy_forces_within_threshold"] == 1.0
     assert summary["splits/id/energy_mae"] == record["metrics"]["splits"]["id"]["energy_mae"]
+    assert summary["interval/forces_mae"] == record["intervals"]["forces_mae"] == [0.0, 0.0]
     assert summary["n_structures"] == 25 and summary["predictions/nrows"] == 25
     config = offline_config(run_file)
     assert config["model"]["key"] == "emt" and config["task"]["key"] == "oc20-s2ef"
