@@ -549,6 +549,9 @@ def _summary(record: dict) -> str:
     config = load_task_config(record["task"])
     value = record["metrics"].get(config.headline)
     shown = "n/a" if value is None else f"{value:.4g}"
+    interval = (record.get("intervals") or {}).get(config.headline)
+    if interval:
+        shown += f" [{interval[0]:.4g}, {interval[1]:.4g}]"
     return f"{config.metrics[config.headline].label} = {shown}"
 
 
