@@ -44,7 +44,7 @@ from mlip_zoo.errors import DatasetError, MetricError
 from mlip_zoo.evaluators.base import BootstrapSettings, Evaluator
 from mlip_zoo.evaluators.result import flatten_metrics
 
-CHUNK = 128  # resamples per count matrix: bounds memory on large tables (CHUNK x rows int32)
+MAX_CELLS = 4_000_000  # resamples x rows per count matrix: bounds memory on large tables (WBM: 257k rows)
 TERMS_RTOL = 1e-9  # fast path vs metrics(): the same sums in another order
 
 
@@ -89,7 +89,7 @@ def strata_labels(table: pa.Table, settings: BootstrapSettings) -> np.ndarray | 
 
 def resample_counts(n: int, settings: BootstrapSettings, strata: np.ndarray | None = None
                     ) -> Iterator[np.ndarray]:
-    """Count matrices of ``CHUNK`` resamples each (``settings.resamples`` rows in all), shape
+    """Count matrices of up to 128 resamples each (``settings.resamples`` rows in all), shape
     ``(chunk, n)``. Resample ``b`` draws, for each stratum in sorted order, as many rows as the
     stratum has, uniformly with replacement from it; the draws depend only on the seed, ``n``
     and the strata, never on the values."""
@@ -100,8 +100,9 @@ def resample_counts(n: int, settings: BootstrapSettings, strata: np.ndarray | No
         if len(strata) != n:
             raise ValueError(f"{len(strata)} strata labels for {n} rows")
         groups = [np.flatnonzero(strata == s) for s in sorted(set(strata.tolist()))]
-    for start in range(0, settings.resamples, CHUNK):
-        size = min(CHUNK, settings.resamples - start)
+    chunk = max(1, min(128, MAX_CELLS // max(n, 1)))
+    for start in range(0, settings.resamples, chunk):
+        size = min(chunk, settings.resamples - start)
         counts = np.zeros((size, n), dtype=np.int32)
         for b in range(size):
             for group in groups:

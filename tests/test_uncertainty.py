@@ -72,12 +72,15 @@ def width(interval) -> float:
 
 def test_intervals_shrink_as_one_over_sqrt_n(runs):
     small, large = runs["small"], runs["large"]
-    for key in ("energy_mae", "forces_mae"):
+    ratios = []
+    for key in ("energy_mae", "forces_mae", "forces_cosine_similarity"):
         point_s, ci_s = small["metrics"][key], small["intervals"][key]
         point_l, ci_l = large["metrics"][key], large["intervals"][key]
         assert ci_s[0] < point_s < ci_s[1] and ci_l[0] < point_l < ci_l[1]
-        ratio = width(ci_s) / width(ci_l)  # 4x the structures: sqrt(4) = 2
-        assert 1.6 < ratio < 2.5, (key, ratio)
+        ratios.append(width(ci_s) / width(ci_l))  # 4x the structures: sqrt(4) = 2
+    # each ratio carries the sampling noise of 60 structures (~10 %); their mean is close to 2
+    assert all(1.4 < r < 2.8 for r in ratios), ratios
+    assert 1.75 < sum(ratios) / len(ratios) < 2.3, ratios
     # energy errors are N(0, 0.1): MAE = 0.1 sqrt(2/pi); its interval on 240 structures covers that
     ci = large["intervals"]["energy_mae"]
     assert ci[0] < 0.1 * math.sqrt(2 / math.pi) < ci[1]
