@@ -88,7 +88,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 from ase import Atoms
@@ -108,7 +108,7 @@ SYMMETRY_CHECKS = ("rotation", "translation", "permutation", "supercell", "finit
 BASIC_CHECKS = ("shapes", "finite", "no_mutation", "net_force")
 ALL_CHECKS = (*BASIC_CHECKS, *SYMMETRY_CHECKS, "nve")
 
-Model = Union[Potential, Calculator]
+Model = Potential | Calculator
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,6 +140,9 @@ class Protocol(BaseModel):
     fd_order: Literal[2, 4] = 4
     fd_components: int = 6  # force components checked per structure (seeded choice)
     nve: NVEProtocol = Field(default_factory=NVEProtocol)
+
+
+DEFAULT_PROTOCOL = Protocol()  # frozen, so one shared default is safe
 
 
 @dataclass(frozen=True)
@@ -424,7 +427,7 @@ def basic_checks(model: Model, atoms: Atoms, tolerances: Tolerances = Tolerances
     return out, [shapes, finite, mutation, net]
 
 
-def check_rotation(model: Model, atoms: Atoms, ref: Output, protocol: Protocol = Protocol(),
+def check_rotation(model: Model, atoms: Atoms, ref: Output, protocol: Protocol = DEFAULT_PROTOCOL,
                    tolerance: float = Tolerances.rotation) -> CheckResult:
     """Energy invariance, force equivariance, stress 0e invariance and 2e equivariance under
     ``protocol.n_rotations`` random rotations of positions and cell."""
@@ -451,7 +454,7 @@ def check_rotation(model: Model, atoms: Atoms, ref: Output, protocol: Protocol =
     return result
 
 
-def check_translation(model: Model, atoms: Atoms, ref: Output, protocol: Protocol = Protocol(),
+def check_translation(model: Model, atoms: Atoms, ref: Output, protocol: Protocol = DEFAULT_PROTOCOL,
                       tolerance: float = Tolerances.translation) -> CheckResult:
     """E, F and sigma unchanged when every atom moves by the same random vector (wrapped back
     into the cell along periodic axes)."""
@@ -466,7 +469,7 @@ def check_translation(model: Model, atoms: Atoms, ref: Output, protocol: Protoco
     return result
 
 
-def check_permutation(model: Model, atoms: Atoms, ref: Output, protocol: Protocol = Protocol(),
+def check_permutation(model: Model, atoms: Atoms, ref: Output, protocol: Protocol = DEFAULT_PROTOCOL,
                       tolerance: float = Tolerances.permutation) -> CheckResult:
     """E and sigma unchanged, F permuted with the atoms, under a random reordering."""
     result = CheckResult("permutation", structure_label(atoms, 0), tolerance=tolerance)
@@ -476,7 +479,7 @@ def check_permutation(model: Model, atoms: Atoms, ref: Output, protocol: Protoco
     return result
 
 
-def check_supercell(model: Model, atoms: Atoms, ref: Output, protocol: Protocol = Protocol(),
+def check_supercell(model: Model, atoms: Atoms, ref: Output, protocol: Protocol = DEFAULT_PROTOCOL,
                     tolerance: float = Tolerances.supercell) -> CheckResult:
     """The supercell (repeated along periodic axes) has the same energy per atom, forces on every
     image, and stress."""
@@ -501,7 +504,7 @@ def check_supercell(model: Model, atoms: Atoms, ref: Output, protocol: Protocol 
 _STENCILS = {2: ((-1, 1), (-0.5, 0.5)), 4: ((-2, -1, 1, 2), (1 / 12, -8 / 12, 8 / 12, -1 / 12))}
 
 
-def check_finite_difference(model: Model, atoms: Atoms, ref: Output, protocol: Protocol = Protocol(),
+def check_finite_difference(model: Model, atoms: Atoms, ref: Output, protocol: Protocol = DEFAULT_PROTOCOL,
                             tolerance: float = Tolerances.finite_difference) -> CheckResult:
     """Forces against minus the central finite-difference gradient of the energy, on
     ``protocol.fd_components`` seeded components, relative to the rms force component."""
@@ -550,11 +553,11 @@ def nve_drift(times_ps: Sequence[float], energy_per_atom: Sequence[float], drop_
     return float(1000.0 * abs(smooth[-1] - smooth[0]) / duration)
 
 
-def run_nve(model: Model, atoms: Atoms, protocol: Protocol = Protocol()) -> dict:
+def run_nve(model: Model, atoms: Atoms, protocol: Protocol = DEFAULT_PROTOCOL) -> dict:
     """Pre-relax, then integrate; returns the trace the drift is computed from:
     ``{"times_ps", "energy_per_atom", "prerelax_steps", "prerelax_converged"}``."""
     from ase import units
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+    from ase.md import velocitydistribution as vd
     from ase.md.verlet import VelocityVerlet
     from ase.optimize import LBFGS
 
@@ -565,10 +568,14 @@ def run_nve(model: Model, atoms: Atoms, protocol: Protocol = Protocol()) -> dict
         model.reset()
     opt = LBFGS(system, logfile=None)
     converged = bool(opt.run(fmax=p.prerelax_fmax, steps=p.prerelax_steps))
-    MaxwellBoltzmannDistribution(system, temperature_K=p.temperature_K, rng=np.random.default_rng([protocol.seed, 4]))
-    Stationary(system)
+    rng = np.random.default_rng([protocol.seed, 4])
+    if hasattr(vd, "thermalize_momenta"):  # ASE >= 3.29 renamed MaxwellBoltzmannDistribution (same draw)
+        vd.thermalize_momenta(system, p.temperature_K, rng=rng)
+    else:
+        vd.MaxwellBoltzmannDistribution(system, temperature_K=p.temperature_K, rng=rng)
+    vd.Stationary(system)
     if not system.pbc.any():
-        ZeroRotation(system)  # an isolated cluster: no rigid rotation either
+        vd.ZeroRotation(system)  # an isolated cluster: no rigid rotation either
     n = len(system)
     energies: list[float] = []
     dyn = VelocityVerlet(system, timestep=p.timestep_fs * units.fs, logfile=None)
@@ -579,7 +586,7 @@ def run_nve(model: Model, atoms: Atoms, protocol: Protocol = Protocol()) -> dict
             "prerelax_converged": converged}
 
 
-def check_nve(model: Model, atoms: Atoms, protocol: Protocol = Protocol(),
+def check_nve(model: Model, atoms: Atoms, protocol: Protocol = DEFAULT_PROTOCOL,
               tolerance: float = Tolerances.nve_drift) -> CheckResult:
     """Energy drift of a short NVE run (meV/atom/ps); the trace is kept in ``detail``."""
     result = CheckResult("nve", structure_label(atoms, 0), tolerance=tolerance, unit="meV/atom/ps")
@@ -596,7 +603,7 @@ _CHECKS: dict[str, Callable[..., CheckResult]] = {
 }
 
 
-def run_checks(model: Model, atoms: Atoms, *, protocol: Protocol = Protocol(),
+def run_checks(model: Model, atoms: Atoms, *, protocol: Protocol = DEFAULT_PROTOCOL,
                tolerances: Tolerances = Tolerances(), checks: Iterable[str] = ALL_CHECKS) -> ConformanceReport:
     """Run the named checks on one structure. A model that raises during a check raises
     ``ConformanceError`` naming the check and the structure."""
@@ -645,7 +652,7 @@ def standard_cells() -> list[Atoms]:
 
 
 def assert_conformant(model: Model, structures: Atoms | Sequence[Atoms] | None = None, *,
-                      tolerances: Tolerances = Tolerances(), protocol: Protocol = Protocol(),
+                      tolerances: Tolerances = Tolerances(), protocol: Protocol = DEFAULT_PROTOCOL,
                       checks: Iterable[str] = (*BASIC_CHECKS, *SYMMETRY_CHECKS)) -> list[ConformanceReport]:
     """Run ``checks`` on each structure (default: the :func:`standard_cells` whose elements a
     Potential's card supports, or all of them for a plain calculator) and raise ``AssertionError``
