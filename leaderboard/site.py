@@ -238,8 +238,20 @@ def _rankings(config: TaskConfig, results: dict[str, dict[str, dict]]) -> list[d
             continue
         names = sorted(tables, key=lambda m: (ranking.rank.get(m, len(tables) + 1), m))
         out.append({"dataset": next(iter(records.values()))["dataset"], "ranking": ranking, "models": names,
-                    "confidence": config.bootstrap.confidence, "resamples": config.bootstrap.resamples})
+                    "matrix": _pair_matrix(ranking), "confidence": config.bootstrap.confidence,
+                    "resamples": config.bootstrap.resamples})
     return out
+
+
+def _pair_matrix(ranking) -> dict[str, dict[str, dict[str, Any]]]:
+    """{row: {column: row - column}} from the ranking's pairs (each stored once, as a - b)."""
+    matrix: dict[str, dict[str, dict[str, Any]]] = {}
+    for (a, b), d in ranking.pairs.items():
+        matrix.setdefault(a, {})[b] = {"difference": d.difference, "interval": d.interval, "significant": d.significant}
+        flipped = None if d.interval is None else [0.0 - d.interval[1], 0.0 - d.interval[0]]  # 0.0 - x: never -0.0
+        matrix.setdefault(b, {})[a] = {"difference": None if d.difference is None else 0.0 - d.difference,
+                                       "interval": flipped, "significant": d.significant}
+    return matrix
 
 
 def _rank_facts(groups: list[dict[str, Any]], names: dict[str, str]) -> dict[str, dict[str, Any]]:
