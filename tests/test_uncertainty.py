@@ -275,3 +275,26 @@ def test_bootstrap_settings_stay_out_of_the_work_fingerprint():
     assert config.bootstrap == BootstrapSettings()  # the YAML need not say anything
     with pytest.raises(ValueError, match="resamples"):
         BootstrapSettings(resamples=5)
+
+
+def test_models_with_the_same_error_statistics_share_a_rank_range(runs):
+    """Two copies of EMT with independent noise of the same size: their order is a coin flip, so
+    both rank ranges span 1-2 and the pair is not significant; a noisier third is clearly last."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(runs["root"] / "results" / "emt" / "oc20-s2ef.parquet")
+    tables = {"a": _noisy_copy(table, np.random.default_rng(1), {"forces_pred": 0.05}),
+              "b": _noisy_copy(table, np.random.default_rng(2), {"forces_pred": 0.05}),
+              "c": _noisy_copy(table, np.random.default_rng(3), {"forces_pred": 0.08})}
+    ranking = u.rank(evaluator_for("oc20-s2ef"), tables, "forces_mae", higher_is_better=False)
+    assert ranking.rank_range == {"a": (1, 2), "b": (1, 2), "c": (3, 3)}
+    assert ranking.indistinct("a") == ["b"] and ranking.indistinct("c") == []
+    d = ranking.pairs[("a", "b")]
+    assert d.interval[0] < 0 < d.interval[1] and d.interval[0] < d.difference < d.interval[1]
+
+
+def test_percentile_interval_needs_half_the_resamples_defined():
+    values = np.r_[np.arange(60.0), np.full(40, np.nan)]
+    assert u.percentile_interval(values, 0.9) == pytest.approx(np.percentile(np.arange(60.0), [5, 95]).tolist())
+    assert u.percentile_interval(np.r_[np.arange(40.0), np.full(60, np.nan)], 0.9) is None
+    assert u.is_estimate(0.5) and not u.is_estimate(3) and not u.is_estimate(True) and not u.is_estimate(float("nan"))
