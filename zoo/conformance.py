@@ -85,6 +85,7 @@ turn round-off into a huge ratio. Structures should be rattled so forces are far
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -355,6 +356,11 @@ class StressIrreps:
             return self.cartesian.D_from_matrix(torch.as_tensor(rotation, dtype=torch.float64)).numpy()
 
 
+@functools.cache
+def _stress_irreps() -> StressIrreps:
+    return StressIrreps()  # built once per process: the change of basis is a small eigenproblem
+
+
 def _rel(diff: np.ndarray, ref: np.ndarray, floor: float) -> float:
     return float(np.linalg.norm(diff) / max(float(np.linalg.norm(ref)), floor))
 
@@ -432,7 +438,7 @@ def check_rotation(model: Model, atoms: Atoms, ref: Output, protocol: Protocol =
     """Energy invariance, force equivariance, stress 0e invariance and 2e equivariance under
     ``protocol.n_rotations`` random rotations of positions and cell."""
     result = CheckResult("rotation", structure_label(atoms, 0), tolerance=tolerance)
-    irreps = StressIrreps() if ref.stress is not None else None
+    irreps = _stress_irreps() if ref.stress is not None else None
     n = len(atoms)
     for R in random_rotations(protocol.n_rotations, protocol.seed):
         rotated = _plain(atoms)
