@@ -26,12 +26,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from ase import Atoms
 
-from mlip_zoo.errors import ConfigError, DatasetError, OutputError
+from mlip_zoo.errors import ConfigError, DatasetError, EnvError, OutputError
 from mlip_zoo.evaluators.base import Evaluator, TaskConfig, evaluator_for
 from mlip_zoo.evaluators.data import Dataset, iter_records, record_id, resolve_dataset
-from mlip_zoo.evaluators.result import build_result, card_sha256, write_result
+from mlip_zoo.evaluators.result import PACKAGES, build_result, card_sha256, write_result
 from mlip_zoo.evaluators.uncertainty import intervals as metric_intervals
 from mlip_zoo.zoo.card import ModelCard, get_card
+from mlip_zoo.zoo.envs import Environment, ensure_environment, needs_environment
 from mlip_zoo.zoo.potential import resolve_device
 from mlip_zoo.zoo.weights import atomic_write_text, sha256_of
 
@@ -48,6 +49,8 @@ class RunOptions:
     limit: int | None = None
     trust_pickle: bool = False
     client: Any = field(default=None, repr=False)  # a dask Client to reuse (kept open; see cluster_client)
+    env: str = "auto"  # auto | shared | isolated: where a card with `requires` runs (see zoo/envs.py)
+    env_clusters: EnvClusters | None = field(default=None, repr=False)  # isolated models' clusters, kept for a run
     progress: Callable[[int, int], None] | None = field(default=None, repr=False)  # (done, failed) deltas
 
 
@@ -155,9 +158,10 @@ def work_dir(out: Path, card: ModelCard, evaluator: Evaluator, dataset: Dataset,
     return out / card.key / ".shards" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def slurm_cluster(config: Path | None):
+def slurm_cluster(config: Path | None, *, python: str | None = None):
     """An (unscaled) dask-jobqueue SLURMCluster from a YAML of its keyword arguments, plus the
-    number of jobs to request (``jobs:``). ``python:`` picks the interpreter jobs run."""
+    number of jobs to request (``jobs:``). ``python:`` picks the interpreter jobs run; the
+    ``python`` argument overrides it (an isolated model's environment)."""
     import yaml
     from dask_jobqueue import SLURMCluster
 
@@ -169,6 +173,8 @@ def slurm_cluster(config: Path | None):
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{config}: cannot read the SLURM cluster config: {exc}") from None
     jobs = int(kwargs.pop("jobs", 1))
+    if python is not None:
+        kwargs["python"] = python
     try:
         return SLURMCluster(**kwargs), jobs
     except (TypeError, ValueError) as exc:
@@ -203,6 +209,7 @@ def evaluate(model: str | ModelCard, task: str, opts: RunOptions | None = None) 
     from mlip_zoo.zoo.weights import resolve_weights
 
     weights = {name: f.sha256 for name, f in resolve_weights(card).items()}  # fail fast, before any work
+    env = ensure_environment(card)[0] if needs_environment(card, opts.env) else None  # None: this interpreter
 
     shard_dir = work_dir(opts.out, card, evaluator, dataset, opts.limit)
     with _writing(shard_dir):
@@ -222,11 +229,11 @@ def evaluate(model: str | ModelCard, task: str, opts: RunOptions | None = None) 
                 continue
             yield records, path
 
-    if opts.workers == 0 and not opts.scheduler and opts.cluster == "local" and opts.client is None:
+    if env is None and opts.workers == 0 and not opts.scheduler and opts.cluster == "local" and opts.client is None:
         for records, path in pending():
             _report(opts, *run_shard(card, config, device, records, str(path)))
     else:
-        _run_distributed(card, config, device, pending(), opts)
+        _run_distributed(card, config, device, pending(), opts, env)
 
     table = pa.concat_tables([pq.read_table(p) for p in paths]) if paths else \
         pa.Table.from_pylist([], schema=evaluator.schema)
@@ -247,6 +254,10 @@ def evaluate(model: str | ModelCard, task: str, opts: RunOptions | None = None) 
                           predictions=predictions.name, weights=weights, started=started,
                           wall_time_s=time.perf_counter() - t0, device=device,
                           n_workers=opts.workers, limit=opts.limit)
+    if env is not None:  # the model ran with the environment's packages, not the driver's
+        seen = env.info()["packages"]
+        record["provenance"]["packages"] = {name: seen[name] for name in PACKAGES if name in seen}
+        record["provenance"]["environment"] = {"hash": env.hash, "requires": list(card.requires)}
     with _writing(model_dir / f"{config.key}.json"):
         write_result(model_dir / f"{config.key}.json", record)
     return record
@@ -257,10 +268,14 @@ def _report(opts: RunOptions, ok: int, failed: int) -> None:
         opts.progress(ok, failed)
 
 
-def _run_distributed(card, config, device, pending, opts: RunOptions) -> None:
+def _run_distributed(card, config, device, pending, opts: RunOptions, env: Environment | None = None) -> None:
     from dask.distributed import as_completed
 
-    client, cluster = (opts.client, None) if opts.client is not None else _client(opts)
+    if env is not None:  # the environment's own cluster: the run's, or one just for this evaluation
+        own = EnvClusters(opts) if opts.env_clusters is None else None
+        client, cluster = (opts.env_clusters or own).client(env), own
+    else:
+        client, cluster = (opts.client, None) if opts.client is not None else _client(opts)
     try:
         n_workers = max(1, len(client.scheduler_info().get("workers", {})) or opts.workers)
         threads = max(1, (os.cpu_count() or 1) // n_workers) if opts.cluster == "local" and not opts.scheduler else None
@@ -275,7 +290,10 @@ def _run_distributed(card, config, device, pending, opts: RunOptions) -> None:
         for future in in_flight:
             _report(opts, *future.result())
     finally:
-        if opts.client is None:
+        if env is not None:
+            if cluster is not None:
+                cluster.close()
+        elif opts.client is None:
             client.close()
             if cluster is not None:
                 cluster.close()
@@ -295,3 +313,113 @@ def cluster_client(opts: RunOptions):
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+class EnvClusters:
+    """The Dask clusters of isolated model environments (zoo/envs.py) for one run: one per
+    environment, started when a model first needs it and kept until the run ends, so its workers
+    keep the model loaded between tasks, as the shared cluster's do.
+
+    Why a cluster per environment rather than extra workers on the shared one: every worker of a
+    cluster runs the same interpreter, so no resource tags or worker restrictions are needed to
+    keep a model's shards off workers that cannot import it, and submission, progress, failures
+    and worker loss go through exactly the code path of the shared environment. Why workers and
+    not a subprocess running ``mlipzoo eval``: the shards, their checksums and the result record
+    stay the driver's, and on SLURM it is simply dask-jobqueue's ``python=`` (the environment must
+    then sit on a filesystem the nodes share: set ``MLIPZOO_ENVS``). Locally the workers are
+    ``python -m distributed.cli.dask_worker`` processes (with nannies, which restart a lost one)
+    started from the environment's interpreter; they exit if the scheduler goes away.
+    """
+
+    def __init__(self, opts: RunOptions):
+        self.opts = opts
+        self._clusters: dict[str, tuple[Any, Any]] = {}
+
+    def client(self, env: Environment):
+        if env.hash not in self._clusters:
+            self._clusters[env.hash] = self._start(env)
+        return self._clusters[env.hash][0]
+
+    def _start(self, env: Environment):
+        from dask.distributed import Client
+
+        opts = self.opts
+        if opts.scheduler:
+            raise ConfigError(
+                f"{env.key} runs in its own environment ({env.path}), and the workers of the scheduler at "
+                f"{opts.scheduler} run another interpreter. Use the local cluster or --cluster slurm (both start "
+                f"workers from {env.python}), or --env shared if that interpreter has the model's packages")
+        if opts.cluster == "slurm":
+            cluster, jobs = slurm_cluster(opts.cluster_config, python=str(env.python))
+            cluster.scale(jobs=jobs)
+            return Client(cluster), cluster
+        if opts.cluster != "local":
+            raise ConfigError(f"unknown --cluster {opts.cluster!r}: use local or slurm")
+        n = max(1, opts.workers)
+        cluster = _env_local_cluster(env, n)
+        client = Client(cluster)
+        try:
+            client.wait_for_workers(n, timeout=180)
+        except (TimeoutError, OSError) as exc:
+            client.close()
+            cluster.close()
+            raise EnvError(f"{env.key}: Dask workers started from {env.python} did not connect ({exc}). "
+                           f"Their output is in {_worker_log(env)}; `mlipzoo env remove {env.key}` and a rerun "
+                           "rebuild the environment") from None
+        return client, cluster
+
+    def close(self) -> None:
+        for client, cluster in self._clusters.values():
+            client.close()
+            if cluster is not None:
+                cluster.close()
+        self._clusters.clear()
+
+    def __enter__(self) -> EnvClusters:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _worker_log(env: Environment) -> Path:
+    return env.path / "workers.log"
+
+
+def _env_local_cluster(env: Environment, n_workers: int):
+    """A scheduler in this process and ``n_workers`` worker processes from ``env``'s interpreter."""
+    import asyncio
+    import subprocess
+
+    from distributed import Scheduler
+    from distributed.deploy.spec import ProcessInterface, SpecCluster
+
+    class EnvWorker(ProcessInterface):
+        def __init__(self, scheduler: str, name: str):
+            super().__init__(scheduler, name)
+            self.scheduler, self.name, self.process, self.log = scheduler, name, None, None
+
+        async def start(self) -> None:
+            self.log = open(_worker_log(env), "ab")  # noqa: SIM115 (closed in close())
+            self.process = await asyncio.create_subprocess_exec(
+                str(env.python), "-m", "distributed.cli.dask_worker", self.scheduler, "--name", str(self.name),
+                "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard", "--death-timeout", "60",
+                stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
+            await super().start()
+
+        async def close(self) -> None:
+            if self.process is not None and self.process.returncode is None:
+                self.process.terminate()
+                try:
+                    await asyncio.wait_for(self.process.wait(), 20)
+                except asyncio.TimeoutError:
+                    self.process.kill()
+                    await self.process.wait()
+            if self.log is not None:
+                self.log.close()
+            await super().close()
+
+    return SpecCluster(
+        scheduler={"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": False, "dashboard_address": ":0"}},
+        workers={f"{env.key}-{i}": {"cls": EnvWorker} for i in range(n_workers)},
+        silence_logs=50, name=f"mlipzoo-env-{env.key}")

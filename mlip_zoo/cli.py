@@ -414,6 +414,99 @@ def submit(
               highlight=False)
 
 
+env_app = typer.Typer(
+    help="Per-model Python environments, for model families whose pins conflict (mace-torch needs e3nn 0.4.4, "
+         "SevenNet e3nn>=0.5).\n\nA card's `requires` (and optional `python`) define its environment: a venv under "
+         "MLIPZOO_ENVS (default ~/.cache/mlip-zoo/envs) whose own packages come first, layered over this one's "
+         "(torch, mlip-zoo, dask). `mlipzoo eval`/`run` build and use it as needed (--env); these commands manage "
+         "them. Set MLIPZOO_ENVS to a shared filesystem for SLURM.",
+    no_args_is_help=True)
+app.add_typer(env_app, name="env")
+
+
+@env_app.command("create")
+def env_create(
+    keys: Annotated[list[str], typer.Argument(help="Card keys whose environments to build.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Build each card's environment, or reuse it when nothing changed.
+
+    A change to the card's `requires`/`python`, to mlip-zoo or to this environment's torch gives a
+    new one; `mlipzoo env remove --stale` clears the old ones.
+    """
+    from mlip_zoo.zoo.envs import ensure_environment
+
+    rows, failed = [], False
+    for key in keys:
+        card = _card(key)
+        if not (card.requires or card.python):
+            rows.append({"key": key, "ok": False, "error": f"{key}: its card has no `requires`, so it runs in "
+                                                           "mlip-zoo's own environment"})
+            failed = True
+            continue
+        try:
+            with err.status(f"environment of {key} …") as status:
+                env, built = ensure_environment(card, echo=lambda message: status.update(_escape(message)))
+        except MlipZooError as exc:
+            rows.append({"key": key, "ok": False, "error": str(exc), "requirement": getattr(exc, "requirement", None),
+                         "log": str(getattr(exc, "log", None) or "")})
+            failed = True
+            continue
+        info = env.info()
+        rows.append({"key": key, "ok": True, "built": built, "path": str(env.path), "python": str(env.python),
+                     "hash": env.hash, "build_seconds": info["build_seconds"], "created": info["created"],
+                     "requires": info["requires"]})
+    if as_json:
+        _emit_json(rows)
+    else:
+        for r in rows:
+            if r["ok"]:
+                verb = f"built in {r['build_seconds']:.0f} s" if r["built"] else "reused"
+                out.print(f"[green]{verb}[/] {r['key']}: {_escape(r['path'])}", highlight=False)
+            else:
+                err.print(f"[red]failed[/] {_escape(r['error'])}", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@env_app.command("list")
+def env_list(as_json: JsonOpt = False) -> None:
+    """Every built environment: current (matches its card and this mlip-zoo), stale, or orphaned (no card)."""
+    from mlip_zoo.zoo.envs import envs_dir, list_environments
+
+    rows = list_environments(_cards())
+    if as_json:
+        return _emit_json(rows)
+    table = Table(title=f"{len(rows)} environments in {envs_dir()}")
+    for col in ("key", "hash", "state", "requires", "built", "MB"):
+        table.add_column(col)
+    colour = {"current": "green", "stale": "yellow", "orphaned": "red"}
+    for r in rows:
+        table.add_row(r["key"], r["hash"], f"[{colour[r['state']]}]{r['state']}[/]", ", ".join(r["requires"]),
+                      r["created"], f"{r['size_mb']:.0f}")
+    out.print(table)
+
+
+@env_app.command("remove")
+def env_remove(
+    keys: Annotated[Optional[list[str]], typer.Argument(help="Card keys whose environments to delete.")] = None,
+    stale: Annotated[bool, typer.Option("--stale", help="Only environments no longer current for their card.")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="Every environment.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete environments (they are rebuilt when next needed)."""
+    from mlip_zoo.zoo.envs import remove_environments
+
+    if not (keys or stale or all_):
+        raise _fail(ValueError("name card keys, or pass --stale or --all"), 2)
+    removed = remove_environments(keys or None, stale_only=stale, cards=_cards())
+    if as_json:
+        return _emit_json({"removed": removed})
+    for path in removed:
+        out.print(f"removed {_escape(path)}", highlight=False)
+    out.print(f"{len(removed)} environment(s) removed")
+
+
 leaderboard_app = typer.Typer(help="The static leaderboard site.", no_args_is_help=True)
 app.add_typer(leaderboard_app, name="leaderboard")
 
@@ -485,6 +578,65 @@ def tasks_show(key: Annotated[str, typer.Argument(help="Task key, e.g. oc20-s2ef
     out.print(_escape(yaml.safe_dump(data, sort_keys=False, allow_unicode=True)), highlight=False)
 
 
+data_app = typer.Typer(help="Reference datasets that are too big to ship: fetch them where the network allows.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _default_data_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("MLIPZOO_DATA", Path.home() / ".cache" / "mlip-zoo" / "data"))
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="Dataset to fetch: `wbm` (Matbench Discovery's WBM + MP files).")],
+    directory: Annotated[Optional[Path], typer.Option(
+        "--dir", help="Where to put the files (matbench-discovery's layout: wbm/, mp/). "
+                      "Default: $MLIPZOO_DATA or ~/.cache/mlip-zoo/data.")] = None,
+    files: Annotated[Optional[list[str]], typer.Option(
+        "--file", help="Only these files (repeatable), e.g. --file wbm_summary.")] = None,
+    mirror: Annotated[Optional[str], typer.Option(
+        "--mirror", help="Base URL of a copy with the same relative paths (default: each file's figshare URL).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Download the real Matbench Discovery files from figshare and check their published md5.
+
+    Files already present with the right md5 are kept. Then point a task at them:
+    `mlipzoo eval MODEL discovery --dataset DIR`. Where figshare is unreachable, this says so and
+    prints each file's URL and md5, so you can fetch them elsewhere and copy them in.
+    """
+    from mlip_zoo.evaluators.discovery.wbm import WBM_FILES, fetch
+
+    if name != "wbm":
+        raise _fail(MlipZooError(f"unknown dataset {name!r}; known: wbm"))
+    target = (directory or _default_data_dir()).expanduser()
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), console=err) as bar:
+        tasks: dict[str, int] = {}
+
+        def on_progress(key: str, done: int, total: int | None) -> None:
+            if key not in tasks:
+                tasks[key] = bar.add_task(key, total=total)
+            bar.update(tasks[key], completed=done)
+
+        try:
+            report = fetch(target, files, mirror=mirror, on_progress=on_progress)
+        except MlipZooError as exc:
+            if not as_json:
+                err.print("Files and their published md5 (matbench-discovery data-files.yml):", highlight=False)
+                for spec in WBM_FILES.values():
+                    err.print(f"  {spec.key}: {spec.url} -> {target / spec.path} (md5 {spec.md5})", highlight=False)
+            raise _fail(exc) from None
+    if as_json:
+        return _emit_json({"dir": str(target), "files": report})
+    for key, entry in report.items():
+        out.print(f"{key}: {entry['status']} {_escape(entry['path'])}", highlight=False)
+    out.print(f"Next: mlipzoo eval MODEL discovery --dataset {_escape(str(target))}", highlight=False)
+
+
 def _progress_bar(total: int | None, label: str):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
@@ -535,8 +687,10 @@ def _evaluate_one(model: str, task: str, opts, wandb_mode: str = "offline") -> d
 def _ensure_env(card, mode: str) -> None:
     """Build the model's own environment first (if it needs one), with a spinner: pip takes a while."""
     from mlip_zoo.zoo.envs import ensure_environment, environment_for, needs_environment
+    from mlip_zoo.zoo.weights import resolve_weights
 
     if needs_environment(card, mode) and not environment_for(card).built:
+        resolve_weights(card)  # no weights, no point: fail as the evaluation would, before pip runs
         with err.status(f"building the environment of {card.key} ({', '.join(card.requires)}) …") as status:
             env, _ = ensure_environment(card, echo=lambda message: status.update(_escape(message)))
         err.print(f"[green]environment[/] {card.key}: {_escape(str(env.path))} "
@@ -622,15 +776,19 @@ def run(
     workers: Annotated[Optional[int], typer.Option(help="Dask workers (overrides the config's).")] = None,
     site: Annotated[Path, typer.Option(help="Where to build the leaderboard site at the end.")] = Path("site"),
     wandb: Annotated[Optional[str], typer.Option("--wandb", help="offline, online or disabled (overrides the config's; default offline).")] = None,
+    env: Annotated[Optional[str], typer.Option("--env", help="auto, isolated or shared (overrides the config's `env`; "
+                                               "default auto): where models with `requires` run.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The main job: every model x task listed in the run config, a summary table, then the site.
 
-    A failed (model, task) pair is reported and the others still run; rerunning resumes.
+    A failed (model, task) pair is reported and the others still run; rerunning resumes. Models
+    whose packages conflict with this environment's run in their own (`mlipzoo env --help`), on
+    Dask workers started from that environment's Python, kept for the whole run.
     """
     import yaml
 
-    from mlip_zoo.evaluators.runner import RunOptions, cluster_client
+    from mlip_zoo.evaluators.runner import EnvClusters, RunOptions, cluster_client
 
     path = config or Path(str(__import__("importlib.resources").resources.files("mlip_zoo.configs") / "default.yaml"))
     try:
@@ -640,13 +798,14 @@ def run(
     out_dir = out_dir or Path(plan.get("out", "results"))
     n_workers = workers if workers is not None else int(plan.get("workers", 1))
     wandb_mode = _wandb_mode(wandb or plan.get("wandb", "offline"))
+    env_mode = _env_mode(env or plan.get("env", "auto"))
     records, errors = [], []
-    with cluster_client(RunOptions(workers=n_workers)) as client:
+    with cluster_client(RunOptions(workers=n_workers)) as client, EnvClusters(RunOptions(workers=n_workers)) as envs:
         for block in plan.get("runs", []):
             for model in block["models"]:
                 for task in block["tasks"]:
                     opts = RunOptions(out=out_dir, device=device, workers=n_workers, limit=block.get("limit"),
-                                      client=client)
+                                      client=client, env=env_mode, env_clusters=envs)
                     try:
                         records.append(_evaluate_one(model, task, opts, wandb_mode))
                     except Exception as exc:  # keep going: one broken pair must not cost the others

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from ase.data import chemical_symbols
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError, field_validator,
                       model_validator)
 
@@ -145,7 +147,10 @@ class ModelCard(_Strict):
     weights: Annotated[Annotated[list[WeightFile], Tag("list")] | Annotated[Literal["unavailable"], Tag("unavailable")],
                        Discriminator(lambda v: "unavailable" if isinstance(v, str) else "list")] = []
     unavailable_reason: str | None = None
+    # The model's Python environment (see zoo/envs.py): pip requirement strings, and optionally
+    # the Python it needs ("3.11" or a specifier such as ">=3.10,<3.13").
     requires: list[str] = []
+    python: str | None = None
     trusted: bool = False
     trusted_reason: str | None = None
     lifecycle: Literal["active", "deprecated", "superseded", "archived"] = "active"
@@ -156,6 +161,23 @@ class ModelCard(_Strict):
     calculator_kwargs: dict[str, Any] = {}
 
     _path: Path | None = PrivateAttr(default=None)
+
+    @field_validator("requires")
+    @classmethod
+    def _requirements(cls, value: list[str]) -> list[str]:
+        for i, text in enumerate(value):
+            try:
+                Requirement(text)
+            except InvalidRequirement as exc:
+                raise ValueError(f"entry {i} ({text!r}) is not a pip requirement: {exc}") from None
+        return value
+
+    @field_validator("python")
+    @classmethod
+    def _python(cls, value: str | None) -> str | None:
+        if value is not None:
+            python_specifier(value)
+        return value
 
     @field_validator("elements")
     @classmethod
@@ -233,6 +255,17 @@ class ModelCard(_Strict):
             "training_set": list(self.training_sets),
         }
         return {k: v for k, v in out.items() if v not in (None, [], {})}
+
+
+def python_specifier(value: str) -> SpecifierSet:
+    """A card's ``python``: ``"3.11"`` means any 3.11.x; otherwise a PEP 440 specifier (``">=3.10"``)."""
+    text = value.strip()
+    if not text:
+        raise ValueError("empty: leave python out to use mlip-zoo's own Python")
+    try:
+        return SpecifierSet(f"=={text}.*" if re.fullmatch(r"\d+\.\d+", text) else text)
+    except InvalidSpecifier:
+        raise ValueError(f"{value!r} is not a Python version: write e.g. \"3.11\" or \">=3.10,<3.13\"") from None
 
 
 def _safe_relative_path(value: str) -> str:
