@@ -64,8 +64,8 @@ def main() -> None:
     reference = uncertainty.replicates(slow, table, few, metrics=metrics)
     slow_s = (time.perf_counter() - t0) * settings.resamples / few.resamples
     check = uncertainty.replicates(evaluator, table, few, metrics=metrics)
-    worst = max(float(np.nanmax(np.abs(check.values[k] - reference.values[k]) / np.maximum(np.abs(reference.values[k]), 1e-300)))
-                for k in reference.values)
+    worst = max(float(np.nanmax(np.abs(check.values[k] - reference.values[k])
+                                / np.maximum(np.abs(reference.values[k]), 1e-300))) for k in reference.values)
     print(json.dumps({
         "task": args.task, "rows": table.num_rows, "resamples": settings.resamples,
         "metrics_with_intervals": len(check.values), "metrics_call_s": round(metrics_s, 4),

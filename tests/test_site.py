@@ -161,7 +161,8 @@ def test_site_in_a_browser(site):
             assert copy_cell.locator(".ci").is_visible() and copy_cell.locator(".rank").is_visible()
             assert copy_cell.locator(".rank").inner_text() == "rank 2"
             emt_cell = page.locator('tr[data-model="emt"] td').nth(s2ef - 1)
-            assert emt_cell.locator(".ci").inner_text() == "[0, 0]" and emt_cell.locator(".rank").inner_text() == "rank 1"
+            assert emt_cell.locator(".ci").inner_text() == "[0, 0]"
+            assert emt_cell.locator(".rank").inner_text() == "rank 1"
             assert "of 2 on the 30 structures" in emt_cell.locator(".rank").get_attribute("title")
 
             # The filter hides rows that do not match.
@@ -209,7 +210,8 @@ def test_site_marks_models_it_cannot_tell_apart(tmp_path, card_dir, monkeypatch)
     for model, other in (("emt", "EMT twin"), ("emt-twin", "EMT (ASE)")):
         row = re.search(rf'<tr data-model="{model}".*?</tr>', index, re.S).group(0)
         assert '<span class="rank"' in row and ">rank 1</span>" in row
-        assert re.search(rf'class="ns" title="not significantly different \(paired bootstrap\) from {re.escape(other)}">', row)
+        mark = rf'class="ns" title="not significantly different \(paired bootstrap\) from {re.escape(other)}">'
+        assert re.search(mark, row)
     task = (out / "tasks" / "oc20-s2ef.html").read_text()
     table = re.search(r'<table class="plain ranking".*?</table>', task, re.S).group(0)
     assert table.count('class="rank-range">1</td>') == 2

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from mlip_zoo.cli import app
 from mlip_zoo.errors import MetricError
 from mlip_zoo.evaluators import uncertainty as u
-from mlip_zoo.evaluators.base import BootstrapSettings, Evaluator, MetricSpec, TaskConfig, evaluator_for, load_task_config
+from mlip_zoo.evaluators.base import (BootstrapSettings, Evaluator, MetricSpec, TaskConfig, evaluator_for,
+                                      load_task_config)
 from mlip_zoo.evaluators.runner import RunOptions, evaluate
 from mlip_zoo.leaderboard.results import recompute
 
@@ -124,7 +125,8 @@ def test_a_known_offset_lies_inside_the_paired_interval(runs):
     energy = json.loads(result.stdout)["metrics"]["energy_mae"]
     lo, hi = energy["interval"]
     assert lo < 0.2 < hi and energy["significant"]
-    assert energy["difference"] == pytest.approx(runs["high"]["metrics"]["energy_mae"] - runs["low"]["metrics"]["energy_mae"])
+    expected = runs["high"]["metrics"]["energy_mae"] - runs["low"]["metrics"]["energy_mae"]
+    assert energy["difference"] == pytest.approx(expected)
     assert width(energy["interval"]) < 0.05  # paired: the shared structures cancel, only the noise is left
     forces = json.loads(result.stdout)["metrics"]["forces_mae"]
     assert forces["difference"] == 0.0 and forces["interval"] == [0.0, 0.0]  # same EMT forces
