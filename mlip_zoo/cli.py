@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mlip_zoo.errors import CardError, MlipZooError
+from mlip_zoo.errors import CardError, ConfigError, DatasetError, MlipZooError
 
 app = typer.Typer(
     help="mlip-zoo: evaluate machine-learned interatomic potentials on standard tasks and publish a leaderboard.\n\n"
@@ -657,21 +657,36 @@ def _progress_bar(total: int | None, label: str):
     return progress, update
 
 
-def _evaluate_one(model: str, task: str, opts, wandb_mode: str = "offline") -> dict:
-    """Evaluate, then hand the written result to the W&B sink (whose failure costs nothing local)."""
+def _with_reference(task: str, reference: Path):
+    """The task's protocol with the user's training set as its ``reference`` (recorded in the
+    result's task-config hash and provenance)."""
+    from mlip_zoo.evaluators.base import load_task_config
+
+    config = load_task_config(task)
+    if "reference" not in config.options:
+        raise ConfigError(f"task {task} has no training reference set; --reference is for ood-shift and ttr")
+    if not reference.is_file():
+        raise DatasetError(f"{reference}: reference (training) set not found (check --reference)")
+    return config.model_copy(update={"options": {**config.options, "reference": str(reference.resolve())}})
+
+
+def _evaluate_one(model: str, task, opts, wandb_mode: str = "offline") -> dict:
+    """Evaluate, then hand the written result to the W&B sink (whose failure costs nothing local).
+    ``task``: a key, or a task config adjusted for this run (``--reference``)."""
     from mlip_zoo.evaluators.base import load_task_config
     from mlip_zoo.evaluators.data import resolve_dataset
     from mlip_zoo.evaluators.runner import evaluate
     from mlip_zoo.zoo.card import get_card
 
-    config = load_task_config(task)
+    config = task if not isinstance(task, str) else load_task_config(task)
+    task = config.key
     total = resolve_dataset(config.dataset, config.dataset_file, opts.dataset).n
     if opts.limit is not None:
         total = min(total, opts.limit) if total is not None else opts.limit
     _ensure_env(get_card(model), opts.env)
     progress, opts.progress = _progress_bar(total, f"{model} × {task}")
     with _quiet_stdout(), progress:
-        record = evaluate(model, task, opts)
+        record = evaluate(model, config, opts)
     if wandb_mode != "disabled":
         from mlip_zoo.leaderboard.wandb_sink import log_run
 
@@ -742,6 +757,8 @@ def eval_(
     cluster_config: Annotated[Optional[Path], typer.Option(help="YAML of SLURMCluster arguments (+ jobs: N).")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N structures (quick looks; recorded in the result).")] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow legacy OC20 LMDBs (unpickling runs code).")] = False,
+    reference: Annotated[Optional[Path], typer.Option(help="ood-shift/ttr: your own labelled training set "
+                                                           "(any dataset format) to measure shift against.")] = None,
     wandb: WandbOpt = "offline",
     env: EnvOpt = "auto",
     as_json: JsonOpt = False,
@@ -758,7 +775,8 @@ def eval_(
                       cluster=cluster, cluster_config=cluster_config, limit=limit, trust_pickle=trust_pickle,
                       env=_env_mode(env))
     try:
-        record = _evaluate_one(model, task, opts, _wandb_mode(wandb))
+        record = _evaluate_one(model, _with_reference(task, reference) if reference else task, opts,
+                               _wandb_mode(wandb))
     except MlipZooError as exc:
         raise _fail(exc) from None
     if as_json:

@@ -245,6 +245,20 @@ def test_ood_shift_end_to_end_with_emt(train_file, tmp_path):
     assert sha256_file(__import__("pathlib").Path(inputs["file"])) == inputs["sha256"]
 
 
+def test_cli_reference_option_swaps_the_training_set(train_file, tmp_path):
+    from typer.testing import CliRunner
+
+    from mlip_zoo.cli import app
+
+    args = ["--limit", "2", "--workers", "0", "--out", str(tmp_path / "out"), "--wandb", "disabled", "--json"]
+    result = CliRunner().invoke(app, ["eval", "emt", "ood-shift", "--reference", str(train_file), *args])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["provenance"]["task_inputs"]["training_stats"]["reference"]["sha256"] == sha256_file(train_file)
+    wrong = CliRunner().invoke(app, ["eval", "emt", "oc20-s2ef", "--reference", str(train_file), *args])
+    assert wrong.exit_code != 0 and "--reference is for ood-shift and ttr" in wrong.output
+
+
 def test_embedded_mini_sets_match_their_manifest():
     for name in ("train.json", "test.json"):
         dataset = resolve_dataset("shift-mini", name)  # checks the manifest's sha256
