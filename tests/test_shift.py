@@ -184,7 +184,7 @@ def _row(rid, split, de, df, shifts, ood, n=2):
     ft = np.arange(3 * n, dtype=float).reshape(n, 3) + 1
     return {"id": rid, "split": split, "n_atoms": n, "status": "ok", "reason": None, "seconds": 0.1,
             "energy_true": 1.0, "energy_pred": 1.0 + de, "forces_true": ft.ravel().tolist(),
-            "forces_pred": (ft + df).ravel().tolist(),
+            "forces_pred": (ft + df).ravel().tolist(), "free": [True] * n,
             **{f"shift_{a}": s for a, s in zip(shift_stats.AXES, shifts)},
             **{f"ood_{a}": o for a, o in zip(shift_stats.AXES, ood)}}
 
@@ -195,21 +195,26 @@ def test_metrics_by_distribution_axis_and_bin():
             _row("b", "element", 0.4, 0.3, (1.0, 0.8, 0.01), (True, False, False)),
             _row("c", "force_norm", -0.6, 0.6, (0.0, 2.2, 0.01), (False, True, False)),
             {**_row("d", "none", 0, 0, (0.0, 0.8, 0.01), (False, False, False)), "status": "failed",
-             "reason": "boom", "energy_pred": None, "forces_pred": None}]
+             "reason": "boom", "energy_pred": None, "forces_pred": None},
+            # a fixed atom's force error is not scored
+            {**_row("e", "connectivity", 0.0, 0.0, (0.0, 0.8, 0.5), (False, False, True)), "free": [True, False],
+             "forces_pred": (np.arange(6.0) + 1 + [0, 0, 0, 5, 5, 5]).tolist()}]
     table = pa.Table.from_pylist(rows, schema=evaluator.schema)
     m = evaluator.metrics(table)
-    assert m["n"] == 3 and m["id_n"] == 1 and m["ood_n"] == 2 and m["ood_fraction"] == pytest.approx(2 / 3)
-    assert m["energy_per_atom_mae"] == pytest.approx((0.1 + 0.2 + 0.3) / 3)
-    assert m["forces_mae"] == pytest.approx((0.0 + 0.3 + 0.6) / 3)
-    assert m["ood_forces_mae"] == pytest.approx(0.45) and m["id_forces_mae"] == 0.0
+    assert m["n"] == 4 and m["id_n"] == 1 and m["ood_n"] == 3 and m["ood_fraction"] == pytest.approx(3 / 4)
+    assert m["energy_per_atom_mae"] == pytest.approx((0.1 + 0.2 + 0.3 + 0) / 4)
+    assert m["forces_mae"] == pytest.approx((0.0 * 6 + 0.3 * 6 + 0.6 * 6 + 0.0 * 3) / 21)
+    assert m["ood_forces_mae"] == pytest.approx((0.3 * 6 + 0.6 * 6) / 15) and m["id_forces_mae"] == 0.0
+    assert m["splits"]["connectivity"]["forces_mae"] == 0.0 and m["splits"]["connectivity"]["n"] == 1
     assert m["axes"]["element"]["ood"]["n"] == 1 and m["axes"]["element"]["ood"]["forces_mae"] == pytest.approx(0.3)
-    assert m["axes"]["force_norm"]["ood_fraction"] == pytest.approx(1 / 3)
+    assert m["axes"]["force_norm"]["ood_fraction"] == pytest.approx(1 / 4)
     bins = m["axes"]["element"]["bins"]
-    assert bins["bin0"]["range"] == "< 0.001" and bins["bin0"]["n"] == 2 and bins["bin5"] == {
+    assert bins["bin0"]["range"] == "< 0.001" and bins["bin0"]["n"] == 3 and bins["bin5"] == {
         "range": ">= 1", "energy_per_atom_mae": pytest.approx(0.2), "forces_mae": pytest.approx(0.3),
         "forces_cosine": pytest.approx(m["axes"]["element"]["ood"]["forces_cosine"]), "n": 1}
-    assert sum(b["n"] for b in m["axes"]["force_norm"]["bins"].values()) == 3
-    assert m["splits"]["connectivity"]["n"] == 0 and m["splits"]["connectivity"]["forces_mae"] is None
+    assert sum(b["n"] for b in m["axes"]["force_norm"]["bins"].values()) == 4
+    assert m["axes"]["connectivity"]["bins"]["bin0"]["n"] == 3  # 0.01 < 0.025
+    assert m["splits"]["force_norm"]["n"] == 1 and m["axes"]["connectivity"]["bins"]["bin1"]["forces_mae"] is None
     assert m["id_forces_cosine"] == pytest.approx(1.0)
     # the bootstrap's fast path: every ratio of sums equals the number metrics() reports
     from mlip_zoo.evaluators.result import flatten_metrics

@@ -22,7 +22,7 @@ import pyarrow as pa
 from ase import Atoms
 
 from mlip_zoo.evaluators.base import Evaluator
-from mlip_zoo.evaluators.data import Dataset, record_id, resolve_dataset, sha256_file
+from mlip_zoo.evaluators.data import Dataset, free_mask, record_id, resolve_dataset, sha256_file
 from mlip_zoo.evaluators.shift.stats import AXES, StatsConfig, TrainingStats, reference_forces, training_stats
 from mlip_zoo.zoo.potential import Potential
 
@@ -49,7 +49,7 @@ class OODShift(Evaluator):
         pa.field("id", pa.string()), pa.field("split", pa.string()), pa.field("n_atoms", pa.int32()),
         pa.field("status", pa.string()), pa.field("reason", pa.string()), pa.field("seconds", pa.float64()),
         pa.field("energy_true", pa.float64()), pa.field("energy_pred", pa.float64()),
-        pa.field("forces_true", _VEC), pa.field("forces_pred", _VEC),
+        pa.field("forces_true", _VEC), pa.field("forces_pred", _VEC), pa.field("free", pa.list_(pa.bool_())),
         *[pa.field(f"shift_{a}", pa.float64()) for a in AXES], *[pa.field(f"ood_{a}", pa.bool_()) for a in AXES],
     ])
 
@@ -92,6 +92,7 @@ class OODShift(Evaluator):
             scores = stats.scores(atoms, forces_true)  # labels and geometry only: the same for every model
             row = {"id": rid, "split": str(atoms.info.get("split", "all")), "n_atoms": len(atoms),
                    "energy_true": float(atoms.calc.results["energy"]), "forces_true": forces_true.ravel().tolist(),
+                   "free": free_mask(atoms).tolist(),
                    **{f"shift_{a}": scores[a] for a in AXES},
                    **{f"ood_{a}": stats.moments(a).is_ood(scores[a]) for a in AXES}}
             try:
@@ -129,14 +130,17 @@ class OODShift(Evaluator):
         return groups
 
     def _row_terms(self, table: pa.Table) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Per-row (total, numel) of each error metric; zeros on failed rows."""
+        """Per-row (total, numel) of each error metric over the free atoms (fixed ones, held by
+        FixAtoms, are not scored, as in S2EF); zeros on failed rows."""
         n = table.num_rows
         e_abs, f_abs, f_n, cos, n_atoms = (np.zeros(n) for _ in range(5))
-        data = table.select(["status", "n_atoms", "energy_true", "energy_pred", "forces_true", "forces_pred"]).to_pylist()
+        data = table.select(["status", "n_atoms", "energy_true", "energy_pred", "forces_true", "forces_pred",
+                             "free"]).to_pylist()
         for k, r in enumerate(data):
             if r["status"] != "ok":
                 continue
-            ft, fp = np.reshape(r["forces_true"], (-1, 3)), np.reshape(r["forces_pred"], (-1, 3))
+            free = np.asarray(r["free"], dtype=bool)
+            ft, fp = np.reshape(r["forces_true"], (-1, 3))[free], np.reshape(r["forces_pred"], (-1, 3))[free]
             e_abs[k] = abs(r["energy_pred"] - r["energy_true"]) / r["n_atoms"]
             f_abs[k], f_n[k] = np.abs(fp - ft).sum(), ft.size
             norms = np.linalg.norm(ft, axis=1) * np.linalg.norm(fp, axis=1)
