@@ -82,16 +82,23 @@ def test_env_identity_follows_requirements_and_mlip_zoo(card_dir, monkeypatch):
     assert env_hash(first) != before
 
 
-def test_failed_build_names_the_requirement_and_the_log(card_dir, envs_dir, monkeypatch):
+@pytest.mark.parametrize(("requires", "failing", "says", "pip_says"), [
+    (["mlipzoo-test-absent==1.0"], "mlipzoo-test-absent==1.0", "no version of mlipzoo-test-absent==1.0 can be installed",
+     "No matching distribution found"),
+    # A model that pins another dask than the one the driver runs could not talk to its scheduler.
+    (["dask==2024.8.0"], "dask==2024.8.0", "dask==2024.8.0 cannot be installed together", "ResolutionImpossible"),
+], ids=["missing", "conflict"])
+def test_failed_build_names_the_requirement_and_the_log(card_dir, envs_dir, monkeypatch, requires, failing, says,
+                                                        pip_says):
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # offline: nothing to download, so the failure is certain
-    card = _card(card_dir, key="broken", requires=["mlipzoo-test-absent==1.0"])
+    card = _card(card_dir, key="broken", requires=requires)
     parent = _parent_packages()
     with pytest.raises(EnvBuildError) as info:
         ensure_environment(card)
     err = info.value
-    assert err.requirement == "mlipzoo-test-absent==1.0"
-    assert "no version of mlipzoo-test-absent==1.0 can be installed" in str(err)
-    assert str(err.log) in str(err) and "No matching distribution found" in Path(err.log).read_text()
+    assert err.requirement == failing
+    assert says in str(err)
+    assert str(err.log) in str(err) and pip_says in Path(err.log).read_text()
     assert str(card.path) in str(err)  # where to fix it
     assert not environment_for(card).path.exists()  # no half-built environment left to be reused
     assert _parent_packages() == parent
@@ -99,7 +106,7 @@ def test_failed_build_names_the_requirement_and_the_log(card_dir, envs_dir, monk
     result = cli.invoke(app, ["env", "create", "broken", "--json"], env={"MLIPZOO_CARDS": str(card_dir.dir)})
     assert result.exit_code == 1
     (row,) = json.loads(result.stdout)
-    assert row["requirement"] == "mlipzoo-test-absent==1.0" and row["log"].endswith(".log")
+    assert row["requirement"] == failing and row["log"].endswith(".log")
 
 
 def test_python_the_machine_cannot_layer_is_a_clear_error(card_dir, envs_dir):

@@ -280,11 +280,11 @@ _PIP_FAILURES = (
     (r"No matching distribution found for (\S+)", "no version of {req} can be installed here"),
     (r"Could not find a version that satisfies the requirement (\S+)", "no version of {req} can be installed here"),
     (r"Cannot install (.+?) because these package versions have conflicting dependencies",
-     "{req} conflict with each other or with the packages mlip-zoo must keep"),
+     "{req} cannot be installed together with the other requirements or with what mlip-zoo keeps fixed "
+     "(dask, distributed, cloudpickle, msgpack; torch and numpy unless the card names them)"),
     (r"Failed to build (?:installable wheels for some pyproject\.toml based projects \()?([^)\s]+)",
      "{req} failed to build"),
     (r"Invalid requirement: '?([^'\n]+)'?", "{req} is not a valid requirement"),
-    (r"(?:Could not install packages due to an OSError|ERROR:)[^\n]*?([\w.-]+)", "pip failed on {req}"),
 )
 
 
@@ -294,7 +294,7 @@ def _failing_requirement(output: str) -> tuple[str, str]:
         if match:
             req = match.group(1).strip().rstrip(".")
             return req, what.format(req=req)
-    return "", "pip failed"
+    return "", "pip failed (see the log)"
 
 
 def _build_error(card: ModelCard, env: Environment, step: str, output: str) -> EnvBuildError:
@@ -302,8 +302,8 @@ def _build_error(card: ModelCard, env: Environment, step: str, output: str) -> E
         req, what = _failing_requirement(output)
     else:
         req, what = "", f"{step} failed"
-    detail = "\n".join(line for line in output.splitlines() if line.strip() and (
-        "ERROR" in line or "conflict" in line.lower() or "requested" in line or "error:" in line))[-1500:]
+    detail = "\n".join(line for line in output.splitlines() if line.strip() and any(
+        mark in line for mark in ("ERROR", "error:", "conflict is caused", "requested", " depends on ")))[-1500:]
     where = f"`requires` in {card.path}" if card.path else "the card's `requires`"
     return EnvBuildError(
         f"{card.key}: cannot build its environment: {what}.\n{detail}\n"
