@@ -192,6 +192,11 @@ def _plot_data(record: dict, config: TaskConfig) -> dict[str, Any] | None:
         ft, fp = np.concatenate(ft), np.concatenate(fp)
         idx = _sample(ft.size)
         out["forces"] = {"x": _r(ft[idx]), "y": _r(fp[idx])}
+    axes = record["metrics"].get("axes") if config.evaluator == "ood-shift" else None
+    if isinstance(axes, dict):  # force error per bin of each shift axis, from the metrics themselves
+        out["shift"] = {axis: {"x": [b["range"] for b in d["bins"].values()],
+                               "y": [b["forces_mae"] for b in d["bins"].values()],
+                               "n": [b["n"] for b in d["bins"].values()]} for axis, d in axes.items()}
     if config.key.endswith("is2rs") and ok:
         dists = []
         for r in ok:  # per system: mean minimum-image distance over free atoms (as ADwT scores it)

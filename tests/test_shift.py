@@ -248,6 +248,15 @@ def test_ood_shift_end_to_end_with_emt(train_file, tmp_path):
     inputs = record["provenance"]["task_inputs"]["training_stats"]
     assert inputs["reference"]["sha256"] == sha256_file(train_file)
     assert sha256_file(__import__("pathlib").Path(inputs["file"])) == inputs["sha256"]
+    # the site's task page plots the force error per bin of each axis, from these metrics
+    from mlip_zoo.leaderboard.site import build_site
+
+    build_site(tmp_path / "out", tmp_path / "site")
+    page = (tmp_path / "site" / "tasks" / "ood-shift.html").read_text()
+    assert all(f'data-kind="shift" data-axis="{a}"' in page for a in shift_stats.AXES)
+    plot_data = json.loads(page.split('id="plot-data">')[1].split("</script>")[0])
+    shift = plot_data["models"]["emt"]["shift"]["element"]
+    assert shift["n"] == [b["n"] for b in m["axes"]["element"]["bins"].values()] and shift["y"][-1] == 0.0
 
 
 def test_cli_reference_option_swaps_the_training_set(train_file, tmp_path):

@@ -229,6 +229,19 @@
       return { traces: traces, layout: { title: { text: title }, xaxis: { title: { text: "threshold (Å)" } },
         yaxis: { title: { text: "fraction of systems below" }, range: [-0.02, 1.02] } } };
     }
+    if (kind === "shift") {
+      var axis = el.getAttribute("data-axis");
+      keys.forEach(function (k) {
+        var d = (models[k].shift || {})[axis];
+        if (!d || !d.x || !d.x.length) return;
+        traces.push({ type: "scatter", mode: "lines+markers", name: esc(models[k].name), x: d.x, y: d.y,
+          customdata: d.n, hovertemplate: "shift %{x}<br>force MAE %{y:.4g} eV/Å<br>%{customdata} structures" });
+      });
+      if (!traces.length) return null;
+      return { traces: traces, layout: { title: { text: title },
+        xaxis: { title: { text: el.getAttribute("data-xlabel") || axis }, type: "category" },
+        yaxis: { title: { text: "force MAE (eV/Å)" }, rangemode: "tozero" } } };
+    }
     if (kind === "speed") {
       var allPositive = true;
       keys.forEach(function (k) {
