@@ -114,7 +114,7 @@ def reference_forces(atoms: Atoms, where: str) -> np.ndarray:
 
 
 def compute_stats(records: Iterable[Atoms], *, file: str, sha256: str, config: StatsConfig) -> TrainingStats:
-    """Statistics of a training set, in two passes' worth of work but one read of the records."""
+    """Statistics of a training set, from one pass over its records."""
     counts: Counter[str] = Counter()
     norms, spectra_ = [], []
     kept: list[list[str]] = []
