@@ -120,7 +120,8 @@ def test_isolated_model_on_slurm_runs_the_environments_python(card_dir, envs_dir
     from mlip_zoo.evaluators.runner import EnvClusters, RunOptions
 
     config = tmp_path / "slurm.yaml"
-    config.write_text("queue: q\ncores: 1\nmemory: 1GB\npython: /shared/main/bin/python\njobs: 0\n")
+    config.write_text("queue: q\ncores: 1\nmemory: 1GB\npython: /shared/main/bin/python\njobs: 0\n"
+                      "scheduler_options: {dashboard_address: ':0'}\n")
     env = environment_for(_card(card_dir))
     with EnvClusters(RunOptions(cluster="slurm", cluster_config=config)) as clusters:
         clusters.client(env)
@@ -129,6 +130,44 @@ def test_isolated_model_on_slurm_runs_the_environments_python(card_dir, envs_dir
     with EnvClusters(RunOptions(scheduler="tcp://127.0.0.1:1")) as clusters, \
             pytest.raises(ConfigError, match="workers of the scheduler at tcp://127.0.0.1:1 run another interpreter"):
         clusters.client(env)
+
+
+@pytest.mark.slow
+def test_isolated_run_gives_what_the_shared_environment_gives(card_dir, envs_dir, tmp_path, monkeypatch):
+    """Same card, same task: shards run by workers started from an environment's interpreter come
+    back with the same metrics, failures and progress as in-process here."""
+    from mlip_zoo.evaluators.runner import RunOptions, evaluate
+
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # ase is already there: the build downloads nothing
+    # Edits elsewhere in a working tree during the test must not rebuild the environment.
+    monkeypatch.setattr(envs, "mlip_zoo_source_hash", lambda: "mlip-zoo under test")
+    card_dir("emt-iso", """\
+        key: emt-iso
+        name: EMT, in an environment of its own
+        version: "1"
+        family: emt
+        license: MIT
+        targets: EFS
+        elements: [Al, Ni, Pt, H, O, C]
+        requires: ["ase>=3.23"]
+        """)  # leaves out Ag and N, so some structures fail
+    card = read_card(card_dir.dir / "emt-iso.yaml")
+    assert not needs_environment(card, "auto") and needs_environment(card, "isolated")
+
+    def run(mode, out):
+        counts = []
+        opts = RunOptions(out=tmp_path / out, workers=0, limit=24, env=mode,
+                          progress=lambda ok, failed: counts.append((ok, failed)))
+        return evaluate(card, "oc20-s2ef", opts), counts
+
+    shared, shared_progress = run("shared", "shared")
+    isolated, isolated_progress = run("isolated", "isolated")
+    assert isolated["provenance"]["environment"]["hash"] == environment_for(card).hash
+    assert 0 < isolated["n_failed"] < isolated["n_structures"] == 24
+    assert isolated["failures"] == shared["failures"] and isolated["metrics"] == shared["metrics"]
+    assert isolated["metrics"]["energy_mae"] == 0.0  # EMT labelled the set
+    total = lambda counts: tuple(map(sum, zip(*counts)))  # noqa: E731
+    assert total(isolated_progress) == total(shared_progress) == (24 - shared["n_failed"], shared["n_failed"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,8 +213,8 @@ def test_mace_in_its_own_environment_next_to_sevennet_in_one_run(card_dir, envs_
 
     monkeypatch.setenv("MLIPZOO_CARDS", str(card_dir.dir))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    # Held fixed so that edits elsewhere in a working tree during the test cannot rebuild the
-    # environment (test_env_identity_follows_requirements_and_mlip_zoo covers that they do).
+    # Held fixed (here and above) so that edits elsewhere in a working tree during the test cannot
+    # rebuild the environment (test_env_identity_follows_requirements_and_mlip_zoo covers that they do).
     monkeypatch.setattr(envs, "mlip_zoo_source_hash", lambda: "mlip-zoo under test")
     parent = _parent_packages()
     structures = _first_structures(6)
