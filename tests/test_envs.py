@@ -4,6 +4,7 @@ that evaluates MACE (mace-torch pins e3nn 0.4.4) in its own environment next to 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import site
@@ -57,6 +58,11 @@ def test_card_requires_and_python_are_checked(card_dir):
         _card(card_dir, key="bad-req", requires=["mace-torch=>0.3"])
     with pytest.raises(CardError, match=r"python: .*'three' is not a Python version"):
         _card(card_dir, key="bad-py", extra="python: three")
+
+
+def test_env_mode_is_checked_on_the_command_line():
+    result = cli.invoke(app, ["eval", "emt", "oc20-s2ef", "--env", "separate"])
+    assert result.exit_code == 2 and "--env must be auto, shared or isolated, not 'separate'" in result.stderr
 
 
 def test_auto_isolates_only_what_this_environment_cannot_run(card_dir):
@@ -203,7 +209,7 @@ def _first_structures(n):
 
     config = load_task_config("oc20-s2ef")
     records = iter_records(resolve_dataset(config.dataset, config.dataset_file, None).path)
-    return [atoms for _, atoms in zip(range(n), records)]
+    return list(itertools.islice(records, n))
 
 
 @pytest.mark.slow
@@ -213,8 +219,8 @@ def test_mace_in_its_own_environment_next_to_sevennet_in_one_run(card_dir, envs_
 
     monkeypatch.setenv("MLIPZOO_CARDS", str(card_dir.dir))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    # Held fixed (here and above) so that edits elsewhere in a working tree during the test cannot
-    # rebuild the environment (test_env_identity_follows_requirements_and_mlip_zoo covers that they do).
+    # Held fixed so that edits elsewhere in a working tree during the test cannot rebuild the
+    # environment (test_env_identity_follows_requirements_and_mlip_zoo covers that they do).
     monkeypatch.setattr(envs, "mlip_zoo_source_hash", lambda: "mlip-zoo under test")
     parent = _parent_packages()
     structures = _first_structures(6)

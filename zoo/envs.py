@@ -23,6 +23,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -115,8 +116,6 @@ def _parent_site_dirs() -> list[str]:
 def mlip_zoo_source_hash() -> str:
     """sha256 over mlip-zoo's installed source (every .py under its packages), so an edit or an
     upgrade of mlip-zoo is seen even when the version string stays the same."""
-    import importlib.util
-
     # Located, not imported: zoo imports nothing of evaluators or leaderboard.
     roots = {Path(p).resolve() for name in ("mlip_zoo", "mlip_zoo.zoo", "mlip_zoo.evaluators", "mlip_zoo.leaderboard")
              for p in importlib.util.find_spec(name).submodule_search_locations}
@@ -242,7 +241,9 @@ def _build(card: ModelCard, env: Environment, echo) -> None:
         log.write(f"# mlip-zoo environment for {card.key}\n{json.dumps(identity, indent=2)}\n")
         log.flush()
         echo(f"creating {env.path}")
-        _run([sys._base_executable, "-m", "venv", "--without-pip", str(env.path)], log, card, env, "venv")
+        # The parent's pip serves through the layer; a parent without pip gets one in the new env.
+        own_pip = [] if importlib.util.find_spec("pip") is None else ["--without-pip"]
+        _run([sys._base_executable, "-m", "venv", *own_pip, str(env.path)], log, card, env, "venv")
         site_dir = Path(_run([str(env.python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              log, card, env, "venv").strip().splitlines()[-1])
         # site.addsitedir (not a bare path) so the parent's own .pth files work too (editable installs).
@@ -251,7 +252,7 @@ def _build(card: ModelCard, env: Environment, echo) -> None:
         constraints = env.path / "mlipzoo-constraints.txt"
         constraints.write_text("".join(f"{name}=={version}\n" for name, version in identity["pins"].items()))
         echo(f"installing {', '.join(card.requires)} (log: {env.log})")
-        # pip is the parent's, imported through the layer; it installs into this prefix only.
+        # pip runs inside the new environment, so it installs into its prefix only.
         _run([str(env.python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
               "--progress-bar", "off", "-c", str(constraints), *card.requires, *_own_requirements()],
              log, card, env, "pip")
@@ -383,10 +384,7 @@ def remove_environments(keys: list[str] | None = None, *, stale_only: bool = Fal
     for row in list_environments(cards):
         if (keys is None or row["key"] in keys) and (not stale_only or row["state"] != "current"):
             shutil.rmtree(row["path"])
+            (envs_dir() / "logs" / f"{Path(row['path']).name}.log").unlink(missing_ok=True)
             removed.append(row["path"])
     return removed
 
-
-if __name__ == "__main__":  # pragma: no cover - a convenience for debugging an environment
-    print(json.dumps(env_identity(__import__("mlip_zoo.zoo.card", fromlist=["get_card"]).get_card(sys.argv[1])),
-                     indent=2))
