@@ -190,10 +190,13 @@ class Potential(ABC):
     def test_time_train(self, structures: Sequence[Atoms], energies, forces, *, steps: int, lr: float = 1e-5,
                         momentum: float = 0.9, weight_decay: float = 1e-3, batch_size: int = 32,
                         energy_weight: float = 1.0, force_weight: float = 1000.0,
-                        clip_grad_norm: float | None = 10.0, seed: int = 0) -> Potential:
+                        clip_grad_norm: float | None = 10.0, seed: int = 0,
+                        start_energies: Sequence[float] | None = None) -> Potential:
         """A NEW potential whose representation was trained on ``structures`` against a cheap
         prior's ``energies`` (eV, total) and ``forces`` (eV/Å) -- test-time training, see
-        ``zoo/ttt.py``. This potential, and the weights on disk, are left untouched."""
+        ``zoo/ttt.py``. This potential, and the weights on disk, are left untouched.
+        ``start_energies``: this potential's own energies of ``structures`` when the caller has
+        them already (they fit the prior head's energy reference); computed when omitted."""
         if "test_time_training" not in self.card.capabilities:
             raise CapabilityNotSupportedError(
                 f"{self.card.key} cannot be test-time trained: its card does not list the "
@@ -206,7 +209,7 @@ class Potential(ABC):
         protocol = TTTProtocol(steps=steps, lr=lr, momentum=momentum, weight_decay=weight_decay,
                                batch_size=batch_size, energy_weight=energy_weight, force_weight=force_weight,
                                clip_grad_norm=clip_grad_norm, seed=seed)
-        potential, report = train(self._trainable(), structures, energies, forces, protocol)
+        potential, report = train(self._trainable(), structures, energies, forces, protocol, start_energies)
         potential.ttt_report = report
         return potential
 

@@ -126,9 +126,10 @@ def _top_level(name: str) -> str:
     return name.split(".", 1)[0]
 
 
-def train(trainable: Trainable, structures: Sequence[Atoms], energies, forces,
-          protocol: TTTProtocol) -> tuple[Potential, TTTReport]:
-    """Run test-time training on ``trainable`` against prior labels; returns the new potential."""
+def train(trainable: Trainable, structures: Sequence[Atoms], energies, forces, protocol: TTTProtocol,
+          start_energies: Sequence[float] | None = None) -> tuple[Potential, TTTReport]:
+    """Run test-time training on ``trainable`` against prior labels; returns the new potential.
+    ``start_energies``: the untrained model's energies of ``structures`` if already known."""
     import torch
 
     t0 = time.perf_counter()
@@ -145,7 +146,11 @@ def train(trainable: Trainable, structures: Sequence[Atoms], energies, forces,
 
     # The prior head's energy reference, fitted once on the starting model.
     module.eval()
-    start = np.array([float(trainable.energy_forces(a)[0].detach()) for a in structures])
+    if start_energies is None:
+        start_energies = [float(trainable.energy_forces(a)[0].detach()) for a in structures]
+    start = np.asarray(start_energies, dtype=np.float64).reshape(-1)
+    if len(start) != len(structures):
+        raise TrainingLabelError(f"got {len(start)} start energies for {len(structures)} structures")
     symbols = sorted({s for a in structures for s in a.get_chemical_symbols()})
     counts = np.array([[a.get_chemical_symbols().count(s) for s in symbols] for a in structures], dtype=float)
     mu = np.linalg.lstsq(counts, energies - start, rcond=None)[0]

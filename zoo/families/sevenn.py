@@ -75,5 +75,4 @@ class _SevenNetTrainable(Trainable):
             warnings.simplefilter("ignore")
             calc = calculator.SevenNetCalculator(model=self.module, file_type="model_instance", device=self.device,
                                                  **self.card.options)
-        calc.cutoff = self.cutoff  # the graph radius the loaded potential used (its own, or one set on it)
-        return SevenNetPotential(self.card, calc, device=self.device, dtype=self.dtype, cutoff=self.cutoff)
+        return SevenNetPotential(self.card, calc, device=self.device, dtype=self.dtype, cutoff=float(calc.cutoff))
