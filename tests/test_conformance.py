@@ -190,7 +190,7 @@ def test_a_model_that_raises_is_named_with_the_check_and_structure():
         run_checks(OrthogonalOnly(), cu8(), protocol=FAST, checks=("rotation",))
 
 
-def test_potential_must_not_attach_a_calculator(card_dir):
+def test_potential_must_not_attach_a_calculator():
     class Attaching(CalculatorPotential):
         def predict(self, batch, properties=("energy", "forces", "stress")):
             out = super().predict(batch, properties)
