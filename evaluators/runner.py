@@ -325,8 +325,9 @@ class EnvClusters:
     keep a model's shards off workers that cannot import it, and submission, progress, failures
     and worker loss go through exactly the code path of the shared environment. Why workers and
     not a subprocess running ``mlipzoo eval``: the shards, their checksums and the result record
-    stay the driver's, and on SLURM it is simply dask-jobqueue's ``python=`` (the environment must
-    then sit on a filesystem the nodes share: set ``MLIPZOO_ENVS``). Locally the workers are
+    stay the driver's, and on SLURM it is simply dask-jobqueue's ``python=`` (the environment, and
+    the one mlip-zoo runs from, which it is layered on, must then sit on a filesystem the nodes
+    share: set ``MLIPZOO_ENVS``). Locally the workers are
     ``python -m distributed.cli.dask_worker`` processes (with nannies, which restart a lost one)
     started from the environment's interpreter; they exit if the scheduler goes away.
     """
