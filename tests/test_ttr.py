@@ -21,9 +21,9 @@ from ase.constraints import FixAtoms
 
 from mlip_zoo.errors import CapabilityNotSupportedError, TrainingLabelError
 from mlip_zoo.evaluators.base import evaluator_for
-from mlip_zoo.evaluators.data import iter_records, resolve_dataset
-from mlip_zoo.evaluators.oc20.make_mini import ase_json_db
+from mlip_zoo.evaluators.data import datasets_dir, iter_records, resolve_dataset
 from mlip_zoo.evaluators.runner import RunOptions, _shards, evaluate
+from mlip_zoo.evaluators.shift.make_ttr_mini import generate
 from mlip_zoo.zoo import get_card, load_potential
 from mlip_zoo.zoo.potential import Potential
 from mlip_zoo.zoo.ttt import Trainable, TTTProtocol, _batches, train
@@ -221,17 +221,15 @@ def test_ttt_with_the_reference_as_prior_lowers_the_force_error_and_changes_no_w
 
 def _shift_subset(tmp_path, per_split: int):
     """The first ``per_split`` structures of each shift-mini test split, as a dataset file."""
-    dataset = resolve_dataset("shift-mini", "test.json")
-    chosen, seen = [], {}
-    for atoms in iter_records(dataset.path):
-        split = atoms.info["split"]
-        if seen.get(split, 0) < per_split:
-            seen[split] = seen.get(split, 0) + 1
-            atoms.info = {k: v for k, v in atoms.info.items() if k in ("sid", "split", "kind")}
-            chosen.append(atoms)
-    path = tmp_path / "ttr-subset.json"
-    ase_json_db(path, chosen)
-    return path
+    generate(tmp_path / "subset", per_split)
+    return tmp_path / "subset" / "test.json"
+
+
+def test_ttr_mini_regenerates_byte_identical(tmp_path):
+    manifest = generate(tmp_path / "ttr-mini")
+    committed = json.loads((datasets_dir() / "ttr-mini" / "manifest.json").read_text())
+    assert manifest["files"] == committed["files"] and manifest["source"] == committed["source"]
+    assert manifest["splits"] == {"none": 4, "element": 4, "force_norm": 4, "connectivity": 4}
 
 
 def test_ttr_is_one_shard_so_no_number_depends_on_the_worker_count():
