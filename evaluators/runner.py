@@ -359,15 +359,21 @@ class EnvClusters:
         n = max(1, opts.workers)
         cluster = _env_local_cluster(env, n)
         client = Client(cluster)
-        try:
-            client.wait_for_workers(n, timeout=180)
-        except (TimeoutError, OSError) as exc:
-            client.close()
-            cluster.close()
-            raise EnvError(f"{env.key}: Dask workers started from {env.python} did not connect ({exc}). "
-                           f"Their output is in {_worker_log(env)}; `mlipzoo env remove {env.key}` and a rerun "
-                           "rebuild the environment") from None
-        return client, cluster
+        deadline = time.monotonic() + 180
+        while True:  # until they connect, one of them exits (a broken environment), or time runs out
+            try:
+                client.wait_for_workers(n, timeout=2)
+                return client, cluster
+            except TimeoutError:
+                exited = [w.process.returncode for w in cluster.workers.values()
+                          if w.process is not None and w.process.returncode is not None]
+                if exited or time.monotonic() > deadline:
+                    client.close()
+                    cluster.close()
+                    why = f"a worker exited with code {exited[0]}" if exited else "they did not connect in 180 s"
+                    raise EnvError(f"{env.key}: the Dask workers started from {env.python} did not start: {why}. "
+                                   f"Their output is in {_worker_log(env)}; `mlipzoo env remove {env.key}` and a "
+                                   "rerun rebuild the environment") from None
 
     def close(self) -> None:
         for client, cluster in self._clusters.values():

@@ -176,6 +176,34 @@ def test_isolated_run_gives_what_the_shared_environment_gives(card_dir, envs_dir
     assert total(isolated_progress) == total(shared_progress) == (24 - shared["n_failed"], shared["n_failed"])
 
 
+@pytest.mark.slow
+def test_an_environment_whose_workers_cannot_start_is_a_clear_error(card_dir, envs_dir, tmp_path, monkeypatch):
+    from mlip_zoo.errors import EnvError
+    from mlip_zoo.evaluators.runner import RunOptions, evaluate
+
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setattr(envs, "mlip_zoo_source_hash", lambda: "mlip-zoo under test")
+    card_dir("emt-broken", """\
+        key: emt-broken
+        name: EMT, in an environment that is then broken
+        version: "1"
+        family: emt
+        license: MIT
+        targets: EFS
+        requires: ["ase>=3.23"]
+        """)
+    card = read_card(card_dir.dir / "emt-broken.yaml")
+    env, _ = ensure_environment(card)
+    # Something in the environment shadows distributed, so no worker can start from it.
+    site_dir = next(env.path.glob("lib/python*/site-packages"))
+    (site_dir / "distributed").mkdir()
+    (site_dir / "distributed" / "__init__.py").write_text("raise ImportError('shadowed by a broken package')\n")
+    with pytest.raises(EnvError, match=r"emt-broken: the Dask workers started from .* did not start: a worker "
+                                       r"exited with code \d+\. Their output is in .*workers\.log"):
+        evaluate(card, "oc20-s2ef", RunOptions(out=tmp_path / "out", workers=1, limit=2, env="isolated"))
+    assert "shadowed by a broken package" in (env.path / "workers.log").read_text()
+
+
 # ---------------------------------------------------------------------------------------------
 # The real thing: MACE in its own environment, SevenNet-0 in this one, one `mlipzoo run`.
 
