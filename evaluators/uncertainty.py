@@ -336,6 +336,9 @@ def rank(evaluator: Evaluator, tables: Mapping[str, pa.Table], metric: str, *, h
     names = list(aligned)
     if not common:
         return Ranking(metric, 0, {}, {}, {})
+    if len(names) == 1:  # nothing to rank against: no resamples needed
+        value = flatten_metrics(evaluator.metrics(aligned[names[0]])).get(metric)
+        return Ranking(metric, len(common), {names[0]: value}, {names[0]: 1}, {names[0]: (1, 1)})
     strata = strata_labels(aligned[names[0]], settings)
     reps = {m: replicates(evaluator, aligned[m], settings, strata=strata, keys=[metric]) for m in names}
     empty = np.full(settings.resamples, np.nan)
