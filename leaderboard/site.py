@@ -30,7 +30,7 @@ from markupsafe import Markup
 
 from mlip_zoo.errors import CardError, ConfigError, MlipZooError
 from mlip_zoo.evaluators.base import TaskConfig, evaluator_for, load_task_config, task_keys
-from mlip_zoo.evaluators.uncertainty import rank
+from mlip_zoo.evaluators.uncertainty import percentile_interval, rank, replicates
 from mlip_zoo.leaderboard.results import predictions_path, read_predictions, read_result, result_files
 from mlip_zoo.zoo.card import ModelCard, builtin_cards_dir, load_cards
 
@@ -271,6 +271,65 @@ def _rank_facts(groups: list[dict[str, Any]], names: dict[str, str]) -> dict[str
     return out
 
 
+def _term_replicates(results: dict[str, dict[str, dict]], terms: dict[str, dict],
+                     configs: dict[str, TaskConfig]) -> dict[str, dict[str, list[float | None]]]:
+    """{model: {task: the term's metric in each bootstrap resample of the model's own predictions}}.
+
+    The draws depend only on the seed, the number of rows and the splits, so models evaluated on
+    the same structures share them (a paired bootstrap); site.js recomputes the combined score's
+    interval and rank range from these when the reader changes the weights."""
+    out: dict[str, dict[str, list[float | None]]] = {}
+    for task, spec in terms.items():
+        config = configs[task]
+        evaluator = None
+        for model, by_task in results.items():
+            if task not in by_task:
+                continue
+            record = by_task[task]
+            try:
+                evaluator = evaluator or evaluator_for(config)
+                table = read_predictions(record["_path"], record, evaluator)
+                values = replicates(evaluator, table, config.bootstrap, keys=[spec["metric"]]).values
+            except MlipZooError as exc:
+                warnings.warn(f"no combined-score interval from {model} x {task}: {exc}", stacklevel=3)
+                continue
+            if spec["metric"] in values:
+                out.setdefault(model, {})[task] = [float(f"{v:.6g}") if math.isfinite(v) else None
+                                                   for v in values[spec["metric"]]]
+    return out
+
+
+def combined_uncertainty(reps: dict[str, dict[str, list[float | None]]], terms: dict[str, dict],
+                         confidence: float, names: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The combined score's interval, rank range and indistinct models (site.js mirrors this):
+    the score of every resample from the term replicates, ranked across models per resample."""
+    models = list(reps)
+    if not models:
+        return {}
+    size = min(len(v) for r in reps.values() for v in r.values())
+    scores = np.array([[_none_nan(combined({t: r[t][b] for t in r}, terms)["score"]) for b in range(size)]
+                       for r in (reps[m] for m in models)])
+    safe = np.where(np.isfinite(scores), scores, -np.inf)
+    ranks = 1 + (safe[None, :, :] > safe[:, None, :]).sum(axis=1)
+    tail = 50.0 * (1.0 - confidence)
+    out = {}
+    for i, model in enumerate(models):
+        defined = np.isfinite(scores[i])
+        rank_range = None
+        if defined.any():
+            rank_range = [int(np.percentile(ranks[i][defined], tail, method="lower")),
+                          int(np.percentile(ranks[i][defined], 100.0 - tail, method="higher"))]
+        same = [names.get(other, other) for j, other in enumerate(models) if j != i
+                and (ci := percentile_interval(scores[i] - scores[j], confidence)) is not None and ci[0] <= 0 <= ci[1]]
+        out[model] = {"interval": percentile_interval(scores[i], confidence), "range": rank_range,
+                      "indistinct": sorted(same)}
+    return out
+
+
+def _none_nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
 # ---------------------------------------------------------------------------------------------
 # Build
 
@@ -301,8 +360,12 @@ def build_site(results_dir: Path, out_dir: Path) -> Path:
     models = {key: _card_facts(key, cards.get(key)) for key in results}
     tasks = list(configs)
 
+    names = {k: m["name"] for k, m in models.items()}
     rankings = {t: _rankings(configs[t], results) for t in tasks}
-    ranks = {t: _rank_facts(groups, {k: m["name"] for k, m in models.items()}) for t, groups in rankings.items()}
+    ranks = {t: _rank_facts(groups, names) for t, groups in rankings.items()}
+    term_reps = _term_replicates(results, terms, configs)
+    confidence = min((configs[t].bootstrap.confidence for t in terms), default=0.95)
+    combined_ci = combined_uncertainty(term_reps, terms, confidence, names)
 
     # Per-model headline values and combined score, for the first render (JS recomputes on change).
     rows = []
@@ -311,7 +374,7 @@ def build_site(results_dir: Path, out_dir: Path) -> Path:
         term_values = {t: by_task[t]["metrics"].get(s["metric"]) if t in by_task else None for t, s in terms.items()}
         rows.append({**models[key], "results": by_task, "values": values, "term_values": term_values,
                      "ranks": {t: ranks[t][key] for t in by_task if key in ranks.get(t, {})},
-                     "combined": combined(term_values, terms),
+                     "combined": {**combined(term_values, terms), **combined_ci.get(key, {})},
                      "mini": sorted({r["dataset"]["name"] for t, r in by_task.items() if is_mini(r["dataset"])})})
     rows.sort(key=lambda r: (r["combined"]["score"] is None, -(r["combined"]["score"] or 0.0), r["key"]))
     mini_names = sorted({n for r in rows for n in r["mini"]})
@@ -338,7 +401,9 @@ def build_site(results_dir: Path, out_dir: Path) -> Path:
         shutil.copyfile(Path(plotly.__file__).parent / "package_data" / "plotly.min.js", tmp / "assets" / "plotly.min.js")
         for name in ("site.css", "site.js"):
             shutil.copyfile(TEMPLATES / name, tmp / "assets" / name)
-        index_data = {"terms": terms, "models": [{"key": r["key"], "values": r["term_values"]} for r in rows]}
+        index_data = {"terms": terms, "confidence": confidence,
+                      "models": [{"key": r["key"], "name": r["name"], "values": r["term_values"],
+                                  "replicates": term_reps.get(r["key"], {})} for r in rows]}
         _write(tmp / "index.html", env.get_template("index.html.j2").render(
             root="", rows=rows, data=index_data, **common))
         for r in rows:

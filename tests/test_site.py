@@ -130,6 +130,16 @@ def test_site_in_a_browser(site):
             assert headers.nth(s2ef).get_attribute("aria-sort") == "descending"
             assert column(s2ef) == sorted(column(s2ef), reverse=True) and order() == ["emt-copy", "emt"]
 
+            # The combined score has its interval and rank range too (rendered by site.py).
+            def combined_uncertainty() -> dict[str, str]:
+                return {k: page.locator(f'tr[data-model="{k}"] td.combined .uncertainty').inner_text()
+                        for k in ("emt", "emt-copy")}
+
+            initial = combined_uncertainty()
+            assert initial["emt"].split() == ["[1.000,", "1.000]", "rank", "1"]
+            lo, hi = (float(x) for x in re.findall(r"[\d.]+", initial["emt-copy"])[:2])
+            assert lo <= 0.999 <= hi < 1.0 and initial["emt-copy"].endswith("rank 2")
+
             # Combined score, ascending: the partial emt-copy (0.999) comes before the perfect emt.
             combined = page.locator("#leaderboard thead th").nth(1)
             combined.locator("button").click()
@@ -151,6 +161,11 @@ def test_site_in_a_browser(site):
             assert page.input_value("#weight-oc20-s2ef") == "0"
             assert page.input_value("#weight-oc20-is2re") == "2"
             assert page.locator('tr[data-model="emt-copy"] td.combined').inner_text().startswith("—")
+            assert not page.locator('tr[data-model="emt-copy"] td.combined .ci').is_visible()
+            assert page.locator('tr[data-model="emt"] td.combined .rank').inner_text() == "rank 1"
+            # Back to the default weights, site.js recomputes exactly what site.py rendered.
+            page.click("#weights-reset")
+            assert combined_uncertainty() == initial
 
             # Every number has its interval and every model its rank range beside it.
             copy = json.loads((site.parent / "results" / "emt-copy" / "oc20-s2ef.json").read_text())

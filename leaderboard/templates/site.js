@@ -48,6 +48,67 @@
     return { score: den > 0 ? sum / den : null, k: k, n: n };
   }
 
+  // The combined score's uncertainty, as site.py's combined_uncertainty() computes it: the score of
+  // every bootstrap resample from the terms' resampled values, its percentile interval (None when
+  // fewer than half the resamples give a score), the rank range across models per resample, and
+  // the models whose score difference has an interval containing 0.
+  function percentile(sorted, p, method) {
+    var pos = (sorted.length - 1) * p / 100, lo = Math.floor(pos), hi = Math.ceil(pos);
+    if (method === "lower") return sorted[lo];
+    if (method === "higher") return sorted[hi];
+    return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
+  }
+  function interval(values, confidence) {
+    var finite = values.filter(function (v) { return v !== null && isFinite(v); });
+    if (!finite.length || 2 * finite.length < values.length) return null;
+    finite.sort(function (a, b) { return a - b; });
+    var tail = 50 * (1 - confidence);
+    return [percentile(finite, tail), percentile(finite, 100 - tail)];
+  }
+  function combinedUncertainty(models, terms, weights, confidence) {
+    var withReps = models.filter(function (m) { return Object.keys(m.replicates || {}).length > 0; });
+    if (!withReps.length) return {};
+    var size = Infinity;
+    withReps.forEach(function (m) {
+      Object.keys(m.replicates).forEach(function (t) { size = Math.min(size, m.replicates[t].length); });
+    });
+    var scores = withReps.map(function (m) {
+      var out = [];
+      for (var b = 0; b < size; b++) {
+        var values = {};
+        Object.keys(m.replicates).forEach(function (t) { values[t] = m.replicates[t][b]; });
+        out.push(combined(values, terms, weights).score);
+      }
+      return out;
+    });
+    var tail = 50 * (1 - confidence), result = {};
+    withReps.forEach(function (m, i) {
+      var ranks = [];
+      for (var b = 0; b < size; b++) {
+        var s = scores[i][b];
+        if (s === null) continue;
+        var rank = 1;
+        scores.forEach(function (other, j) { if (j !== i && other[b] !== null && other[b] > s) rank += 1; });
+        ranks.push(rank);
+      }
+      ranks.sort(function (a, b) { return a - b; });
+      var same = [];
+      withReps.forEach(function (o, j) {
+        if (j === i) return;
+        var diff = scores[i].map(function (v, b) {
+          return v === null || scores[j][b] === null ? null : v - scores[j][b];
+        });
+        var ci = interval(diff, confidence);
+        if (ci && ci[0] <= 0 && 0 <= ci[1]) same.push(o.name);
+      });
+      same.sort();
+      result[m.key] = { interval: interval(scores[i], confidence),
+        range: ranks.length ? [percentile(ranks, tail, "lower"), percentile(ranks, 100 - tail, "higher")] : null,
+        indistinct: same };
+    });
+    return result;
+  }
+
   function initBoard(table) {
     var data = readJSON("leaderboard-data");
     if (!data) return;
@@ -140,6 +201,7 @@
     }
     function recompute() {
       var w = readInputs();
+      var unc = combinedUncertainty(data.models, data.terms, w, data.confidence || 0.95);
       Array.prototype.forEach.call(tbody.rows, function (r) {
         var m = byKey[r.getAttribute("data-model")];
         var cell = r.querySelector("td.combined");
@@ -150,6 +212,22 @@
         var p = cell.querySelector(".partial");
         p.textContent = "partial (" + c.k + " of " + c.n + " tasks)";
         p.hidden = !(c.score !== null && c.k < c.n);
+        var u = unc[m.key] || {}, ci = cell.querySelector(".ci"), rk = cell.querySelector(".rank"),
+          ns = cell.querySelector(".ns");
+        if (ci) {
+          ci.hidden = !(u.interval && c.score !== null);
+          ci.textContent = u.interval ? "[" + u.interval[0].toFixed(3) + ", " + u.interval[1].toFixed(3) + "]" : "";
+        }
+        if (rk) {
+          rk.hidden = !(u.range && c.score !== null);
+          rk.textContent = u.range ? "rank " + u.range[0] + (u.range[1] !== u.range[0] ? "–" + u.range[1] : "") : "";
+        }
+        if (ns) {
+          var same = u.indistinct || [];
+          ns.hidden = !(same.length && c.score !== null);
+          ns.textContent = "≈ " + same.length;
+          ns.title = "score not significantly different from " + same.join(", ");
+        }
       });
       if (state.col === 1) sortRows();
       return w;
