@@ -2,7 +2,8 @@
 tasks, reader-weighted combined score), a page per model and a page per task with plots.
 Every number shows its bootstrap interval (from the result file), every model its rank as a
 range, and pairs whose paired difference is not significant are marked (computed here, from the
-predictions of all models on the structures they share).
+predictions of all models on the structures they share). The combined score gets the same from
+each term's resamples, recomputed by site.js when the reader changes the weights.
 
 The site must open from ``file://`` with no network: plotly.min.js is copied from the installed
 plotly package, and data travels as JSON inside ``<script type="application/json">`` tags (file://
