@@ -328,7 +328,8 @@ def compare(
     table = Table(title=f"{facts['task']}: {facts['model_a']} (A) − {facts['model_b']} (B) on {facts['n_common']} "
                         f"shared structures ({facts['dataset']}; {comparison.settings.resamples} paired resamples)")
     for col in ("metric", "A", "B", "A − B", f"{confidence}% interval", "significant"):
-        table.add_column(col, justify="left" if col == "metric" else "right", no_wrap=col == "metric")
+        table.add_column(col, justify="left" if col == "metric" else "right", no_wrap=col != "metric",
+                         overflow="fold")
     for key, d in comparison.differences.items():
         interval = "—" if d.interval is None else f"[{fmt_number(d.interval[0])}, {fmt_number(d.interval[1])}]"
         table.add_row(key, fmt_number(d.a), fmt_number(d.b), fmt_number(d.difference), interval,
