@@ -57,7 +57,7 @@ def resolve_dataset(default: str, default_file: str, override: str | Path | None
         path = Path(override).expanduser()
         if not path.exists():
             raise DatasetError(f"{path}: dataset not found (check --dataset)")
-        return Dataset(name=path.name, path=path.resolve(), sha256=sha256_file(path))
+        return Dataset(name=path.name, path=path.resolve(), sha256=dataset_sha256(path))
     folder = datasets_dir() / default
     path = folder / default_file
     if not path.exists():
@@ -65,17 +65,33 @@ def resolve_dataset(default: str, default_file: str, override: str | Path | None
                            f"`python -m mlip_zoo.evaluators.{default.replace('-mini', '')}.make_mini`")
     manifest = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").exists() else {}
     entry = manifest.get("files", {}).get(default_file, {})
-    digest = sha256_file(path)
-    if entry.get("sha256") and entry["sha256"] != digest:
-        raise DatasetError(f"{path}: sha256 {digest} differs from its manifest ({entry['sha256']}); "
-                           "the embedded dataset was modified: regenerate it")
-    return Dataset(name=manifest.get("label", default), path=path, sha256=digest, n=entry.get("n"))
+    for name, listed in manifest.get("files", {}).items():  # labels live beside the structures too
+        if listed.get("sha256") and (digest := sha256_file(folder / name)) != listed["sha256"]:
+            raise DatasetError(f"{folder / name}: sha256 {digest} differs from its manifest ({listed['sha256']}); "
+                               "the embedded dataset was modified: regenerate it")
+    return Dataset(name=manifest.get("label", default), path=path, sha256=dataset_sha256(path), n=entry.get("n"))
+
+
+def dataset_sha256(path: Path) -> str:
+    """What a result's numbers depend on: the file, or every file of a WBM layout."""
+    from mlip_zoo.evaluators.discovery.wbm import WbmLayout, is_wbm_layout
+
+    if is_wbm_layout(path):
+        h = hashlib.sha256()
+        for key, file in sorted(WbmLayout.find(path).files.items()):
+            h.update(f"{key}:{sha256_file(file)}\n".encode())
+        return h.hexdigest()
+    return sha256_file(path)
 
 
 def iter_records(path: Path, *, trust_pickle: bool = False) -> Iterator[Atoms]:
     """Yield the dataset's structures one by one, whatever the format."""
+    from mlip_zoo.evaluators.discovery.wbm import is_wbm_layout, iter_wbm
+
     name = path.name.lower()
-    if name.endswith((".extxyz", ".xyz", ".extxyz.gz", ".xyz.gz")):
+    if is_wbm_layout(path):  # Matbench Discovery: initial-atoms zip joined with its summary and references
+        yield from iter_wbm(path)
+    elif name.endswith((".extxyz", ".xyz", ".extxyz.gz", ".xyz.gz")):
         yield from _iter_extxyz(path)
     elif name.endswith(".aselmdb"):
         yield from _iter_ase_db(path, "aselmdb")
@@ -89,7 +105,8 @@ def iter_records(path: Path, *, trust_pickle: bool = False) -> Iterator[Atoms]:
         yield from _iter_legacy_lmdb(path)
     else:
         raise DatasetError(f"{path}: unknown dataset format; use extxyz(.gz), an ASE db (.db/.json), "
-                           ".aselmdb, or a legacy OC20 .lmdb with --trust-pickle")
+                           ".aselmdb, a legacy OC20 .lmdb with --trust-pickle, or a Matbench Discovery "
+                           "WBM layout (folder or *.extxyz.zip)")
 
 
 def _iter_extxyz(path: Path) -> Iterator[Atoms]:

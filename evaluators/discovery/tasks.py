@@ -1,0 +1,154 @@
+"""Matbench Discovery's two structure-relaxation tasks, from one set of relaxations.
+
+- ``discovery`` (IS2RE-SR): relax the WBM initial structure (ASE FIRE + FrechetCellFilter), turn the
+  relaxed energy into a formation energy (MP2020-corrected for DFT-labelled data), and classify
+  stability against the hull; see metrics.py.
+- ``geo-opt``: RMSD and symmetry agreement of the same relaxed structures with the reference ones.
+
+Both tasks produce the same rows, so they share a work key and each structure relaxes once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from ase import Atoms
+from mlip_zoo.evaluators.base import Evaluator
+from mlip_zoo.evaluators.data import record_id
+from mlip_zoo.evaluators.discovery import metrics as m
+from mlip_zoo.evaluators.discovery.energy import (
+    e_form_per_atom,
+    mp2020_corrected_energy,
+)
+from mlip_zoo.evaluators.relax import RelaxProtocol, relax
+from mlip_zoo.zoo.potential import Potential
+
+from mlip_zoo.errors import DatasetError
+
+_INTS = pa.list_(pa.int32())
+_VEC = pa.list_(pa.float64())
+
+
+class _WbmRelaxation(Evaluator):
+    schema = pa.schema([
+        pa.field("id", pa.string()), pa.field("formula", pa.string()), pa.field("n_atoms", pa.int32()),
+        pa.field("status", pa.string()), pa.field("reason", pa.string()), pa.field("seconds", pa.float64()),
+        # references, on every row (a failed relaxation still counts: as "predicted unstable")
+        pa.field("each_true", pa.float64()), pa.field("e_form_dft", pa.float64()),
+        pa.field("unique_prototype", pa.bool_()),
+        # the model's relaxation
+        pa.field("corrections", pa.string()), pa.field("energy", pa.float64()),
+        pa.field("energy_corrected", pa.float64()), pa.field("e_form_pred", pa.float64()),
+        pa.field("converged", pa.bool_()), pa.field("steps", pa.int32()),
+        pa.field("numbers", _INTS), pa.field("positions", _VEC), pa.field("cell", _VEC),
+        # geometry vs the reference structure; symmetry lists follow the config's symprecs
+        pa.field("rmsd", pa.float64()), pa.field("spg_pred", _INTS), pa.field("spg_ref", _INTS),
+        pa.field("n_ops_pred", _INTS), pa.field("n_ops_ref", _INTS),
+    ])
+
+    @property
+    def protocol(self) -> RelaxProtocol:
+        return RelaxProtocol.model_validate(self.config.options["relax"])
+
+    @property
+    def symprecs(self) -> list[float]:
+        return [float(s) for s in self.config.options["symprecs"]]
+
+    def work_key(self) -> str:
+        o = self.config.options
+        return ("wbm-relax:" + self.protocol.model_dump_json()
+                + f":{o['energy_corrections']}:{self.symprecs}")
+
+    def accepts(self, atoms: Atoms) -> str | None:
+        if "wbm" not in atoms.info or "e_refs" not in atoms.info:
+            return ("discovery/geo-opt read WBM-layout data (an initial-atoms extxyz zip with its summary csv "
+                    "and elemental references); see `mlipzoo data fetch wbm --help`")
+        return None
+
+    def _corrections(self, atoms: Atoms) -> str:
+        setting = self.config.options["energy_corrections"]
+        if setting == "auto":
+            # MP2020 is fitted to PBE/PBE+U: it applies to DFT labels, never to EMT-labelled sets.
+            return "none" if atoms.info.get("labels") == "EMT" else "mp2020"
+        return setting
+
+    def run(self, potential: Potential, records: list[Atoms]) -> list[dict]:
+        rows, protocol = [], self.protocol
+        for i, atoms in enumerate(records):
+            t0 = time.perf_counter()
+            wbm = atoms.info["wbm"]
+            row: dict[str, Any] = {
+                "id": record_id(atoms, i), "formula": atoms.get_chemical_formula(), "n_atoms": len(atoms),
+                "each_true": wbm["each_true"], "e_form_dft": wbm["e_form_dft"],
+                "unique_prototype": bool(wbm["unique_prototype"]), "corrections": self._corrections(atoms)}
+            try:
+                potential.check_elements(atoms, i)
+                result = relax(atoms, potential, protocol)
+                relaxed = result.atoms
+                energy = result.energy
+                if row["corrections"] == "mp2020":
+                    if "cse_parameters" not in atoms.info:
+                        raise DatasetError(f"{row['id']}: MP2020 corrections need its computed-structure entry "
+                                           "(wbm_computed_structure_entries file); none was found")
+                    corrected = mp2020_corrected_energy(relaxed, energy, atoms.info["cse_parameters"], row["id"])
+                else:
+                    corrected = energy
+                row.update(
+                    status="ok", reason=None, energy=energy, energy_corrected=corrected,
+                    e_form_pred=e_form_per_atom(corrected, relaxed.get_chemical_symbols(), atoms.info["e_refs"]),
+                    converged=result.converged, steps=result.steps,
+                    numbers=relaxed.numbers.tolist(), positions=relaxed.positions.ravel().tolist(),
+                    cell=np.asarray(relaxed.cell).ravel().tolist(), **self._geometry(relaxed, atoms.info))
+            except Exception as exc:  # recorded, never fatal; the structure scores as unstable
+                row.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
+            row["seconds"] = time.perf_counter() - t0
+            rows.append(row)
+        return rows
+
+    def _geometry(self, relaxed: Atoms, info: dict) -> dict[str, Any]:
+        ref = info.get("dft_relaxed")
+        if ref is None:
+            return {}
+        pred_sym = [m.symmetry(relaxed, s) for s in self.symprecs]
+        ref_sym = [m.symmetry(ref, s) for s in self.symprecs]
+        return {"rmsd": m.structure_rmsd(relaxed, ref),
+                "spg_pred": [s for s, _ in pred_sym], "spg_ref": [s for s, _ in ref_sym],
+                "n_ops_pred": [n for _, n in pred_sym], "n_ops_ref": [n for _, n in ref_sym]}
+
+
+class Discovery(_WbmRelaxation):
+    def metrics(self, table: pa.Table) -> dict[str, Any]:
+        cols = table.select(["status", "each_true", "e_form_dft", "e_form_pred", "unique_prototype",
+                             "converged"]).to_pydict()
+        ok = np.array([s == "ok" for s in cols["status"]], bool)
+        e_form_pred = np.array([p if good else np.nan for p, good in zip(cols["e_form_pred"], ok)], float)
+        by_subset = m.discovery_metrics(cols["each_true"], e_form_pred, cols["e_form_dft"],
+                                        cols["unique_prototype"], int(self.config.options["most_stable_n"]))
+        headline_subset = self.config.options["headline_subset"]
+        return {**by_subset[headline_subset], "subsets": by_subset,
+                "n_failed": int((~ok).sum()),
+                "converged_fraction": float(np.mean([bool(c) for c, good in zip(cols["converged"], ok) if good]))
+                if ok.any() else None}
+
+
+class GeoOpt(_WbmRelaxation):
+    def accepts(self, atoms: Atoms) -> str | None:
+        return super().accepts(atoms) or (
+            None if "dft_relaxed" in atoms.info else
+            "geo-opt needs the reference relaxed structures (the wbm_relaxed_atoms zip) beside the initial ones")
+
+    def metrics(self, table: pa.Table) -> dict[str, Any]:
+        rows = table.select(["status", "rmsd", "spg_pred", "spg_ref", "n_ops_pred", "n_ops_ref"]).to_pylist()
+        labels = [f"{s:.0e}".replace("e-0", "e-") for s in self.symprecs]
+        nan = [float("nan")] * len(labels)
+
+        def column(name):
+            return {lab: np.array([(r[name] if r["status"] == "ok" and r[name] else nan)[k] for r in rows], float)
+                    for k, lab in enumerate(labels)}
+
+        rmsd = [r["rmsd"] if r["status"] == "ok" and r["rmsd"] is not None else np.nan for r in rows]
+        return m.geo_opt_metrics(rmsd, column("spg_pred"), column("spg_ref"), column("n_ops_pred"),
+                                 column("n_ops_ref"))

@@ -1,0 +1,302 @@
+"""Matbench Discovery tasks: WBM-layout reading, metrics equal to matbench-discovery's, the mini set's
+EMT self-consistency, MP2020 corrections on a hand-made sample in the real layout, and a real model."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from ase import Atoms
+from ase.build import bulk
+from ase.io import write
+from mlip_zoo.evaluators.data import iter_records, resolve_dataset
+from mlip_zoo.evaluators.discovery import metrics as m
+from mlip_zoo.evaluators.discovery.wbm import WBM_FILES, WbmLayout, fetch
+from mlip_zoo.evaluators.runner import RunOptions, evaluate
+
+from mlip_zoo.errors import DatasetError
+
+# ---- metrics equal the reference implementation ------------------------------------------------
+
+def test_subset_metrics_equal_matbench_discovery_stable_metrics():
+    from matbench_discovery.metrics import stable_metrics
+
+    rng = np.random.default_rng(1)
+    n = 400
+    each_true = rng.normal(0.05, 0.1, n)
+    e_form_dft = rng.normal(-0.3, 0.2, n)
+    e_form_pred = e_form_dft + rng.normal(0, 0.05, n)
+    e_form_pred[rng.choice(n, 7, replace=False)] = np.nan  # failed relaxations
+    unique = rng.random(n) < 0.7
+    ours = m.discovery_metrics(each_true, e_form_pred, e_form_dft, unique, most_stable_n=50)
+
+    each_pred = each_true + e_form_pred - e_form_dft
+    most_stable = np.zeros(n, bool)
+    uniq = np.flatnonzero(unique)
+    most_stable[uniq[np.argsort(np.nan_to_num(each_pred[uniq], nan=np.inf), kind="stable")[:50]]] = True
+    for name, mask in {"full_test_set": np.ones(n, bool), "unique_prototypes": unique,
+                       "most_stable": most_stable}.items():
+        reference = stable_metrics(each_true[mask], each_pred[mask], fillna=True)
+        assert ours[name]["n"] == mask.sum()
+        for key, value in reference.items():
+            assert ours[name][key] == pytest.approx(float(value), rel=0, abs=0), (name, key)
+
+
+def test_a_negative_bias_moves_f1_and_daf_as_an_independent_count_predicts():
+    """A model that puts every material 0.03 eV/atom lower on the hull: count the confusion matrix by
+    hand and check F1 and DAF against it, and that they moved the predicted way."""
+    rng = np.random.default_rng(2)
+    each_true = rng.normal(0.02, 0.06, 300)
+    e_form_dft = rng.normal(-0.2, 0.1, 300)
+    unique = np.ones(300, bool)
+    bias = -0.03
+    perfect = m.discovery_metrics(each_true, e_form_dft, e_form_dft, unique, 10_000)["full_test_set"]
+    biased = m.discovery_metrics(each_true, e_form_dft + bias, e_form_dft, unique, 10_000)["full_test_set"]
+
+    stable = each_true <= 0
+    called = each_true + bias <= 0
+    tp, fp, fn = np.sum(stable & called), np.sum(~stable & called), np.sum(stable & ~called)
+    precision, recall = tp / (tp + fp), tp / (tp + fn)
+    assert fn == 0 and fp > 0  # lowering the hull never loses a stable material, only adds false alarms
+    assert biased["F1"] == pytest.approx(2 * precision * recall / (precision + recall), abs=1e-15)
+    assert biased["DAF"] == pytest.approx(precision / stable.mean(), abs=1e-12)
+    assert perfect["F1"] == 1.0 and biased["F1"] < 1.0 and biased["DAF"] < perfect["DAF"]
+    assert biased["MAE"] == pytest.approx(abs(bias), abs=1e-12)
+
+
+def test_geo_opt_metrics_follow_matbench_discovery_definitions():
+    out = m.geo_opt_metrics(
+        [0.0, 0.1, np.nan, np.nan],
+        {"1e-2": np.array([225, 221, 12, np.nan])}, {"1e-2": np.array([225, 225, 12, 194])},
+        {"1e-2": np.array([48, 48, 8, np.nan])}, {"1e-2": np.array([48, 48, 4, 24])})
+    assert out["rmsd"] == pytest.approx((0.0 + 0.1 + 1.0 + 1.0) / 4)  # no match / failed -> 1 Å
+    sym = out["symprec=1e-2"]
+    assert sym["n"] == 3  # the failed relaxation is not analysed
+    assert sym["symmetry_match"] == pytest.approx(2 / 3)  # 225 == 225 and 12 == 12
+    assert sym["symmetry_decrease"] == 0.0 and sym["symmetry_increase"] == 0.0  # 221 vs 225: same n_ops
+    assert sym["n_sym_ops_mae"] == pytest.approx(4 / 3)
+
+
+def test_rmsd_of_a_structure_with_itself_is_zero_and_symmetry_is_read():
+    cu3au = bulk("Cu", "fcc", a=3.7, cubic=True)
+    cu3au[0].symbol = "Au"
+    assert m.structure_rmsd(cu3au, cu3au.copy()) == pytest.approx(0, abs=1e-10)
+    assert m.symmetry(cu3au, 1e-5) == (221, 48)
+
+
+# ---- the embedded mini set ------------------------------------------------------------------------
+
+def test_discovery_mini_is_in_the_wbm_layout_and_labelled_as_ours():
+    dataset = resolve_dataset("discovery-mini", "wbm-initial-atoms.extxyz.zip")
+    assert dataset.name == "discovery-mini (EMT labels)"
+    layout = WbmLayout.find(dataset.path)
+    assert layout.labels == "EMT"
+    assert {"wbm_initial_atoms", "wbm_relaxed_atoms", "wbm_summary", "mp_elemental_ref_entries",
+            "mp_patched_phase_diagram"} <= set(layout.files)
+    with gzip.open(layout.files["wbm_summary"], "rt") as f:
+        rows = list(csv.DictReader(f))
+    assert 150 <= len(rows) <= 400
+    each = np.array([float(r["e_above_hull_mp2020_corrected_ppd_mp"]) for r in rows])
+    assert 0.1 < (each <= 0).mean() < 0.9  # both classes present, so F1/DAF mean something
+    unique = [r["unique_prototype"] == "True" for r in rows]
+    assert 0 < sum(unique) < len(rows)
+    first = next(iter_records(dataset.path))
+    assert {"wbm", "e_refs", "dft_relaxed", "labels"} <= set(first.info)
+
+
+def test_the_hull_distances_are_the_pickled_phase_diagrams():
+    """The summary's each_true is what the (our own, trusted) PatchedPhaseDiagram gives."""
+    import pickle
+
+    from pymatgen.analysis.phase_diagram import PDEntry
+    from pymatgen.core import Composition
+
+    layout = WbmLayout.find(resolve_dataset("discovery-mini", "wbm-initial-atoms.extxyz.zip").path)
+    with gzip.open(layout.files["mp_patched_phase_diagram"], "rb") as f:
+        ppd = pickle.load(f)  # our generated file, never a downloaded one
+    with gzip.open(layout.files["wbm_summary"], "rt") as f:
+        rows = list(csv.DictReader(f))[:25]
+    for row in rows:
+        entry = PDEntry(Composition(row["formula"]), float(row["uncorrected_energy"]))
+        each = ppd.get_decomp_and_e_above_hull(entry, allow_negative=True)[1]
+        assert each == pytest.approx(float(row["e_above_hull_mp2020_corrected_ppd_mp"]), abs=1e-9)
+
+
+@pytest.mark.slow
+def test_emt_scores_perfectly_on_discovery_mini(tmp_path):
+    """EMT labelled the set with the task's own protocol: F1 = 1, MAE = 0, RMSD = 0, symmetry kept."""
+    opts = RunOptions(out=tmp_path, workers=2)
+    discovery = evaluate("emt", "discovery", opts)
+    metrics = discovery["metrics"]
+    assert discovery["n_failed"] == 0
+    for subset in ("full_test_set", "unique_prototypes", "most_stable"):
+        assert metrics["subsets"][subset]["F1"] == 1.0
+        assert metrics["subsets"][subset]["MAE"] < 1e-6
+    assert metrics["F1"] == 1.0 and metrics["Precision"] == 1.0 and metrics["Recall"] == 1.0
+    assert metrics["DAF"] == pytest.approx(1 / metrics["subsets"]["unique_prototypes"]["TP"]
+                                           * metrics["subsets"]["unique_prototypes"]["n"])
+    geo = evaluate("emt", "geo-opt", opts)  # same relaxations: no second run
+    assert geo["metrics"]["rmsd"] < 1e-4
+    for label in ("symprec=1e-2", "symprec=1e-5"):
+        assert geo["metrics"][label]["symmetry_match"] == 1.0
+    shards = list((tmp_path / "emt" / ".shards").iterdir())
+    assert len(shards) == 1, "discovery and geo-opt must share one set of relaxations"
+
+
+# ---- a hand-made sample in the real WBM layout, with MP2020 corrections ---------------------------
+
+def _zip(path: Path, members: dict[str, Atoms]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        for mat_id, atoms in members.items():
+            text = io.StringIO()
+            atoms = atoms.copy()
+            atoms.info["material_id"] = mat_id
+            write(text, atoms, format="extxyz")
+            archive.writestr(f"{mat_id}.extxyz", text.getvalue())
+
+
+def _gz(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt") as f:
+        f.write(text)
+
+
+REAL_COLUMNS = ("material_id", "formula", "n_sites", "volume", "uncorrected_energy", "e_form_per_atom_wbm",
+                "e_above_hull_wbm", "bandgap_pbe", "wyckoff_spglib_initial_structure", "uncorrected_energy_from_cse",
+                "e_correction_per_atom_mp2020", "e_correction_per_atom_mp_legacy", "e_form_per_atom_uncorrected",
+                "e_form_per_atom_mp2020_corrected", "e_above_hull_mp2020_corrected_ppd_mp",
+                "site_stats_fingerprint_init_final_norm_diff", "wyckoff_spglib", "unique_prototype")
+
+
+def make_real_layout_sample(root: Path) -> dict[str, Atoms]:
+    """Four materials in matbench-discovery's data/ layout: file names, columns, CSE JSON Lines."""
+    from pymatgen.entries.computed_entries import ComputedEntry, ComputedStructureEntry
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    structures = {
+        "wbm-1-1": bulk("NiO", "rocksalt", a=4.17),
+        "wbm-1-2": bulk("Cu", "fcc", a=3.61) * (1, 1, 2),
+        "wbm-2-7": bulk("CuNi", "cesiumchloride", a=2.83),
+        "wbm-3-4": bulk("Cu2O", "fluorite", a=4.6),
+    }
+    structures["wbm-1-2"][0].symbol = "Ni"
+    files = {key: root / spec.path for key, spec in WBM_FILES.items()}
+    _zip(files["wbm_initial_atoms"], structures)
+    _zip(files["wbm_relaxed_atoms"], structures)
+    potcars = {"Ni": "PAW_PBE Ni_pv 06Sep2000", "Cu": "PAW_PBE Cu_pv 06Sep2000", "O": "PAW_PBE O 08Apr2002"}
+    lines, rows = [], []
+    for i, (mat_id, atoms) in enumerate(structures.items()):
+        elements = sorted(set(atoms.get_chemical_symbols()))
+        plus_u = "O" in elements and "Ni" in elements
+        params = {"run_type": "GGA+U" if plus_u else "GGA", "is_hubbard": plus_u,
+                  "hubbards": {"Ni": 6.2, "O": 0.0} if plus_u else {},
+                  "potcar_spec": [{"titel": potcars[el], "hash": None} for el in elements]}
+        cse = ComputedStructureEntry(AseAtomsAdaptor.get_structure(atoms), -5.0 * len(atoms), parameters=params,
+                                     entry_id=mat_id)
+        lines.append(json.dumps({"material_id": mat_id, "computed_structure_entry": cse.as_dict()}))
+        rows.append({c: "" for c in REAL_COLUMNS} | {
+            "material_id": mat_id, "formula": atoms.get_chemical_formula(), "n_sites": len(atoms),
+            "e_form_per_atom_mp2020_corrected": -0.1 * i, "e_above_hull_mp2020_corrected_ppd_mp": 0.05 * (i - 1),
+            "unique_prototype": i != 1})
+    _gz(files["wbm_computed_structure_entries"], "\n".join(lines) + "\n")
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=REAL_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    _gz(files["wbm_summary"], text.getvalue())
+    refs = {el: ComputedEntry(el, e, entry_id=f"mp-{el}").as_dict()
+            for el, e in {"Ni": -5.7799, "Cu": -4.0993, "O": -4.9480}.items()}
+    _gz(files["mp_elemental_ref_entries"], json.dumps(refs))
+    return structures
+
+
+def test_a_real_layout_sample_parses_and_evaluates_with_mp2020_corrections(tmp_path):
+    structures = make_real_layout_sample(tmp_path / "data")
+    records = list(iter_records(tmp_path / "data"))
+    assert [a.info["material_id"] for a in records] == list(structures)
+    assert all(a.info["labels"] == "DFT" and "cse_parameters" in a.info for a in records)
+    assert records[0].info["e_refs"] == {"Ni": -5.7799, "O": -4.948}
+
+    result = evaluate("emt", "discovery", RunOptions(out=tmp_path / "out", workers=0,
+                                                     dataset=str(tmp_path / "data")))
+    assert result["dataset"]["name"] == "data"
+    rows = {r["id"]: r for r in pq.read_table(tmp_path / "out" / "emt" / result["predictions"])
+            .to_pylist()}
+    assert all(r["corrections"] == "mp2020" for r in rows.values())
+
+    # Expected corrections, read straight from pymatgen's MP2020 parameter file (not its code path).
+    import pymatgen.core
+
+    (config,) = Path(pymatgen.core.__file__).parents[1].rglob("MP2020Compatibility.yaml")
+    params = yaml.safe_load(config.read_text())
+    corr = params["Corrections"]
+    nio = rows["wbm-1-1"]
+    if nio["status"] == "ok":
+        assert nio["energy_corrected"] - nio["energy"] == pytest.approx(
+            corr["CompositionCorrections"]["oxide"] + corr["GGAUMixingCorrections"]["O"]["Ni"], abs=1e-9)
+    metal = rows["wbm-2-7"]
+    assert metal["status"] == "ok" and metal["energy_corrected"] == metal["energy"]  # GGA metal: no correction
+    assert metal["e_form_pred"] == pytest.approx((metal["energy"] - (-5.7799 - 4.0993)) / 2, abs=1e-12)
+    assert set(result["metrics"]["subsets"]) == {"full_test_set", "unique_prototypes", "most_stable"}
+
+
+def test_missing_summary_names_the_file_and_the_fix(tmp_path):
+    make_real_layout_sample(tmp_path / "data")
+    (tmp_path / "data" / WBM_FILES["wbm_summary"].path).unlink()
+    with pytest.raises(DatasetError, match="wbm_summary.*mlipzoo data fetch wbm"):
+        list(iter_records(tmp_path / "data"))
+
+
+def test_fetch_checks_the_published_md5_against_a_loopback_mirror(tmp_path):
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    make_real_layout_sample(served)
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(served), **k)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        mirror = f"http://127.0.0.1:{server.server_port}"
+        with pytest.raises(DatasetError, match="md5 .* differs from the published"):
+            fetch(tmp_path / "dest", ["wbm_summary"], mirror=mirror)  # our sample is not the real file
+        assert not (tmp_path / "dest" / WBM_FILES["wbm_summary"].path).exists()
+        with pytest.raises(DatasetError, match="cannot download"):
+            fetch(tmp_path / "dest", ["wbm_summary"], mirror="http://127.0.0.1:9", timeout=2)
+    finally:
+        server.shutdown()
+
+
+# ---- a real model -----------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_sevennet_relaxations_match_ase_fire_frechet_loop(tmp_path):
+    """The harness's relaxations are ASE's: same FIRE + FrechetCellFilter answer to < 1 meV/atom."""
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+    from mlip_zoo.zoo import load_potential
+
+    n = 6
+    result = evaluate("sevennet-0", "discovery", RunOptions(out=tmp_path, workers=2, limit=n))
+    assert result["n_structures"] == n and result["n_failed"] == 0
+    rows = {r["id"]: r for r in pq.read_table(tmp_path / "sevennet-0" / result["predictions"])
+            .to_pylist()}
+    potential = load_potential("sevennet-0")
+    dataset = resolve_dataset("discovery-mini", "wbm-initial-atoms.extxyz.zip")
+    for i, atoms in enumerate(iter_records(dataset.path)):
+        if i >= 3:
+            break
+        work = atoms.copy()
+        work.calc = potential.as_calculator()
+        FIRE(FrechetCellFilter(work), logfile=None).run(fmax=0.05, steps=500)
+        row = rows[atoms.info["material_id"]]
+        assert abs(work.get_potential_energy() - row["energy"]) / len(work) < 1e-3
