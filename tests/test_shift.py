@@ -110,7 +110,7 @@ def test_element_shift_is_one_for_a_training_absent_element(train_file, tmp_path
     half.symbols[::2] = "Au"
     assert stats.element_shift(half) == 0.5
     assert stats.element_shift(cu_cell(9)) == 0.0
-    assert stats.element.mean == 0.0 and stats.element.is_ood(0.5) and not stats.element.is_ood(0.0)
+    assert stats.element.mean == 0.0 and stats.is_ood("element", 0.5) and not stats.is_ood("element", 0.0)
     # rare: one Ag atom among 64 Cu is 1/64 of training atoms, below rare_fraction=0.02
     with_ag = cu_cell(3)
     with_ag.symbols[0] = "Ag"
@@ -133,7 +133,17 @@ def test_copy_of_a_training_structure_has_connectivity_distance_zero(tmp_path):
     assert stats.connectivity_shift(same_graph[1].copy()) == pytest.approx(0, abs=1e-24)
     assert stats.connectivity.mean == pytest.approx(0, abs=1e-24) and stats.connectivity.std < 1e-24
     surface = fcc111("Cu", size=(2, 2, 4), a=3.6, vacuum=10.0, periodic=True)
-    assert stats.connectivity_shift(surface) > 0.01 and stats.connectivity.is_ood(stats.connectivity_shift(surface))
+    assert stats.connectivity_shift(surface) > 0.01 and stats.is_ood("connectivity", stats.connectivity_shift(surface))
+
+
+def test_ood_is_two_sided_for_force_norm_and_upper_for_distances(train_file):
+    stats, _ = training_stats(train_file)
+    for axis in shift_stats.AXES:
+        m = stats.moments(axis)
+        assert stats.is_ood(axis, m.mean + 1.01 * m.std + 1e-12) and not stats.is_ood(axis, m.mean + 0.99 * m.std)
+    f, c = stats.force_norm, stats.connectivity
+    assert stats.is_ood("force_norm", f.mean - 1.01 * f.std)  # unusually small forces are a label shift too
+    assert not stats.is_ood("connectivity", c.mean - 1.01 * c.std)  # closer to the training spectrum: no shift
 
 
 def test_statistics_follow_their_definitions(train_file):

@@ -94,7 +94,7 @@ class OODShift(Evaluator):
                    "energy_true": float(atoms.calc.results["energy"]), "forces_true": forces_true.ravel().tolist(),
                    "free": free_mask(atoms).tolist(),
                    **{f"shift_{a}": scores[a] for a in AXES},
-                   **{f"ood_{a}": stats.moments(a).is_ood(scores[a]) for a in AXES}}
+                   **{f"ood_{a}": stats.is_ood(a, scores[a]) for a in AXES}}
             try:
                 (pred,) = potential.predict([atoms], properties=("energy", "forces"))
                 row.update(status="ok", reason=None, energy_pred=pred.energy, forces_pred=pred.forces.ravel().tolist())

@@ -11,7 +11,10 @@ Three axes (Kreiman & Krishnapriyan, 2025):
 
 For each axis the same score is computed for every training structure; its mean and standard
 deviation (population, ddof=0) define the training distribution, and a structure is out of
-distribution on an axis when ``|score - mean| > std``.
+distribution on an axis when it lies more than one standard deviation from the mean: on either
+side for the force norm (unusually small forces are as foreign as large ones), above it for the
+element share and the connectivity distance, which already measure distance from training (a
+spectrum closer to the training mean than usual is not a shift).
 
 The cache file is keyed by the reference file's sha256 and the statistics config, so a changed
 reference or radius is never served stale numbers; a corrupt cache file is recomputed.
@@ -35,6 +38,7 @@ from mlip_zoo.evaluators.shift import spectra
 
 STATS_VERSION = 1
 AXES = ("element", "force_norm", "connectivity")
+UPPER_ONLY = ("element", "connectivity")  # scores that are distances from training: only large ones shift
 
 
 class StatsConfig(BaseModel):
@@ -57,8 +61,9 @@ class Moments(BaseModel):
             return (score - self.mean) / self.std
         return 0.0 if score == self.mean else math.copysign(math.inf, score - self.mean)
 
-    def is_ood(self, score: float) -> bool:
-        return abs(score - self.mean) > self.std
+    def is_ood(self, score: float, *, upper_only: bool = False) -> bool:
+        """More than one standard deviation from the mean (above it only, with ``upper_only``)."""
+        return (score - self.mean if upper_only else abs(score - self.mean)) > self.std
 
 
 class Reference(BaseModel):
@@ -70,7 +75,7 @@ class Reference(BaseModel):
 
 
 class TrainingStats(BaseModel):
-    """The training distribution on the three axes; ``score``/``is_ood`` place a test structure."""
+    """The training distribution on the three axes; ``scores``/``is_ood`` place a test structure."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     version: int = STATS_VERSION
@@ -99,6 +104,10 @@ class TrainingStats(BaseModel):
         if axis not in AXES:
             raise KeyError(f"unknown shift axis {axis!r}; axes are {', '.join(AXES)}")
         return getattr(self, axis)
+
+    def is_ood(self, axis: str, score: float) -> bool:
+        """Whether ``score`` on ``axis`` lies outside the training distribution (see module doc)."""
+        return self.moments(axis).is_ood(score, upper_only=axis in UPPER_ONLY)
 
 
 def force_norm(forces: np.ndarray) -> float:
