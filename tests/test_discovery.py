@@ -239,20 +239,54 @@ def test_a_real_layout_sample_parses_and_evaluates_with_mp2020_corrections(tmp_p
     (config,) = Path(pymatgen.core.__file__).parents[1].rglob("MP2020Compatibility.yaml")
     params = yaml.safe_load(config.read_text())
     corr = params["Corrections"]
-    nio = rows["wbm-1-1"]
-    if nio["status"] == "ok":
-        assert nio["energy_corrected"] - nio["energy"] == pytest.approx(
-            corr["CompositionCorrections"]["oxide"] + corr["GGAUMixingCorrections"]["O"]["Ni"], abs=1e-9)
+    nio, cu2o = rows["wbm-1-1"], rows["wbm-3-4"]
+    assert nio["status"] == "ok" and cu2o["status"] == "ok"
+    # NiO under GGA+U: one oxide O and the Ni U-mixing correction; Cu has no U, so Cu2O gets the oxide one.
+    assert nio["energy_corrected"] - nio["energy"] == pytest.approx(
+        corr["CompositionCorrections"]["oxide"] + corr["GGAUMixingCorrections"]["O"]["Ni"], abs=1e-9)
+    n_oxygen = structures["wbm-3-4"].get_chemical_symbols().count("O")
+    assert cu2o["energy_corrected"] - cu2o["energy"] == pytest.approx(
+        n_oxygen * corr["CompositionCorrections"]["oxide"], abs=1e-9)
     metal = rows["wbm-2-7"]
     assert metal["status"] == "ok" and metal["energy_corrected"] == metal["energy"]  # GGA metal: no correction
     assert metal["e_form_pred"] == pytest.approx((metal["energy"] - (-5.7799 - 4.0993)) / 2, abs=1e-12)
     assert set(result["metrics"]["subsets"]) == {"full_test_set", "unique_prototypes", "most_stable"}
 
 
+@pytest.mark.catalogue
 def test_missing_summary_names_the_file_and_the_fix(tmp_path):
     make_real_layout_sample(tmp_path / "data")
     (tmp_path / "data" / WBM_FILES["wbm_summary"].path).unlink()
     with pytest.raises(DatasetError, match="wbm_summary.*mlipzoo data fetch wbm"):
+        list(iter_records(tmp_path / "data"))
+
+
+@pytest.mark.catalogue
+def test_summary_without_a_metric_column_names_it(tmp_path):
+    make_real_layout_sample(tmp_path / "data")
+    path = tmp_path / "data" / WBM_FILES["wbm_summary"].path
+    with gzip.open(path, "rt") as f:
+        text = f.read().replace("e_above_hull_mp2020_corrected_ppd_mp", "e_above_hull")
+    _gz(path, text)
+    with pytest.raises(DatasetError, match="lacks column.*e_above_hull_mp2020_corrected_ppd_mp"):
+        list(iter_records(tmp_path / "data"))
+
+
+@pytest.mark.catalogue
+def test_structure_without_a_summary_row_is_named(tmp_path):
+    structures = make_real_layout_sample(tmp_path / "data")
+    _zip(tmp_path / "data" / WBM_FILES["wbm_initial_atoms"].path, {**structures, "wbm-9-9": bulk("Cu")})
+    with pytest.raises(DatasetError, match="no row for 'wbm-9-9'"):
+        list(iter_records(tmp_path / "data"))
+
+
+@pytest.mark.catalogue
+def test_corrupt_member_of_the_atoms_zip_is_named(tmp_path):
+    make_real_layout_sample(tmp_path / "data")
+    path = tmp_path / "data" / WBM_FILES["wbm_initial_atoms"].path
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("wbm-0-0.extxyz", "2\nnot a header\nCu 0 0\n")
+    with pytest.raises(DatasetError, match="member wbm-0-0.extxyz is not valid extxyz"):
         list(iter_records(tmp_path / "data"))
 
 
