@@ -8,7 +8,6 @@ says which structure — it never passes silently into a metric.
 
 from __future__ import annotations
 
-import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -181,19 +180,6 @@ class Potential(ABC):
     def _predict_one(self, atoms: Atoms, stress: bool) -> tuple[float, np.ndarray, np.ndarray | None]:
         """Energy, forces and (if ``stress``) Voigt stress of one structure, any numeric type."""
 
-    _keep_state = False  # True inside keeping_state()
-
-    @contextlib.contextmanager
-    def keeping_state(self):
-        """Predictions inside continue the trajectory of the one before (optimizer or MD steps of
-        one structure), so a model may reuse what it built for it, as a plain ASE run does (EMT's
-        neighbour list). Outside, every prediction starts afresh and depends on nothing before it."""
-        self._keep_state = True
-        try:
-            yield
-        finally:
-            self._keep_state = False
-
     def as_calculator(self) -> Calculator:
         """An ASE calculator over this potential (for optimizers, MD, any ASE workflow)."""
         return PotentialCalculator(self)
@@ -276,10 +262,8 @@ class CalculatorPotential(Potential):
 
     def _predict_one(self, atoms: Atoms, stress: bool):
         # Forget the previous structure (cached results, neighbour lists): a prediction must not
-        # depend on what was predicted before it, or shard order would change the numbers. Steps
-        # of one trajectory (keeping_state) keep them, as in a plain ASE run.
-        if not self._keep_state:
-            self.calculator.reset()
+        # depend on what was predicted before it, or shard order would change the numbers.
+        self.calculator.reset()
         atoms.calc = self.calculator
         energy = atoms.get_potential_energy()
         forces = atoms.get_forces()
@@ -313,17 +297,12 @@ class PotentialCalculator(Calculator):
         super().__init__(**kwargs)
         self.potential = potential
         self.implemented_properties = list(potential.implemented_properties) + ["free_energy"]
-        self._called = False
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         # ASE itself refuses properties outside implemented_properties (PropertyNotImplementedError).
         want = ("energy", "forces", "stress") if "stress" in properties else ("energy", "forces")
-        # Like any ASE calculator, it sees one trajectory after its first call (relax() makes one
-        # per structure), so the model keeps its state between the steps.
-        with self.potential.keeping_state() if self._called else contextlib.nullcontext():
-            (pred,) = self.potential.predict([self.atoms], properties=want)
-        self._called = True
+        (pred,) = self.potential.predict([self.atoms], properties=want)
         self.results = {"energy": pred.energy, "free_energy": pred.energy, "forces": pred.forces}
         if pred.stress is not None:
             self.results["stress"] = pred.stress
