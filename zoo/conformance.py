@@ -121,7 +121,7 @@ class NVEProtocol(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     timestep_fs: float = 1.0
-    steps: int = 200
+    steps: int = 100  # 0.1 ps: a smoke test of conservation, sized for CPU budgets
     temperature_K: float = 300.0
     prerelax_fmax: float = 0.05  # eV/Å, LBFGS on positions
     prerelax_steps: int = 100
