@@ -57,6 +57,10 @@ def log_run(record: dict[str, Any], *, card, task_config, results_dir: Path, mod
         return Path(run.dir).parent
     finally:
         run.finish()
+        # finish() can return before wandb's service process has written the last records (the
+        # summary) to the offline run file; shutting the service down waits for it, so the files
+        # are complete when this returns (the tests read them right away, `wandb sync` may too).
+        wandb.teardown()
 
 
 # ---------------------------------------------------------------------------------------------
