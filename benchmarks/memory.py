@@ -44,7 +44,6 @@ print(json.dumps({"peak_rss_mib": rss(), **marks, "seconds": time.perf_counter()
 
 def write_dataset(path: Path, n: int) -> None:
     from ase.io import write
-
     from mlip_zoo.evaluators.base import load_task_config
     from mlip_zoo.evaluators.data import iter_records, resolve_dataset
 

@@ -11,6 +11,7 @@ Usage: python benchmarks/relax.py [--model sevennet-0] [--n 64] [--workers 2] [-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -22,12 +23,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cells import make_cells  # noqa: E402
-
-from mlip_zoo.evaluators.relax import RelaxProtocol, relax  # noqa: E402
-from mlip_zoo.evaluators.runner import RunOptions, _client, _potential  # noqa: E402
-from mlip_zoo.zoo import get_card, load_potential  # noqa: E402
-from mlip_zoo.zoo.weights import resolve_weights  # noqa: E402
+from cells import make_cells
+from mlip_zoo.evaluators.relax import RelaxProtocol, relax
+from mlip_zoo.evaluators.runner import RunOptions, _client, _potential
+from mlip_zoo.zoo import get_card, load_potential
+from mlip_zoo.zoo.weights import resolve_weights
 
 PROTOCOL = RelaxProtocol(optimizer="FIRE", fmax=0.05, steps=500, cell_filter="frechet")  # matbench-discovery
 TORCHSIM_PYTHON = Path("/work/benchenv/torchsim/bin/python")
@@ -114,7 +114,8 @@ def main() -> None:
 
     cells = make_cells(args.n)
     card = get_card(args.model)
-    calc = load_potential(card).calculator  # the reference loop gets the model's own calculator
+    with contextlib.redirect_stdout(sys.stderr):  # model banners would break the one JSON line
+        calc = load_potential(card).calculator  # the reference loop gets the model's own calculator
     import torch
 
     loop_threads = torch.get_num_threads()  # left at torch's default, as matbench-discovery's scripts do

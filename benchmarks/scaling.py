@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-
 from mlip_zoo.evaluators.runner import RunOptions, evaluate
 
 
