@@ -100,7 +100,7 @@ def test_discovery_mini_is_in_the_wbm_layout_and_labelled_as_ours():
     layout = WbmLayout.find(dataset.path)
     assert layout.labels == "EMT"
     assert {"wbm_initial_atoms", "wbm_relaxed_atoms", "wbm_summary", "mp_elemental_ref_entries",
-            "mp_patched_phase_diagram"} <= set(layout.files)
+            "mp_computed_structure_entries"} <= set(layout.files)
     with gzip.open(layout.files["wbm_summary"], "rt") as f:
         rows = list(csv.DictReader(f))
     assert 150 <= len(rows) <= 400
@@ -112,22 +112,22 @@ def test_discovery_mini_is_in_the_wbm_layout_and_labelled_as_ours():
     assert {"wbm", "e_refs", "dft_relaxed", "labels"} <= set(first.info)
 
 
-def test_the_hull_distances_are_the_pickled_phase_diagrams():
-    """The summary's each_true is what the (our own, trusted) PatchedPhaseDiagram gives."""
-    import pickle
-
-    from pymatgen.analysis.phase_diagram import PDEntry
+def test_the_hull_distances_are_those_of_the_mp_like_entries():
+    """each_true is the distance to the hull of the shipped MP-like entries (pymatgen PhaseDiagram)."""
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
     from pymatgen.core import Composition
+    from pymatgen.entries.computed_entries import ComputedStructureEntry
 
     layout = WbmLayout.find(resolve_dataset("discovery-mini", "wbm-initial-atoms.extxyz.zip").path)
-    with gzip.open(layout.files["mp_patched_phase_diagram"], "rb") as f:
-        ppd = pickle.load(f)  # our generated file, never a downloaded one
+    with gzip.open(layout.files["mp_computed_structure_entries"], "rt") as f:
+        entries = [ComputedStructureEntry.from_dict(d) for d in json.load(f)]
+    hull = PhaseDiagram([PDEntry(e.composition, e.energy) for e in entries])
     with gzip.open(layout.files["wbm_summary"], "rt") as f:
-        rows = list(csv.DictReader(f))[:25]
-    for row in rows:
+        rows = list(csv.DictReader(f))
+    for row in rows[::5]:
         entry = PDEntry(Composition(row["formula"]), float(row["uncorrected_energy"]))
-        each = ppd.get_decomp_and_e_above_hull(entry, allow_negative=True)[1]
-        assert each == pytest.approx(float(row["e_above_hull_mp2020_corrected_ppd_mp"]), abs=1e-9)
+        each = hull.get_decomp_and_e_above_hull(entry, allow_negative=True)[1]
+        assert each == pytest.approx(float(row["e_above_hull_mp2020_corrected_ppd_mp"]), abs=1e-12)
 
 
 @pytest.mark.slow

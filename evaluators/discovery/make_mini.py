@@ -7,8 +7,10 @@ whether a pipeline works, not how well a model discovers materials.
 How it mirrors WBM:
 
 - an "MP" reference set: every EMT metal (Al Cu Ag Au Ni Pd Pt) as fcc, bcc and hcp, plus B2 and
-  L1_2 compounds of some pairs; its convex hull (pymatgen ``PatchedPhaseDiagram``) is the "MP hull"
-  and its lowest-energy elemental entries are the elemental references;
+  L1_2 compounds of some pairs, written as MP's computed-structure entries; its convex hull
+  (pymatgen ``PhaseDiagram``) is the "MP hull" and its lowest-energy elemental entries are the
+  elemental references. (No pickled ``PatchedPhaseDiagram``: its patches depend on set order, so its
+  bytes and its off-patch hull distances would not reproduce; the plain hull of 43 entries is exact.)
 - "WBM" candidates by element substitution into common prototypes (B2, L1_0, B1, L1_2, D0_19 for
   binaries; L2_1 Heusler for ternaries), from ideal prototypes at a Vegard lattice constant, then
   strained and rattled (seeded), a few compositions twice from different perturbations, as WBM
@@ -36,7 +38,6 @@ import importlib.resources
 import io
 import itertools
 import json
-import pickle
 import time
 import zipfile
 from pathlib import Path
@@ -62,7 +63,7 @@ LAYOUT = {
     "wbm_relaxed_atoms": "wbm-relaxed-atoms.extxyz.zip",
     "wbm_summary": "wbm-summary.csv.gz",
     "mp_elemental_ref_entries": "mp-elemental-reference-entries.json.gz",
-    "mp_patched_phase_diagram": "ppd-mp.pkl.gz",
+    "mp_computed_structure_entries": "mp-computed-structure-entries.json.gz",
 }
 SUMMARY_HEADER = ("material_id", "formula", "n_sites", "volume", "uncorrected_energy",
                   "wyckoff_spglib_initial_structure", "e_correction_per_atom_mp2020",
@@ -191,9 +192,10 @@ def _clean(atoms: Atoms, mat_id: str) -> Atoms:
 
 
 def generate(out: Path, seed: int = 0) -> dict:
-    from pymatgen.analysis.phase_diagram import PatchedPhaseDiagram, PDEntry
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
     from pymatgen.core import Composition
-    from pymatgen.entries.computed_entries import ComputedEntry
+    from pymatgen.entries.computed_entries import ComputedStructureEntry
+    from pymatgen.io.ase import AseAtomsAdaptor
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -204,7 +206,8 @@ def generate(out: Path, seed: int = 0) -> dict:
     mp_entries, mp_labels = [], set()
     for name, atoms in mp_candidates:
         result = relax(atoms, emt, PROTOCOL)
-        mp_entries.append(ComputedEntry(result.atoms.get_chemical_formula(), result.energy, entry_id=f"mp-{name}"))
+        mp_entries.append(ComputedStructureEntry(AseAtomsAdaptor.get_structure(result.atoms), result.energy,
+                                                 entry_id=f"mp-{name}"))
         mp_labels.add(protostructure_label(result.atoms))
     refs = {}
     for entry in mp_entries:
@@ -213,7 +216,7 @@ def generate(out: Path, seed: int = 0) -> dict:
             if el not in refs or entry.energy_per_atom < refs[el].energy_per_atom:
                 refs[el] = entry
     ref_energies = {el: round(e.energy_per_atom, REF_DECIMALS) for el, e in refs.items()}
-    ppd = PatchedPhaseDiagram([PDEntry(e.composition, e.energy) for e in mp_entries])
+    hull = PhaseDiagram([PDEntry(e.composition, e.energy) for e in mp_entries])
 
     # WBM-like candidates, written first and read back, so the labels are for the bytes on disk.
     ids = [f"dmini-{i + 1:04d}" for i in range(len(wbm_candidates))]
@@ -227,7 +230,7 @@ def generate(out: Path, seed: int = 0) -> dict:
         final = result.atoms
         symbols = final.get_chemical_symbols()
         e_form = e_form_per_atom(result.energy, symbols, ref_energies)
-        each = ppd.get_decomp_and_e_above_hull(PDEntry(Composition(final.get_chemical_formula()), result.energy),
+        each = hull.get_decomp_and_e_above_hull(PDEntry(Composition(final.get_chemical_formula()), result.energy),
                                                allow_negative=True)[1]
         rows.append({"material_id": mat_id, "formula": final.get_chemical_formula(mode="metal"),
                      "n_sites": len(final), "volume": final.get_volume(), "uncorrected_energy": result.energy,
@@ -257,7 +260,8 @@ def generate(out: Path, seed: int = 0) -> dict:
     (out / LAYOUT["wbm_summary"]).write_bytes(_gzip_bytes(text.getvalue().encode()))
     ref_json = json.dumps({el: e.as_dict() for el, e in sorted(refs.items())}, sort_keys=True)
     (out / LAYOUT["mp_elemental_ref_entries"]).write_bytes(_gzip_bytes(ref_json.encode()))
-    (out / LAYOUT["mp_patched_phase_diagram"]).write_bytes(_gzip_bytes(pickle.dumps(ppd, protocol=4)))
+    entries_json = json.dumps([e.as_dict() for e in mp_entries], sort_keys=True)
+    (out / LAYOUT["mp_computed_structure_entries"]).write_bytes(_gzip_bytes(entries_json.encode()))
 
     each = np.array([r["e_above_hull_mp2020_corrected_ppd_mp"] for r in rows])
     manifest = {

@@ -8,7 +8,9 @@ The real files (figshare, listed with their md5 in matbench-discovery's ``data-f
 - ``wbm_computed_structure_entries``: json(l)(.gz/.bz2) of pymatgen ``ComputedStructureEntry``
   dicts, whose run parameters the MP2020 corrections need;
 - ``mp_elemental_ref_entries``: json(.gz) map element -> lowest-energy MP ``ComputedEntry``;
-- ``mp_patched_phase_diagram``: a pickled pymatgen ``PatchedPhaseDiagram`` (the MP hull).
+- ``mp_patched_phase_diagram``: a pickled pymatgen ``PatchedPhaseDiagram`` (the MP hull);
+- ``mp_computed_structure_entries``: the MP entries that hull is built from (not fetched by
+  default: the metrics need neither).
 
 A dataset is a folder holding these (matbench-discovery's ``data/`` with ``wbm/`` and ``mp/`` below
 it, or a flat folder), or the initial-atoms zip inside one. A ``manifest.json`` beside them may
@@ -66,6 +68,9 @@ WBM_FILES: dict[str, DataFile] = {f.key: f for f in (
     DataFile("mp_elemental_ref_entries", "mp/2023-02-07-mp-elemental-reference-entries.json.gz",
              "https://figshare.com/files/40387775", "6e93b6f38d6e27d6c811d3cafb23a070",
              ("*mp-elemental-reference-entries*.json*",), True),
+    DataFile("mp_computed_structure_entries", "mp/2023-02-07-mp-computed-structure-entries.json.gz",
+             "https://figshare.com/files/40344436", "76fc748db6b175bb80de4c276d27c235",
+             ("*mp-computed-structure-entries*.json*",), False),
     DataFile("mp_patched_phase_diagram", "mp/2023-02-07-ppd-mp.pkl.gz",
              "https://figshare.com/files/48241624", "60d19d691fa1d338aa496a40a9641bef",
              ("*ppd-mp*.pkl.gz",), False),
@@ -293,7 +298,7 @@ def fetch(dest: Path, keys: list[str] | None = None, *, mirror: str | None = Non
     import urllib.request
 
     report: dict[str, dict] = {}
-    for key in keys or list(WBM_FILES):
+    for key in keys or [k for k in WBM_FILES if k != "mp_computed_structure_entries"]:
         if key not in WBM_FILES:
             raise DatasetError(f"unknown WBM file {key!r}; known: {', '.join(WBM_FILES)}")
         spec = WBM_FILES[key]
