@@ -60,10 +60,11 @@ def resolve_dataset(default: str, default_file: str, override: str | Path | None
         return Dataset(name=path.name, path=path.resolve(), sha256=dataset_sha256(path))
     folder = datasets_dir() / default
     path = folder / default_file
-    if not path.exists():
-        raise DatasetError(f"{path}: embedded dataset {default!r} is missing; regenerate it with "
-                           f"`python -m mlip_zoo.evaluators.{default.replace('-mini', '')}.make_mini`")
     manifest = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").exists() else {}
+    if not path.exists():
+        how = (f"regenerate it with `python -m {manifest['generator']}`" if manifest.get("generator")
+               else "reinstall mlip-zoo, which ships it")
+        raise DatasetError(f"{path}: embedded dataset {default!r} is missing; {how}")
     entry = manifest.get("files", {}).get(default_file, {})
     for name, listed in manifest.get("files", {}).items():  # labels live beside the structures too
         if listed.get("sha256") and (digest := sha256_file(folder / name)) != listed["sha256"]:
