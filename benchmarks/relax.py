@@ -81,7 +81,7 @@ def harness(card, cells, workers: int, shard_atoms: int) -> tuple[list[float], l
     return [e for e, _ in rows], [c for _, c in rows]
 
 
-def torchsim(card, cells, python: Path) -> dict | None:
+def torchsim(card, cells, python: Path, threads: int) -> dict | None:
     if not python.exists():
         return None
     (checkpoint,) = [str(f.path) for f in resolve_weights(card).values()]
@@ -91,7 +91,8 @@ def torchsim(card, cells, python: Path) -> dict | None:
         path = Path(tmp) / "cells.extxyz"
         write(path, cells)
         out = subprocess.run([str(python), str(Path(__file__).parent / "torchsim_relax.py"), str(path), checkpoint,
-                              "--fmax", str(PROTOCOL.fmax), "--steps", str(PROTOCOL.steps)],
+                              "--fmax", str(PROTOCOL.fmax), "--steps", str(PROTOCOL.steps),
+                              "--threads", str(threads)],
                              capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -110,6 +111,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--shard-atoms", type=int, default=24)
     parser.add_argument("--torchsim-python", type=Path, default=TORCHSIM_PYTHON)
+    parser.add_argument("--loop-threads", type=int, default=0, help="torch threads of the ASE loop and torch-sim "
+                        "(default: torch's own, one per core, as matbench-discovery's scripts leave it)")
     args = parser.parse_args()
 
     cells = make_cells(args.n)
@@ -118,7 +121,9 @@ def main() -> None:
         calc = load_potential(card).calculator  # the reference loop gets the model's own calculator
     import torch
 
-    loop_threads = torch.get_num_threads()  # left at torch's default, as matbench-discovery's scripts do
+    if args.loop_threads:
+        torch.set_num_threads(args.loop_threads)
+    loop_threads = torch.get_num_threads()
 
     t0 = time.perf_counter()
     reference = ase_loop(calc, cells)
@@ -126,7 +131,7 @@ def main() -> None:
     t0 = time.perf_counter()  # includes the Dask start-up and each worker loading the model
     ours = harness(card, cells, args.workers, args.shard_atoms)
     harness_s = time.perf_counter() - t0
-    ts = torchsim(card, cells, args.torchsim_python) if card.family == "sevenn" else None
+    ts = torchsim(card, cells, args.torchsim_python, loop_threads) if card.family == "sevenn" else None
 
     result = {"benchmark": "relax", "model": args.model, "n_structures": len(cells),
               "n_atoms": sum(len(a) for a in cells), "fmax": PROTOCOL.fmax, "steps": PROTOCOL.steps,
