@@ -313,4 +313,7 @@ def test_with_cutoff_changes_the_graph_radius_and_restores_it(key):
     (same,) = wide.predict([cell])
     assert same.energy == pytest.approx(before.energy, abs=1e-4)
     (after,) = potential.predict([cell])
-    assert after.energy == before.energy and np.array_equal(after.forces, before.forces)
+    # Restored: the same prediction again, up to float32 round-off (torch's multi-threaded
+    # scatter-adds may sum SevenNet's forces in another order from one call to the next).
+    assert after.energy == pytest.approx(before.energy, rel=1e-6)
+    np.testing.assert_allclose(after.forces, before.forces, rtol=1e-5, atol=1e-6)
