@@ -72,6 +72,19 @@ def test_a_negative_bias_moves_f1_and_daf_as_an_independent_count_predicts():
     assert biased["MAE"] == pytest.approx(abs(bias), abs=1e-12)
 
 
+def test_a_subset_without_stable_materials_gets_defined_counts_not_an_exception():
+    """stable_metrics raises when a subset has no stable material (its sanity check meets NaN);
+    the subset still reports counts, MAE and precision, and leaves recall-based ratios undefined."""
+    each_true = np.array([0.1, 0.2, 0.05, 0.3])
+    e_form_dft = np.zeros(4)
+    e_form_pred = np.array([-0.2, 0.0, 0.0, 0.0])  # the first one predicted stable: a false positive
+    out = m.discovery_metrics(each_true, e_form_pred, e_form_dft, np.ones(4, bool), 10)["full_test_set"]
+    assert (out["TP"], out["FP"], out["TN"], out["FN"]) == (0, 1, 3, 0)
+    assert out["Precision"] == 0.0 and out["Accuracy"] == 0.75
+    assert out["Recall"] is None and out["F1"] is None and out["DAF"] is None and out["R2"] is None
+    assert out["MAE"] == pytest.approx(0.05)
+
+
 def test_geo_opt_metrics_follow_matbench_discovery_definitions():
     out = m.geo_opt_metrics(
         [0.0, 0.1, np.nan, np.nan],
