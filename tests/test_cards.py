@@ -57,6 +57,8 @@ def test_duplicate_key_across_directories_is_an_error(card_dir, monkeypatch):
     monkeypatch.setenv("MLIPZOO_CARDS", str(card_dir.dir))
     with pytest.raises(CardError, match="already defined by"):
         load_cards()
+    with pytest.raises(CardError, match="already defined by"):
+        get_card("emt")  # the one-file lookup sees the clash too
 
 
 def test_unknown_key_suggests_close_matches():

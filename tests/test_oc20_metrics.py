@@ -221,3 +221,88 @@ def test_merging_halves_equals_whole():
         for key in whole:
             assert whole[key].numel == halves[key].numel, key
             assert whole[key].total == pytest.approx(halves[key].total, rel=1e-12, abs=1e-12), key
+
+
+# --- the task's column-wise path on a predictions table ----------------------------------------
+
+def _loop_s2ef(rows, e_thr, f_thr):
+    """fairchem's definitions written out system by system, as an independent reference."""
+    de, absdf, comp, cos, mag, n_free, within = [], [], np.zeros(3), [], [], 0, 0
+    for r in rows:
+        free = np.asarray(r["free"], bool)
+        ft = np.reshape(r["forces_true"], (-1, 3))[free]
+        fp = np.reshape(r["forces_pred"], (-1, 3))[free]
+        d = np.abs(fp - ft)
+        de.append(abs(r["energy_pred"] - r["energy_true"]))
+        absdf.append(d.sum())
+        comp += d.sum(axis=0)
+        for a, b in zip(fp.astype(np.float32), ft.astype(np.float32), strict=True):
+            cos.append(float(np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), np.float32(1e-8))))
+        mag.extend(np.abs(np.linalg.norm(fp, axis=1) - np.linalg.norm(ft, axis=1)))
+        n_free += int(free.sum())
+        within += int(de[-1] < e_thr and (d.size == 0 or d.max() < f_thr))
+    return {"energy_mae": np.mean(de), "forces_mae": sum(absdf) / (3 * n_free),
+            "forcesx_mae": comp[0] / n_free, "forcesy_mae": comp[1] / n_free, "forcesz_mae": comp[2] / n_free,
+            "forces_cosine_similarity": sum(cos) / n_free, "forces_magnitude_error": sum(mag) / n_free,
+            "energy_forces_within_threshold": within / len(rows)}
+
+
+def _s2ef_table(rng, n_rows=40):
+    import pyarrow as pa
+
+    from mlip_zoo.evaluators.oc20.tasks import S2EF
+
+    rows = []
+    for i in range(n_rows):
+        n = int(rng.integers(1, 7))
+        ft = rng.normal(size=(n, 3))
+        row = {"id": f"s{i}", "split": ["val_id", "val_ood_ads"][i % 2], "n_atoms": n, "status": "ok",
+               "reason": None, "seconds": 0.0, "energy_true": float(rng.normal()),
+               "forces_true": ft.ravel().tolist(),
+               "forces_pred": (ft + rng.normal(scale=0.02, size=ft.shape)).ravel().tolist(),
+               "free": (rng.random(n) < 0.7).tolist()}
+        row["energy_pred"] = row["energy_true"] + float(rng.normal(scale=0.02))
+        if i % 7 == 3:  # a failed structure contributes nothing
+            row = {**{k: row[k] for k in ("id", "split", "n_atoms", "seconds")}, "status": "failed",
+                   "reason": "RuntimeError: boom"}
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=S2EF.schema), rows
+
+
+def test_table_metrics_equal_the_system_by_system_definitions():
+    from mlip_zoo.evaluators.base import evaluator_for
+
+    task = evaluator_for("oc20-s2ef")
+    e_thr, f_thr = task.config.options["energy_threshold"], task.config.options["force_threshold"]
+    table, rows = _s2ef_table(np.random.default_rng(3))
+    ok = [r for r in rows if r["status"] == "ok"]
+    out = task.metrics(table)
+
+    def rel(key):  # the cosine is defined in float32: its rounding depends on the order of operations
+        return 1e-6 if key == "forces_cosine_similarity" else 1e-12
+
+    for key, value in _loop_s2ef(ok, e_thr, f_thr).items():
+        assert out[key] == pytest.approx(value, rel=rel(key)), key
+    for split in ("val_id", "val_ood_ads"):
+        part = [r for r in ok if r["split"] == split]
+        assert out["splits"][split]["n"] == len(part)
+        for key, value in _loop_s2ef(part, e_thr, f_thr).items():
+            assert out["splits"][split][key] == pytest.approx(value, rel=rel(key)), (split, key)
+    for split in set(task.config.splits) - {"all", "val_id", "val_ood_ads"}:  # named by the task, absent here
+        assert out["splits"][split]["n"] == 0 and out["splits"][split]["energy_mae"] is None
+    # chunked tables (shards concatenated) give the same numbers
+    import pyarrow as pa
+
+    chunked = pa.concat_tables([table.slice(0, 13), table.slice(13)])
+    assert task.metrics(chunked) == out
+
+
+def test_a_corrupt_predictions_row_is_named():
+    import pyarrow as pa
+
+    from mlip_zoo.evaluators.base import evaluator_for
+
+    table, rows = _s2ef_table(np.random.default_rng(4), 5)
+    rows[2]["forces_pred"] = rows[2]["forces_pred"][:-1]
+    with pytest.raises(ValueError, match="'s2'.*forces_pred.*corrupt"):
+        evaluator_for("oc20-s2ef").metrics(pa.Table.from_pylist(rows, schema=table.schema))

@@ -338,12 +338,17 @@ def read_card(path: str | Path) -> ModelCard:
     return card
 
 
+def _existing(dirs: list[Path]) -> list[Path]:
+    for d in dirs:
+        if not d.is_dir():
+            raise CardError(f"{d}: card directory does not exist (check {CARDS_ENV})")
+    return dirs
+
+
 def load_cards(dirs: list[Path] | None = None) -> dict[str, ModelCard]:
     """Every card in ``dirs`` (default: ``card_dirs()``), by key. Duplicate keys are an error."""
     cards: dict[str, ModelCard] = {}
-    for d in dirs if dirs is not None else card_dirs():
-        if not d.is_dir():
-            raise CardError(f"{d}: card directory does not exist (check {CARDS_ENV})")
+    for d in _existing(dirs if dirs is not None else card_dirs()):
         for path in sorted(d.glob("*.yaml")):
             card = read_card(path)
             if card.key in cards:
@@ -354,7 +359,13 @@ def load_cards(dirs: list[Path] | None = None) -> dict[str, ModelCard]:
 
 
 def get_card(key: str, cards: dict[str, ModelCard] | None = None) -> ModelCard:
-    cards = load_cards() if cards is None else cards
+    if cards is None:  # a card's file is named by its key: read just that file (the zoo has dozens)
+        found = [d / f"{key}.yaml" for d in _existing(card_dirs()) if (d / f"{key}.yaml").is_file()]
+        if len(found) > 1:
+            raise CardError(f"{found[1]}: key {key!r} is already defined by {found[0]}; rename one of them")
+        if found:
+            return read_card(found[0])
+        cards = load_cards()
     if key in cards:
         return cards[key]
     hint = difflib.get_close_matches(key, list(cards), n=3)

@@ -77,13 +77,72 @@ def _check_atoms(n_sys: int, names: Sequence[str], *arrays) -> None:
             raise ValueError(f"system {i}: free has shape {free.shape}, expected ({a.shape[0]},)")
 
 
-def is2re_metrics(energy_true, energy_pred, *, energy_threshold=0.02) -> dict[str, Metric]:
-    """energy_mae = mean |dE|; energy_mse = mean dE^2; EwT = share of systems with |dE| < threshold."""
+Terms = dict[str, tuple[np.ndarray, np.ndarray]]  # metric -> per-system (total, numel)
+
+
+def totals(terms: Terms) -> dict[str, Metric]:
+    """The metrics of all systems: each term's (sum total, sum numel)."""
+    return {k: Metric(float(total.sum()), int(numel.sum())) for k, (total, numel) in terms.items()}
+
+
+def is2re_terms(energy_true, energy_pred, *, energy_threshold=0.02) -> Terms:
+    """Per system: |dE| and dE^2 over 1, and whether |dE| < threshold (EwT; strict)."""
     et, ep = _check_energies(energy_true, energy_pred)
     de = np.abs(ep - et)
-    n = int(de.size)
-    return {"energy_mae": Metric(float(de.sum()), n), "energy_mse": Metric(float((de ** 2).sum()), n),
-            "energy_within_threshold": Metric(float(np.count_nonzero(de < energy_threshold)), n)}
+    ones = np.ones(de.size)
+    return {"energy_mae": (de, ones), "energy_mse": (de ** 2, ones),
+            "energy_within_threshold": ((de < energy_threshold).astype(float), ones)}
+
+
+def is2re_metrics(energy_true, energy_pred, *, energy_threshold=0.02) -> dict[str, Metric]:
+    """energy_mae = mean |dE|; energy_mse = mean dE^2; EwT = share of systems with |dE| < threshold."""
+    return totals(is2re_terms(energy_true, energy_pred, energy_threshold=energy_threshold))
+
+
+def s2ef_terms(energy_true, energy_pred, forces_true, forces_pred, free, system, *,
+               energy_threshold=0.02, force_threshold=0.03) -> Terms:
+    """Per-system terms of the S2EF metrics, computed on all atoms at once (no per-system loop).
+
+    ``forces_true``/``forces_pred`` are every system's (n_i, 3) forces stacked in system order,
+    ``free`` the stacked free-atom mask and ``system`` the system index of each stacked atom.
+    """
+    et, ep = _check_energies(energy_true, energy_pred)
+    n = et.size
+    ft, fp = np.asarray(forces_true, dtype=float), np.asarray(forces_pred, dtype=float)
+    free, system = np.asarray(free, dtype=bool), np.asarray(system, dtype=np.int64)
+    if ft.shape != fp.shape or ft.ndim != 2 or ft.shape[1] != 3 or free.shape != ft.shape[:1] \
+            or system.shape != free.shape:
+        raise ValueError(f"stacked forces {ft.shape} and {fp.shape}, free {free.shape} and system {system.shape} "
+                         "must be (n_atoms, 3), (n_atoms, 3), (n_atoms,) and (n_atoms,)")
+    owner = system[free]
+    ft, fp = ft[free], fp[free]
+    df = np.abs(fp - ft)
+
+    def per_system(values: np.ndarray) -> np.ndarray:
+        return np.bincount(owner, weights=values, minlength=n)
+
+    n_free = np.bincount(owner, minlength=n).astype(float)
+    a, b = fp.astype(np.float32), ft.astype(np.float32)
+    denom = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), _COS_EPS)
+    cosine = ((a * b).sum(axis=1) / denom).astype(np.float64)
+    magnitude = np.abs(np.linalg.norm(fp, axis=1) - np.linalg.norm(ft, axis=1))
+    worst = np.zeros(n)  # max |dF_ic| over free atoms; 0 for a system without free atoms (energy alone)
+    np.maximum.at(worst, owner, df.max(axis=1) if df.size else np.zeros(0))
+    de = np.abs(ep - et)
+    ones = np.ones(n)
+    return {"energy_mae": (de, ones), "forces_mae": (per_system(df.sum(axis=1)), 3 * n_free),
+            "forcesx_mae": (per_system(df[:, 0]), n_free), "forcesy_mae": (per_system(df[:, 1]), n_free),
+            "forcesz_mae": (per_system(df[:, 2]), n_free), "forces_cosine_similarity": (per_system(cosine), n_free),
+            "forces_magnitude_error": (per_system(magnitude), n_free),
+            "energy_forces_within_threshold": (((de < energy_threshold) & (worst < force_threshold)).astype(float),
+                                               ones)}
+
+
+def _stack(per_system: Sequence, width: int | None = 3) -> np.ndarray:
+    """Per-system arrays stacked into one: rows of ``width``, or a flat vector for ``None``."""
+    if not len(per_system):
+        return np.zeros((0, width) if width else 0)
+    return np.concatenate([np.asarray(x).reshape((-1, width) if width else -1) for x in per_system])
 
 
 def s2ef_metrics(energy_true, energy_pred, forces_true, forces_pred, free, *,
@@ -98,30 +157,9 @@ def s2ef_metrics(energy_true, energy_pred, forces_true, forces_pred, free, *,
     """
     et, ep = _check_energies(energy_true, energy_pred)
     _check_atoms(et.size, ("forces_true", "forces_pred", "free"), forces_true, forces_pred, free)
-    de = np.abs(ep - et)
-    acc = dict.fromkeys(("abs", "x", "y", "z", "cos", "mag"), 0.0)
-    n_free, within = 0, 0
-    for i in range(et.size):
-        mask = np.asarray(free[i], dtype=bool)
-        ft = np.asarray(forces_true[i], dtype=float)[mask]
-        fp = np.asarray(forces_pred[i], dtype=float)[mask]
-        df = np.abs(fp - ft)
-        acc["abs"] += float(df.sum())
-        for c, key in enumerate("xyz"):
-            acc[key] += float(df[:, c].sum())
-        a, b = fp.astype(np.float32), ft.astype(np.float32)
-        denom = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), _COS_EPS)
-        acc["cos"] += float(((a * b).sum(axis=1) / denom).astype(np.float64).sum())
-        acc["mag"] += float(np.abs(np.linalg.norm(fp, axis=1) - np.linalg.norm(ft, axis=1)).sum())
-        n_free += int(mask.sum())
-        forces_ok = df.size == 0 or df.max() < force_threshold
-        within += int(de[i] < energy_threshold and forces_ok)
-    n = int(et.size)
-    return {"energy_mae": Metric(float(de.sum()), n), "forces_mae": Metric(acc["abs"], 3 * n_free),
-            "forcesx_mae": Metric(acc["x"], n_free), "forcesy_mae": Metric(acc["y"], n_free),
-            "forcesz_mae": Metric(acc["z"], n_free), "forces_cosine_similarity": Metric(acc["cos"], n_free),
-            "forces_magnitude_error": Metric(acc["mag"], n_free),
-            "energy_forces_within_threshold": Metric(float(within), n)}
+    system = np.repeat(np.arange(et.size), [len(np.asarray(f)) for f in free])
+    return totals(s2ef_terms(et, ep, _stack(forces_true), _stack(forces_pred), _stack(free, None), system,
+                             energy_threshold=energy_threshold, force_threshold=force_threshold))
 
 
 def min_image(diff: np.ndarray, cell: np.ndarray, pbc=(True, True, True)) -> np.ndarray:
@@ -151,6 +189,27 @@ def adwt_curve(distances) -> tuple[np.ndarray, np.ndarray]:
     return ADWT_THRESHOLDS.copy(), (d[:, None] < ADWT_THRESHOLDS[None, :]).mean(axis=0)
 
 
+def is2rs_terms(pos_true, pos_pred, cells, pbc, free) -> Terms:
+    """Per system: its ADwT share over 1, and its |dx| and dx^2 sums over its free atoms x 3."""
+    n_sys = len(pos_true)
+    _check_atoms(n_sys, ("pos_true", "pos_pred", "free"), pos_true, pos_pred, free)
+    for name, arr in (("cells", cells), ("pbc", pbc)):
+        if len(arr) != n_sys:
+            raise ValueError(f"{name} has {len(arr)} systems, expected {n_sys}")
+    adwt, abs_sum, sq_sum, n_comp = (np.zeros(n_sys) for _ in range(4))
+    for i in range(n_sys):
+        if np.asarray(cells[i]).size != 9 or np.asarray(pbc[i]).size not in (1, 3):
+            raise ValueError(f"system {i}: cell must be (3, 3) and pbc 3 booleans")
+        mask = np.asarray(free[i], dtype=bool)
+        raw = np.asarray(pos_pred[i], float)[mask] - np.asarray(pos_true[i], float)[mask]
+        if mask.any():  # a system without free atoms has d = NaN and passes no threshold, as in fairchem
+            d = float(np.linalg.norm(min_image(raw, cells[i], pbc[i]), axis=1).mean())
+            adwt[i] = np.count_nonzero(d < ADWT_THRESHOLDS) / ADWT_THRESHOLDS.size
+        abs_sum[i], sq_sum[i], n_comp[i] = np.abs(raw).sum(), (raw ** 2).sum(), raw.size
+    return {"average_distance_within_threshold": (adwt, np.ones(n_sys)),
+            "positions_mae": (abs_sum, n_comp), "positions_mse": (sq_sum, n_comp)}
+
+
 def is2rs_metrics(pos_true, pos_pred, cells, pbc, free) -> dict[str, Metric]:
     """IS2RS metrics over free atoms.
 
@@ -159,23 +218,4 @@ def is2rs_metrics(pos_true, pos_pred, cells, pbc, free) -> dict[str, Metric]:
     positions_mae / positions_mse = mean |x_pred - x_true| / its square over free atoms x 3
     components, on raw (unwrapped) differences, as fairchem's evaluator computes them.
     """
-    n_sys = len(pos_true)
-    _check_atoms(n_sys, ("pos_true", "pos_pred", "free"), pos_true, pos_pred, free)
-    for name, arr in (("cells", cells), ("pbc", pbc)):
-        if len(arr) != n_sys:
-            raise ValueError(f"{name} has {len(arr)} systems, expected {n_sys}")
-    adwt, abs_sum, sq_sum, n_comp = 0.0, 0.0, 0.0, 0
-    for i in range(n_sys):
-        if np.asarray(cells[i]).size != 9 or np.asarray(pbc[i]).size not in (1, 3):
-            raise ValueError(f"system {i}: cell must be (3, 3) and pbc 3 booleans")
-        mask = np.asarray(free[i], dtype=bool)
-        raw = np.asarray(pos_pred[i], float)[mask] - np.asarray(pos_true[i], float)[mask]
-        dp = min_image(raw, cells[i], pbc[i])
-        if mask.any():
-            d = float(np.linalg.norm(dp, axis=1).mean())
-            adwt += np.count_nonzero(d < ADWT_THRESHOLDS) / ADWT_THRESHOLDS.size
-        abs_sum += float(np.abs(raw).sum())
-        sq_sum += float((raw ** 2).sum())
-        n_comp += int(raw.size)
-    return {"average_distance_within_threshold": Metric(float(adwt), n_sys),
-            "positions_mae": Metric(abs_sum, n_comp), "positions_mse": Metric(sq_sum, n_comp)}
+    return totals(is2rs_terms(pos_true, pos_pred, cells, pbc, free))

@@ -11,11 +11,12 @@ they share a work key and the runner relaxes each structure once for both.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from abc import abstractmethod
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from ase import Atoms
 
 from mlip_zoo.evaluators.base import Evaluator
@@ -44,36 +45,74 @@ def _failed(atoms: Atoms, index: int, exc: Exception, seconds: float) -> dict[st
             "reason": f"{type(exc).__name__}: {exc}", "seconds": seconds}
 
 
-def _by_split(rows: list[dict], compute, splits: list[str]) -> dict[str, Any]:
-    """Overall metrics plus the same metrics per split (an empty split reports None values)."""
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for row in rows:
-        groups[row["split"]].append(row)
-    out: dict[str, Any] = m.values(compute(rows))
-    names = list(dict.fromkeys([*splits, *sorted(groups)]))
-    out["splits"] = {s: {**m.values(compute(groups.get(s, []))), "n": len(groups.get(s, []))}
-                     for s in names if s != "all"}
+def _numbers(table: pa.Table, column: str) -> np.ndarray:
+    return table.column(column).to_numpy().astype(float)
+
+
+def _stacked(table: pa.Table, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """A list column's values as one flat array, and each row's list length."""
+    values = pc.list_flatten(table.column(column)).to_numpy()
+    return values, pc.fill_null(pc.list_value_length(table.column(column)), 0).to_numpy().astype(np.int64)
+
+
+def _check_lengths(table: pa.Table, expected: np.ndarray, **lengths: np.ndarray) -> None:
+    """Every vector column holds 3 numbers per atom; a shard that does not is corrupt, not a model error."""
+    for column, got in lengths.items():
+        bad = np.flatnonzero(got != expected)
+        if bad.size:
+            row = int(bad[0])
+            raise ValueError(f"predictions row {table.column('id')[row].as_py()!r}: {column} has {got[row]} "
+                             f"values for {expected[row] // 3} atoms; the shard is corrupt, delete it and rerun")
+
+
+def _by_split(table: pa.Table, ok_terms, splits: list[str]) -> tuple[m.Terms, dict[str, np.ndarray]]:
+    """Per-row terms of every reported metric, overall and per split (``splits.<s>.<metric>``), from
+    the terms of the table's ok rows; failed rows add nothing. Also each split's row mask."""
+    ok = np.asarray(table.column("status").to_pylist(), dtype=object) == "ok"
+    split = np.asarray(table.column("split").to_pylist(), dtype=object)
+    out: m.Terms = {}
+    for key, (total, numel) in ok_terms.items():
+        out[key] = (np.zeros(table.num_rows), np.zeros(table.num_rows))
+        out[key][0][ok], out[key][1][ok] = total, numel
+    masks = {s: ok & (split == s) for s in dict.fromkeys([*splits, *sorted(set(split[ok].tolist()))]) if s != "all"}
+    overall = list(ok_terms)
+    for s, mask in masks.items():  # np.where, not a product: a NaN in one split must not leak into another
+        out.update({f"splits.{s}.{key}": (np.where(mask, out[key][0], 0.0), np.where(mask, out[key][1], 0.0))
+                    for key in overall})
+    return out, masks
+
+
+def _report(terms: m.Terms, masks: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The nested metrics: overall values, then ``splits`` with each split's values and row count."""
+    values = m.values(m.totals(terms))
+    overall = [k for k in terms if not k.startswith("splits.")]
+    out: dict[str, Any] = {k: values[k] for k in overall}
+    out["splits"] = {s: {**{k: values[f"splits.{s}.{k}"] for k in overall}, "n": int(mask.sum())}
+                     for s, mask in masks.items()}
     return out
 
 
-def _terms_by_split(table: pa.Table, compute, splits: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per-row (total, numel) of everything ``_by_split`` reports: every OC20 metric merges as
-    sum(total) / sum(numel), so the bootstrap can resample these sums directly (its fast path)."""
-    rows = table.to_pylist()
-    ok = np.array([r["status"] == "ok" for r in rows])
-    per_row = [compute([r]) if good else {} for r, good in zip(rows, ok)]
-    overall = {key: (np.array([p[key].total if p else 0.0 for p in per_row]),
-                     np.array([p[key].numel if p else 0 for p in per_row], dtype=float)) for key in compute([])}
-    out = dict(overall)
-    split = np.array([r["split"] for r in rows], dtype=object)
-    for s in dict.fromkeys([*splits, *sorted(set(split[ok].tolist()))]):
-        if s != "all":
-            mask = split == s
-            out.update({f"splits.{s}.{key}": (total * mask, numel * mask) for key, (total, numel) in overall.items()})
-    return out
+class _OC20Task(Evaluator):
+    """Every OC20 metric is a ratio of per-row sums: one set of per-row terms serves both the
+    metrics and the bootstrap's fast path, computed column-wise from the Arrow table (no per-row
+    Python objects, so memory stays near the table's own size)."""
+
+    @abstractmethod
+    def _ok_terms(self, ok: pa.Table) -> m.Terms:
+        """Per-row terms of the task's metrics over a table of ok rows."""
+
+    def _terms(self, table: pa.Table) -> tuple[m.Terms, dict[str, np.ndarray]]:
+        return _by_split(table, self._ok_terms(table.filter(pc.equal(table.column("status"), "ok"))),
+                         self.config.splits)
+
+    def metrics(self, table: pa.Table) -> dict[str, Any]:
+        return _report(*self._terms(table))
+
+    def metric_terms(self, table: pa.Table) -> m.Terms:
+        return self._terms(table)[0]
 
 
-class S2EF(Evaluator):
+class S2EF(_OC20Task):
     schema = pa.schema([*_COMMON, pa.field("energy_true", pa.float64()), pa.field("energy_pred", pa.float64()),
                         pa.field("forces_true", _VEC), pa.field("forces_pred", _VEC),
                         pa.field("free", pa.list_(pa.bool_()))])
@@ -99,23 +138,19 @@ class S2EF(Evaluator):
                 rows.append(_failed(atoms, i, exc, time.perf_counter() - t0))
         return rows
 
-    def _compute(self, rows):
-        return m.s2ef_metrics(
-            [r["energy_true"] for r in rows], [r["energy_pred"] for r in rows],
-            [np.reshape(r["forces_true"], (-1, 3)) for r in rows],
-            [np.reshape(r["forces_pred"], (-1, 3)) for r in rows],
-            [np.asarray(r["free"], bool) for r in rows],
-            energy_threshold=self.config.options["energy_threshold"],
-            force_threshold=self.config.options["force_threshold"])
-
-    def metrics(self, table: pa.Table) -> dict[str, Any]:
-        return _by_split([r for r in table.to_pylist() if r["status"] == "ok"], self._compute, self.config.splits)
-
-    def metric_terms(self, table: pa.Table) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        return _terms_by_split(table, self._compute, self.config.splits)
+    def _ok_terms(self, ok: pa.Table) -> m.Terms:
+        forces_true, n_true = _stacked(ok, "forces_true")
+        forces_pred, n_pred = _stacked(ok, "forces_pred")
+        free, n_atoms = _stacked(ok, "free")
+        _check_lengths(ok, 3 * n_atoms, forces_true=n_true, forces_pred=n_pred)
+        return m.s2ef_terms(_numbers(ok, "energy_true"), _numbers(ok, "energy_pred"), forces_true.reshape(-1, 3),
+                            forces_pred.reshape(-1, 3), free,
+                            np.repeat(np.arange(ok.num_rows), n_atoms),
+                            energy_threshold=self.config.options["energy_threshold"],
+                            force_threshold=self.config.options["force_threshold"])
 
 
-class _Relaxation(Evaluator):
+class _Relaxation(_OC20Task):
     """Relax each initial structure with the model; rows carry energy and positions."""
 
     schema = pa.schema([*_COMMON, pa.field("energy_true", pa.float64()), pa.field("energy_pred", pa.float64()),
@@ -157,32 +192,34 @@ class _Relaxation(Evaluator):
 
 
 class IS2RE(_Relaxation):
-    def _compute(self, rows):
-        return m.is2re_metrics([r["energy_true"] for r in rows], [r["energy_pred"] for r in rows],
-                               energy_threshold=self.config.options["energy_threshold"])
+    def _ok_terms(self, ok: pa.Table) -> m.Terms:
+        return m.is2re_terms(_numbers(ok, "energy_true"), _numbers(ok, "energy_pred"),
+                             energy_threshold=self.config.options["energy_threshold"])
 
     def metrics(self, table: pa.Table) -> dict[str, Any]:
-        rows = [r for r in table.to_pylist() if r["status"] == "ok"]
-        out = _by_split(rows, self._compute, self.config.splits)
-        out["converged_fraction"] = float(np.mean([r["converged"] for r in rows])) if rows else None
+        out = super().metrics(table)
+        converged, ok = self._converged(table)
+        out["converged_fraction"] = float(converged.sum() / ok.sum()) if ok.any() else None
         return out
 
-    def metric_terms(self, table: pa.Table) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        ok = np.array([s == "ok" for s in table.column("status").to_pylist()], dtype=float)
+    def metric_terms(self, table: pa.Table) -> m.Terms:
+        converged, ok = self._converged(table)
+        return {**super().metric_terms(table), "converged_fraction": (converged, ok)}
+
+    @staticmethod
+    def _converged(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        ok = (np.asarray(table.column("status").to_pylist(), dtype=object) == "ok").astype(float)
         converged = np.array([bool(c) for c in table.column("converged").to_pylist()], dtype=float)
-        return {**_terms_by_split(table, self._compute, self.config.splits),
-                "converged_fraction": (converged * ok, ok)}
+        return converged * ok, ok
 
 
 class IS2RS(_Relaxation):
-    def _compute(self, rows):
-        return m.is2rs_metrics([np.reshape(r["pos_true"], (-1, 3)) for r in rows],
-                               [np.reshape(r["pos_pred"], (-1, 3)) for r in rows],
-                               [np.reshape(r["cell"], (3, 3)) for r in rows], [r["pbc"] for r in rows],
-                               [np.asarray(r["free"], bool) for r in rows])
-
-    def metrics(self, table: pa.Table) -> dict[str, Any]:
-        return _by_split([r for r in table.to_pylist() if r["status"] == "ok"], self._compute, self.config.splits)
-
-    def metric_terms(self, table: pa.Table) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        return _terms_by_split(table, self._compute, self.config.splits)
+    def _ok_terms(self, ok: pa.Table) -> m.Terms:
+        pos_true, n_true = _stacked(ok, "pos_true")
+        pos_pred, n_pred = _stacked(ok, "pos_pred")
+        free, n_atoms = _stacked(ok, "free")
+        _check_lengths(ok, 3 * n_atoms, pos_true=n_true, pos_pred=n_pred)
+        cut = np.cumsum(n_atoms)[:-1]
+        cells, pbc = _stacked(ok, "cell")[0].reshape(-1, 3, 3), _stacked(ok, "pbc")[0].reshape(-1, 3)
+        return m.is2rs_terms(np.split(pos_true.reshape(-1, 3), cut), np.split(pos_pred.reshape(-1, 3), cut), cells,
+                             pbc, np.split(free, cut))
