@@ -24,16 +24,19 @@ from mlip_zoo.evaluators.oc20.tasks import S2EF
 def rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-# Peak RSS at the end of each phase: streaming shards, then the metrics (their first call is the
-# runner's; a bootstrap calls them again), then the rest (intervals, result record).
+# Peak RSS at the end of each phase: streaming shards (up to the runner's first read of a shard's
+# metric terms), then the metrics (terms of every shard and the values from them), then the rest
+# (bootstrap intervals, joined predictions file, result record).
 marks = {}
-metrics = S2EF.metrics
-def first_metrics(self, table):
+terms, from_terms = S2EF.metric_terms, S2EF.metrics_from_terms
+def first_terms(self, table):
     marks.setdefault("after_shards", rss())
-    out = metrics(self, table)
+    return terms(self, table)
+def first_from_terms(self, t):
+    out = from_terms(self, t)
     marks.setdefault("after_metrics", rss())
     return out
-S2EF.metrics = first_metrics
+S2EF.metric_terms, S2EF.metrics_from_terms = first_terms, first_from_terms
 t0 = time.perf_counter()
 record = runner.evaluate("emt", "oc20-s2ef", runner.RunOptions(out=Path(sys.argv[2]), dataset=Path(sys.argv[1]),
                                                                workers=0))

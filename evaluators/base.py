@@ -16,6 +16,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
 import yaml
 from ase import Atoms
@@ -23,6 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mlip_zoo.errors import ConfigError, UnknownTaskError
 from mlip_zoo.zoo.potential import Potential
+
+# Per-row terms of ratio-of-sums metrics: dotted metric name -> (total, numel), one value per row;
+# the metric is sum(total) / sum(numel) (see Evaluator.metric_terms).
+Terms = dict[str, tuple[np.ndarray, np.ndarray]]
 
 EVALUATOR_GROUP = "mlip_zoo.evaluators"
 
@@ -139,7 +144,7 @@ class Evaluator(ABC):
         training statistics: its path and sha256), recorded as ``provenance.task_inputs``."""
         return {}
 
-    def metric_terms(self, table: pa.Table) -> dict[str, tuple[Any, Any]]:
+    def metric_terms(self, table: pa.Table) -> Terms:
         """Optional fast path for the bootstrap. For metrics that are a ratio of sums over rows,
         ``value = sum(total) / sum(numel)``, the per-row ``(total, numel)`` arrays (length
         ``table.num_rows``; zeros for rows the metric ignores), keyed by the dotted name of the
@@ -147,6 +152,15 @@ class Evaluator(ABC):
         resample at once instead of calling ``metrics()`` per resample, and checks the terms
         against ``metrics()``. Metrics left out are recomputed with ``metrics()``."""
         return {}
+
+    # True when ``metric_terms`` covers every metric and ``metrics_from_terms`` rebuilds them
+    # from the terms alone: the runner then reads the shards one at a time, keeping only the
+    # per-row terms, so memory does not grow with the predictions (OC20's forces, 1M frames).
+    complete_terms: ClassVar[bool] = False
+
+    def metrics_from_terms(self, terms: Terms) -> dict[str, Any]:
+        """``metrics()`` from ``metric_terms`` (concatenated over shards); see ``complete_terms``."""
+        raise NotImplementedError(f"task {self.key} computes its metrics from the whole predictions table")
 
 
 def evaluator_for(task: str | TaskConfig) -> Evaluator:

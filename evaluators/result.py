@@ -77,19 +77,20 @@ def card_sha256(card: ModelCard) -> str | None:
 
 
 def build_result(*, card: ModelCard, task, dataset, metrics: dict, intervals: dict, bootstrap: dict,
-                 table_rows: list[dict], predictions: str, weights: dict[str, str], started: dt.datetime,
-                 wall_time_s: float, device: str, n_workers: int, limit: int | None) -> dict[str, Any]:
-    failures = [{"id": r["id"], "reason": r["reason"]} for r in table_rows if r["status"] != "ok"]
+                 n_structures: int, failures: list[dict], predictions: str, weights: dict[str, str],
+                 started: dt.datetime, wall_time_s: float, device: str, n_workers: int, limit: int | None
+                 ) -> dict[str, Any]:
+    """The result record; ``failures`` holds ``{"id", "reason"}`` of every structure that failed."""
     return {
         "schema_version": RESULT_SCHEMA_VERSION,
         "model": card.key,
         "task": task.key,
         "task_version": task.version,
         "dataset": {"name": dataset.name, "file": dataset.path.name, "sha256": dataset.sha256,
-                    "n": len(table_rows), "limit": limit},
+                    "n": n_structures, "limit": limit},
         "metrics": metrics,
         "intervals": intervals,
-        "n_structures": len(table_rows),
+        "n_structures": n_structures,
         "n_failed": len(failures),
         "failures": failures,
         "predictions": predictions,

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from ase import Atoms
 
@@ -30,6 +32,7 @@ from mlip_zoo.errors import ConfigError, DatasetError, EnvError, OutputError
 from mlip_zoo.evaluators.base import Evaluator, TaskConfig, evaluator_for
 from mlip_zoo.evaluators.data import Dataset, iter_records, record_id, resolve_dataset
 from mlip_zoo.evaluators.result import PACKAGES, build_result, card_sha256, write_result
+from mlip_zoo.evaluators.uncertainty import concat_terms, strata_labels
 from mlip_zoo.evaluators.uncertainty import intervals as metric_intervals
 from mlip_zoo.zoo.card import ModelCard, get_card
 from mlip_zoo.zoo.envs import Environment, ensure_environment, needs_environment
@@ -247,22 +250,15 @@ def evaluate(model: str | ModelCard, task: str, opts: RunOptions | None = None) 
     else:
         _run_distributed(card, config, device, pending(), opts, env)
 
-    table = pa.concat_tables([pq.read_table(p) for p in paths]) if paths else \
-        pa.Table.from_pylist([], schema=evaluator.schema)
-    if table.num_rows == 0:
-        raise DatasetError(f"{dataset.path}: no structures to evaluate (empty dataset or --limit 0)")
-    metrics = evaluator.metrics(table)
-    intervals, bootstrap = metric_intervals(evaluator, table, metrics)
-
+    metrics, intervals, bootstrap, n_structures, failures = _summarize(evaluator, paths, dataset)
     model_dir = opts.out / card.key
     predictions = model_dir / f"{config.key}.parquet"
     with _writing(predictions):
         tmp = predictions.with_name(f".{predictions.name}.tmp")
-        pq.write_table(table, tmp)
+        _join_shards(paths, tmp)
         os.replace(tmp, predictions)
-    rows = table.select(["id", "status", "reason"]).to_pylist()
     record = build_result(card=card, task=config, dataset=dataset, metrics=metrics, intervals=intervals,
-                          bootstrap=bootstrap, table_rows=rows,
+                          bootstrap=bootstrap, n_structures=n_structures, failures=failures,
                           predictions=predictions.name, weights=weights, started=started,
                           wall_time_s=time.perf_counter() - t0, device=device,
                           n_workers=opts.workers, limit=opts.limit)
@@ -273,6 +269,45 @@ def evaluate(model: str | ModelCard, task: str, opts: RunOptions | None = None) 
     with _writing(model_dir / f"{config.key}.json"):
         write_result(model_dir / f"{config.key}.json", record)
     return record
+
+
+def _join_shards(paths: list[Path], dest: Path) -> None:
+    """The shards as one Parquet file, copied one shard at a time (never the whole table)."""
+    writer = None
+    try:
+        for path in paths:
+            shard = pq.read_table(path)
+            writer = writer or pq.ParquetWriter(dest, shard.schema)
+            writer.write_table(shard)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _summarize(evaluator: Evaluator, paths: list[Path], dataset: Dataset
+               ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], int, list[dict[str, Any]]]:
+    """Metrics, their intervals and the bootstrap record, the number of structures, and the id and
+    reason of each failed one. A task with ``complete_terms`` is read one shard at a time and keeps
+    only per-row terms; any other gets its whole predictions table."""
+    parts, strata, failures, n_structures = [], [], [], 0
+    for path in paths:
+        shard = pq.read_table(path, columns=None if evaluator.complete_terms else ["id", "status", "reason"])
+        n_structures += shard.num_rows
+        failures += shard.filter(pc.not_equal(shard.column("status"), "ok")).select(["id", "reason"]).to_pylist()
+        if evaluator.complete_terms:
+            parts.append((evaluator.metric_terms(shard), shard.num_rows))
+            strata.append(strata_labels(shard, evaluator.config.bootstrap))
+    if not n_structures:
+        raise DatasetError(f"{dataset.path}: no structures to evaluate (empty dataset or --limit 0)")
+    if evaluator.complete_terms:
+        terms = concat_terms(parts)
+        metrics, table = evaluator.metrics_from_terms(terms), None
+        strata = None if strata[0] is None else np.concatenate(strata)
+    else:
+        table, terms, strata = pa.concat_tables([pq.read_table(p) for p in paths]), None, None
+        metrics = evaluator.metrics(table)
+    intervals, bootstrap = metric_intervals(evaluator, table, metrics, terms=terms, strata=strata)
+    return metrics, intervals, bootstrap, n_structures, failures
 
 
 def _report(opts: RunOptions, ok: int, failed: int) -> None:

@@ -41,10 +41,10 @@ import numpy as np
 import pyarrow as pa
 
 from mlip_zoo.errors import DatasetError, MetricError
-from mlip_zoo.evaluators.base import BootstrapSettings, Evaluator
+from mlip_zoo.evaluators.base import BootstrapSettings, Evaluator, Terms
 from mlip_zoo.evaluators.result import flatten_metrics
 
-MAX_CELLS = 4_000_000  # resamples x rows per count matrix: bounds memory on large tables (WBM: 257k rows)
+MAX_CELLS = 500_000  # resamples x rows per count matrix: bounds memory on large tables (WBM: 257k rows)
 TERMS_RTOL = 1e-9  # fast path vs metrics(): the same sums in another order
 
 
@@ -154,49 +154,71 @@ def _ratio(total: np.ndarray, numel: np.ndarray) -> np.ndarray:
         return np.where(numel > 0, total / np.where(numel > 0, numel, 1.0), np.nan)
 
 
-def _terms(evaluator: Evaluator, table: pa.Table, point: dict[str, Any], keys: list[str]
-           ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def concat_terms(parts: Sequence[tuple[Terms, int]]) -> Terms:
+    """The per-row terms of consecutive tables (shards, given as ``(terms, n_rows)``) as those of
+    the whole table; a metric one part lacks (a split it has no row of) is zero on its rows. The
+    parts' dicts are emptied on the way, so memory peaks near one copy of the terms."""
+    keys = dict.fromkeys(k for terms, _ in parts for k in terms)
+    out: Terms = {}
+    for key in keys:  # popped as they are joined: a key's shard copies go as its whole arrays come
+        pieces = [terms.pop(key, (np.zeros(n), np.zeros(n))) for terms, n in parts]
+        out[key] = (np.concatenate([np.asarray(t, dtype=float) for t, _ in pieces]),
+                    np.concatenate([np.asarray(c, dtype=float) for _, c in pieces]))
+    return out
+
+
+def _checked_terms(evaluator: Evaluator, terms: Terms, n_rows: int, point: dict[str, Any], keys: list[str]
+                   ) -> Terms:
     """The evaluator's fast-path terms for ``keys``, checked against the full-table metrics."""
-    terms = {}
-    for key, (total, numel) in evaluator.metric_terms(table).items():
+    out = {}
+    for key, (total, numel) in terms.items():
         if key not in keys:
             continue
         total, numel = np.asarray(total, dtype=float), np.asarray(numel, dtype=float)
-        if total.shape != (table.num_rows,) or numel.shape != (table.num_rows,):
+        if total.shape != (n_rows,) or numel.shape != (n_rows,):
             raise MetricError(f"task {evaluator.key}: metric_terms[{key!r}] must be two arrays of "
-                              f"{table.num_rows} values (one per row), got {total.shape} and {numel.shape}")
+                              f"{n_rows} values (one per row), got {total.shape} and {numel.shape}")
         whole = float(_ratio(np.array([total.sum()]), np.array([numel.sum()]))[0])
         if not _close(whole, _number(point[key])):
             raise MetricError(f"task {evaluator.key}: metric_terms gives {key} = {whole!r} but metrics() gives "
                               f"{point[key]!r}; fix the task's metric_terms (or drop the key from it)")
-        terms[key] = (total, numel)
-    return terms
+        out[key] = (total, numel)
+    return out
 
 
-def replicates(evaluator: Evaluator, table: pa.Table, settings: BootstrapSettings | None = None, *,
+def replicates(evaluator: Evaluator, table: pa.Table | None, settings: BootstrapSettings | None = None, *,
                strata: np.ndarray | None = None, keys: Sequence[str] | None = None,
-               metrics: dict[str, Any] | None = None) -> Replicates:
+               metrics: dict[str, Any] | None = None, terms: Terms | None = None) -> Replicates:
     """Every estimate's value in each resample of ``table``'s rows (``keys`` limits which).
 
     ``strata`` overrides the table's own strata column (paired comparisons pass one table's
     labels to both, so both draw the same rows); ``metrics`` is ``evaluator.metrics(table)``
-    when the caller has it already."""
+    when the caller has it already. A task with ``complete_terms`` can be resampled without its
+    table (``table=None``): pass its concatenated ``terms``, ``metrics`` and ``strata``."""
     settings = settings or evaluator.config.bootstrap
-    if strata is None:
-        strata = strata_labels(table, settings)
+    if table is None:
+        if terms is None or metrics is None or not evaluator.complete_terms:
+            raise ValueError("resampling without the table needs a complete_terms task, its terms and metrics")
+        n_rows = len(next(iter(terms.values()))[0]) if terms else 0
+    else:
+        n_rows = table.num_rows
+        if strata is None:
+            strata = strata_labels(table, settings)
     point = flatten_metrics(evaluator.metrics(table) if metrics is None else metrics)
     wanted = [k for k, v in point.items() if is_estimate(v) and (keys is None or k in keys)]
-    terms = _terms(evaluator, table, point, wanted)
-    slow = [k for k in wanted if k not in terms]
+    fast = _checked_terms(evaluator, evaluator.metric_terms(table) if terms is None else terms, n_rows, point, wanted)
+    slow = [k for k in wanted if k not in fast]
+    if slow and table is None:
+        raise MetricError(f"task {evaluator.key}: complete_terms is set but metric_terms lacks {', '.join(slow)}")
     values = {k: np.full(settings.resamples, np.nan) for k in wanted}
     start = 0
-    for counts in resample_counts(table.num_rows, settings, strata):
+    for counts in resample_counts(n_rows, settings, strata):
         weights = counts.astype(float)
-        for key, (total, numel) in terms.items():
+        for key, (total, numel) in fast.items():
             values[key][start:start + len(counts)] = _ratio(weights @ total, weights @ numel)
-        if terms and start == 0:  # the fast path must also agree with metrics() under duplication
+        if fast and start == 0 and table is not None:  # the fast path must also agree with metrics() under duplication
             drawn = _metrics_or_undefined(evaluator, table.take(_rows_of(counts[0])))
-            for key in terms:
+            for key in fast:
                 if not _close(values[key][0], _number(drawn.get(key))):
                     raise MetricError(f"task {evaluator.key}: on a resample, metric_terms gives {key} = "
                                       f"{values[key][0]!r} but metrics() gives {drawn.get(key)!r}: {key} is not a "
@@ -216,13 +238,14 @@ def nest(metrics: Mapping[str, Any], flat: Mapping[str, Any], prefix: str = "") 
             for k, v in metrics.items()}
 
 
-def intervals(evaluator: Evaluator, table: pa.Table, metrics: dict[str, Any],
-              settings: BootstrapSettings | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def intervals(evaluator: Evaluator, table: pa.Table | None, metrics: dict[str, Any],
+              settings: BootstrapSettings | None = None, *, terms: Terms | None = None,
+              strata: np.ndarray | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(intervals, bootstrap)`` for a result file whose ``metrics = evaluator.metrics(table)``:
     intervals mirror ``metrics`` with ``[lo, hi]`` (or None) at every leaf; bootstrap records
     the settings and, per metric, how many resamples were undefined."""
     settings = settings or evaluator.config.bootstrap
-    reps = replicates(evaluator, table, settings, metrics=metrics)
+    reps = replicates(evaluator, table, settings, metrics=metrics, terms=terms, strata=strata)
     flat = {k: reps.interval(k) for k in reps.values}
     return nest(metrics, flat), {**record_of(settings), "undefined": reps.undefined()}
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mlip_zoo.evaluators.base import Terms
+
 ADWT_THRESHOLDS = np.arange(0.01, 0.5, 0.001)
 assert len(ADWT_THRESHOLDS) == 490
 _COS_EPS = np.float32(1e-8)
@@ -75,9 +77,6 @@ def _check_atoms(n_sys: int, names: Sequence[str], *arrays) -> None:
                              "must both be (n_atoms, 3)")
         if free.shape != (a.shape[0],):
             raise ValueError(f"system {i}: free has shape {free.shape}, expected ({a.shape[0]},)")
-
-
-Terms = dict[str, tuple[np.ndarray, np.ndarray]]  # metric -> per-system (total, numel)
 
 
 def totals(terms: Terms) -> dict[str, Metric]:

@@ -19,10 +19,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from ase import Atoms
 
-from mlip_zoo.evaluators.base import Evaluator
+from mlip_zoo.evaluators.base import Evaluator, Terms
 from mlip_zoo.evaluators.data import free_mask, record_id
 from mlip_zoo.evaluators.oc20 import metrics as m
-from mlip_zoo.evaluators.relax import RelaxProtocol, relax
+from mlip_zoo.evaluators.oc20.metrics import Metric
+from mlip_zoo.evaluators.relax import RelaxProtocol, relax_many
 from mlip_zoo.zoo.potential import Potential
 
 _COMMON = [
@@ -65,51 +66,59 @@ def _check_lengths(table: pa.Table, expected: np.ndarray, **lengths: np.ndarray)
                              f"values for {expected[row] // 3} atoms; the shard is corrupt, delete it and rerun")
 
 
-def _by_split(table: pa.Table, ok_terms, splits: list[str]) -> tuple[m.Terms, dict[str, np.ndarray]]:
-    """Per-row terms of every reported metric, overall and per split (``splits.<s>.<metric>``), from
-    the terms of the table's ok rows; failed rows add nothing. Also each split's row mask."""
-    ok = np.asarray(table.column("status").to_pylist(), dtype=object) == "ok"
+def _by_split(table: pa.Table, ok_terms: Terms, splits: list[str]) -> Terms:
+    """Per-row terms of every reported metric, overall and per split (``splits.<s>.<metric>``,
+    plus ``splits.<s>.n`` counting the split's rows), from the terms of the table's ok rows;
+    failed rows add nothing."""
+    ok = pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False)
     split = np.asarray(table.column("split").to_pylist(), dtype=object)
-    out: m.Terms = {}
+    out: Terms = {}
     for key, (total, numel) in ok_terms.items():
         out[key] = (np.zeros(table.num_rows), np.zeros(table.num_rows))
         out[key][0][ok], out[key][1][ok] = total, numel
-    masks = {s: ok & (split == s) for s in dict.fromkeys([*splits, *sorted(set(split[ok].tolist()))]) if s != "all"}
-    overall = list(ok_terms)
-    for s, mask in masks.items():  # np.where, not a product: a NaN in one split must not leak into another
+    for s in dict.fromkeys([*splits, *sorted(set(split[ok].tolist()))]):
+        if s == "all":
+            continue
+        mask = ok & (split == s)  # np.where, not a product: a NaN in one split must not leak into another
         out.update({f"splits.{s}.{key}": (np.where(mask, out[key][0], 0.0), np.where(mask, out[key][1], 0.0))
-                    for key in overall})
-    return out, masks
+                    for key in ok_terms})
+        out[f"splits.{s}.n"] = (mask.astype(float), np.ones(table.num_rows))
+    return out
 
 
-def _report(terms: m.Terms, masks: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The nested metrics: overall values, then ``splits`` with each split's values and row count."""
+def _report(terms: Terms, splits: list[str]) -> dict[str, Any]:
+    """The nested metrics from (concatenated) terms: overall values, then ``splits`` with each
+    split's values and row count; the task's own splits first, then the others sorted."""
     values = m.values(m.totals(terms))
     overall = [k for k in terms if not k.startswith("splits.")]
-    out: dict[str, Any] = {k: values[k] for k in overall}
-    out["splits"] = {s: {**{k: values[f"splits.{s}.{k}"] for k in overall}, "n": int(mask.sum())}
-                     for s, mask in masks.items()}
+    seen = {k.removeprefix("splits.").rsplit(".", 1)[0] for k in terms if k.startswith("splits.") and k.endswith(".n")}
+    out: dict[str, Any] = {k: values[k] for k in overall if k in values}
+    out["splits"] = {s: {**{k: values.get(f"splits.{s}.{k}") for k in overall if f"splits.{s}.{k}" in terms},
+                         "n": int(terms[f"splits.{s}.n"][0].sum())}
+                     for s in [*[s for s in splits if s in seen], *sorted(seen - set(splits))]}
     return out
 
 
 class _OC20Task(Evaluator):
-    """Every OC20 metric is a ratio of per-row sums: one set of per-row terms serves both the
-    metrics and the bootstrap's fast path, computed column-wise from the Arrow table (no per-row
-    Python objects, so memory stays near the table's own size)."""
+    """Every OC20 metric is a ratio of per-row sums: one set of per-row terms, computed
+    column-wise from the Arrow table, gives the metrics, the bootstrap's fast path, and lets the
+    runner summarise shard by shard (``complete_terms``)."""
+
+    complete_terms = True
 
     @abstractmethod
-    def _ok_terms(self, ok: pa.Table) -> m.Terms:
+    def _ok_terms(self, ok: pa.Table) -> Terms:
         """Per-row terms of the task's metrics over a table of ok rows."""
 
-    def _terms(self, table: pa.Table) -> tuple[m.Terms, dict[str, np.ndarray]]:
+    def metric_terms(self, table: pa.Table) -> Terms:
         return _by_split(table, self._ok_terms(table.filter(pc.equal(table.column("status"), "ok"))),
                          self.config.splits)
 
-    def metrics(self, table: pa.Table) -> dict[str, Any]:
-        return _report(*self._terms(table))
+    def metrics_from_terms(self, terms: Terms) -> dict[str, Any]:
+        return _report(terms, self.config.splits)
 
-    def metric_terms(self, table: pa.Table) -> m.Terms:
-        return self._terms(table)[0]
+    def metrics(self, table: pa.Table) -> dict[str, Any]:
+        return self.metrics_from_terms(self.metric_terms(table))
 
 
 class S2EF(_OC20Task):
@@ -138,7 +147,7 @@ class S2EF(_OC20Task):
                 rows.append(_failed(atoms, i, exc, time.perf_counter() - t0))
         return rows
 
-    def _ok_terms(self, ok: pa.Table) -> m.Terms:
+    def _ok_terms(self, ok: pa.Table) -> Terms:
         forces_true, n_true = _stacked(ok, "forces_true")
         forces_pred, n_pred = _stacked(ok, "forces_pred")
         free, n_atoms = _stacked(ok, "free")
@@ -172,49 +181,41 @@ class _Relaxation(_OC20Task):
         return None
 
     def run(self, potential: Potential, records: list[Atoms]) -> list[dict]:
-        rows, protocol = [], self.protocol
-        for i, atoms in enumerate(records):
-            t0 = time.perf_counter()
-            try:
-                potential.check_elements(atoms, i)
-                result = relax(atoms, potential, protocol)
-                rows.append({
-                    "id": record_id(atoms, i), "split": _split(atoms), "n_atoms": len(atoms), "status": "ok",
-                    "reason": None, "seconds": time.perf_counter() - t0,
-                    "energy_true": float(atoms.info["y_relaxed"]), "energy_pred": result.energy,
-                    "pos_true": np.asarray(atoms.arrays["pos_relaxed"], float).ravel().tolist(),
-                    "pos_pred": result.atoms.get_positions().ravel().tolist(),
-                    "cell": np.asarray(atoms.cell, float).ravel().tolist(), "pbc": [bool(p) for p in atoms.pbc],
-                    "free": free_mask(atoms).tolist(), "converged": result.converged, "steps": result.steps})
-            except Exception as exc:
-                rows.append(_failed(atoms, i, exc, time.perf_counter() - t0))
+        rows = []
+        for i, (atoms, (result, seconds)) in enumerate(zip(records, relax_many(records, potential, self.protocol),
+                                                             strict=True)):
+            if isinstance(result, Exception):
+                rows.append(_failed(atoms, i, result, seconds))
+                continue
+            rows.append({
+                "id": record_id(atoms, i), "split": _split(atoms), "n_atoms": len(atoms), "status": "ok",
+                "reason": None, "seconds": seconds,
+                "energy_true": float(atoms.info["y_relaxed"]), "energy_pred": result.energy,
+                "pos_true": np.asarray(atoms.arrays["pos_relaxed"], float).ravel().tolist(),
+                "pos_pred": result.atoms.get_positions().ravel().tolist(),
+                "cell": np.asarray(atoms.cell, float).ravel().tolist(), "pbc": [bool(p) for p in atoms.pbc],
+                "free": free_mask(atoms).tolist(), "converged": result.converged, "steps": result.steps})
         return rows
 
 
 class IS2RE(_Relaxation):
-    def _ok_terms(self, ok: pa.Table) -> m.Terms:
+    def _ok_terms(self, ok: pa.Table) -> Terms:
         return m.is2re_terms(_numbers(ok, "energy_true"), _numbers(ok, "energy_pred"),
                              energy_threshold=self.config.options["energy_threshold"])
 
-    def metrics(self, table: pa.Table) -> dict[str, Any]:
-        out = super().metrics(table)
-        converged, ok = self._converged(table)
-        out["converged_fraction"] = float(converged.sum() / ok.sum()) if ok.any() else None
-        return out
+    def metric_terms(self, table: pa.Table) -> Terms:
+        ok = pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False).astype(float)
+        converged = pc.fill_null(table.column("converged"), False).to_numpy(zero_copy_only=False).astype(float)
+        return {**super().metric_terms(table), "converged_fraction": (converged * ok, ok)}
 
-    def metric_terms(self, table: pa.Table) -> m.Terms:
-        converged, ok = self._converged(table)
-        return {**super().metric_terms(table), "converged_fraction": (converged, ok)}
-
-    @staticmethod
-    def _converged(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-        ok = (np.asarray(table.column("status").to_pylist(), dtype=object) == "ok").astype(float)
-        converged = np.array([bool(c) for c in table.column("converged").to_pylist()], dtype=float)
-        return converged * ok, ok
+    def metrics_from_terms(self, terms: Terms) -> dict[str, Any]:
+        converged, ok = terms["converged_fraction"]
+        return {**super().metrics_from_terms({k: v for k, v in terms.items() if k != "converged_fraction"}),
+                "converged_fraction": Metric(float(converged.sum()), int(ok.sum())).value}
 
 
 class IS2RS(_Relaxation):
-    def _ok_terms(self, ok: pa.Table) -> m.Terms:
+    def _ok_terms(self, ok: pa.Table) -> Terms:
         pos_true, n_true = _stacked(ok, "pos_true")
         pos_pred, n_pred = _stacked(ok, "pos_pred")
         free, n_atoms = _stacked(ok, "free")
