@@ -50,3 +50,32 @@ def test_sevennet_mf_uses_the_card_modal():
     pot = load_potential("sevennet-mf-0")
     assert get_card("sevennet-mf-0").options == {"modal": "PBE"}
     assert pot.calculator.modal == "PBE"
+
+
+@pytest.mark.slow
+def test_sevennet_batched_path_matches_single_calls():
+    """SevenNet's batched graph (the GPU relaxation path) gives each structure its single-call
+    prediction up to float32 round-off, and lockstep relaxations on it the one-by-one answers."""
+    from ase.build import bulk
+
+    from mlip_zoo.evaluators.relax import RelaxProtocol, relax_many
+
+    potential = load_potential(get_card("sevennet-0"))
+    cells = []
+    for i, (element, a) in enumerate([("Cu", 3.61), ("Ni", 3.52), ("Al", 4.04)]):
+        atoms = bulk(element, "fcc", a=a * 1.02, cubic=True)
+        atoms.rattle(0.05, seed=i)
+        cells.append(atoms)
+    cells.append(bulk("Fe", "bcc", a=2.87) * (2, 1, 1))
+    batched = potential.predict(cells)
+    for atoms, b in zip(cells, batched, strict=True):
+        (alone,) = potential.predict([atoms])
+        assert b.energy == pytest.approx(alone.energy, abs=2e-5)
+        np.testing.assert_allclose(b.forces, alone.forces, atol=2e-5)
+        np.testing.assert_allclose(b.stress, alone.stress, atol=2e-6)
+    protocol = RelaxProtocol(optimizer="FIRE", fmax=0.05, steps=100, cell_filter="frechet")
+    grouped = relax_many(cells[:3], potential, protocol, batch_size=3)
+    single = relax_many(cells[:3], potential, protocol, batch_size=1)
+    for (g, _), (s, _) in zip(grouped, single, strict=True):
+        assert g.converged == s.converged and abs(g.steps - s.steps) <= 2
+        assert abs(g.energy - s.energy) / len(g.atoms) < 1e-5

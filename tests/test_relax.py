@@ -11,7 +11,7 @@ from ase.constraints import FixAtoms
 from ase.filters import FrechetCellFilter
 from ase.optimize import FIRE, LBFGS
 
-from mlip_zoo.evaluators.relax import RelaxationExploded, RelaxProtocol, relax
+from mlip_zoo.evaluators.relax import RelaxationExploded, RelaxProtocol, relax, relax_many
 from mlip_zoo.zoo import CalculatorPotential, get_card, load_potential
 
 OC20 = RelaxProtocol(optimizer="LBFGS", fmax=0.02, steps=300,
@@ -75,3 +75,46 @@ def test_explosion_is_stopped_and_reported():
                              optimizer_kwargs={"maxstep": 1.0})
     with pytest.raises(RelaxationExploded, match="energy fell|moved"):
         relax(atoms, potential, protocol)
+
+
+FIRE_CELL = RelaxProtocol(optimizer="FIRE", fmax=0.05, steps=200, cell_filter="frechet")
+
+
+def strained_cells():
+    cells = []
+    for i, (element, a) in enumerate([("Cu", 3.61), ("Ni", 3.52), ("Pt", 3.92), ("Au", 4.08), ("Ag", 4.09)]):
+        atoms = bulk(element, "fcc", a=a * 1.03, cubic=True)
+        atoms.rattle(0.05, seed=i)
+        cells.append(atoms)
+    return cells
+
+
+def test_lockstep_groups_give_the_one_by_one_answers_and_keep_errors_with_their_structure(monkeypatch):
+    """Relaxations batched in lockstep give bit for bit what relaxing them one by one gives (EMT's
+    predictions do not depend on the batch); a structure that fails takes only itself down."""
+    import fake_calcs
+
+    potential = CalculatorPotential(get_card("emt"), fake_calcs.ExplodingEMT())
+    cells = strained_cells()
+    cells[1].info["explode"] = True  # raises inside the first batched call of its group
+    cells.append(bulk("Fe", "bcc", a=2.87, cubic=True))  # not an EMT element: never relaxed
+    sizes = []
+    one_at_a_time = potential._predict_many
+
+    def counted(batch, stress):
+        sizes.append(len(batch))
+        return one_at_a_time(batch, stress)
+
+    monkeypatch.setattr(potential, "_predict_many", counted)
+    grouped = relax_many(cells, potential, FIRE_CELL, batch_size=4)
+    assert max(sizes) == 4 and 3 in sizes  # the first group: 4, then 3 once the exploding one failed
+    alone = relax_many(cells, potential, FIRE_CELL, batch_size=1)
+    for (g, _), (a, _) in zip(grouped, alone, strict=True):
+        if isinstance(a, Exception):
+            assert type(g) is type(a) and str(g) == str(a)
+            continue
+        assert (g.energy, g.steps, g.converged) == (a.energy, a.steps, a.converged) and a.steps > 5
+        np.testing.assert_array_equal(g.atoms.positions, a.atoms.positions)
+        np.testing.assert_array_equal(g.atoms.cell[:], a.atoms.cell[:])
+    assert "blew up" in str(grouped[1][0]) and "Fe" in str(grouped[-1][0])
+    assert sum(isinstance(r, Exception) for r, _ in grouped) == 2

@@ -10,6 +10,8 @@ import copy
 import re
 import warnings
 
+import numpy as np
+
 from mlip_zoo.zoo.potential import CalculatorPotential
 from mlip_zoo.zoo.registry import require_module
 from mlip_zoo.zoo.ttt import Trainable
@@ -21,6 +23,34 @@ class SevenNetPotential(CalculatorPotential):
 
     def _trainable(self) -> Trainable:
         return _SevenNetTrainable(self)
+
+    @property
+    def relax_batch_size(self) -> int:
+        # CPU, one torch thread: a batch of 8 small cells costs 0.93x eight single calls, but
+        # relaxing 8 in lockstep was 1.04x slower than one by one (benchmarks/RESULTS.md), so on a
+        # CPU relaxations run one at a time. On a GPU batches pay; 32 is not measured here.
+        return 1 if self.device == "cpu" else 32
+
+    def _predict_many(self, batch, stress):
+        calc = self.calculator
+        if len(batch) == 1 or calc.modal:  # a multi-fidelity model's modality is set per graph: one at a time
+            return super()._predict_many(batch, stress)
+        import sevenn._keys as KEY
+        from sevenn.atom_graph_data import AtomGraphData
+        from sevenn.train.dataload import unlabeled_atoms_to_graph
+        from torch_geometric.data import Batch
+
+        graphs = [AtomGraphData.from_numpy_dict(unlabeled_atoms_to_graph(a, calc.cutoff, with_shift=False))
+                  for a in batch]
+        calc.model.set_is_batch_data(True)
+        try:
+            out = calc.model(Batch.from_data_list(graphs).to(calc.device))
+        finally:
+            calc.model.set_is_batch_data(False)
+        energy = out[KEY.PRED_TOTAL_ENERGY].detach().cpu().numpy().reshape(-1)
+        forces = np.split(out[KEY.PRED_FORCE].detach().cpu().numpy(), np.cumsum([len(a) for a in batch])[:-1])
+        voigt = (-out[KEY.PRED_STRESS]).detach().cpu().numpy()[:, [0, 1, 2, 4, 5, 3]]  # as SevenNetCalculator
+        return [(energy[i], forces[i], voigt[i] if stress else None) for i in range(len(batch))]
 
     def _swap_graph_radius(self, radius: float) -> float:
         # The radius the calculator builds its graph at; the radial basis and envelope stay as trained.
