@@ -44,7 +44,7 @@ from mlip_zoo.errors import DatasetError, MetricError
 from mlip_zoo.evaluators.base import BootstrapSettings, Evaluator, Terms
 from mlip_zoo.evaluators.result import flatten_metrics
 
-MAX_CELLS = 500_000  # resamples x rows per count matrix: bounds memory on large tables (WBM: 257k rows)
+MAX_CELLS = 160_000  # resamples x rows per count matrix: bounds memory on large tables (WBM: 257k rows)
 TERMS_RTOL = 1e-9  # fast path vs metrics(): the same sums in another order
 
 
@@ -160,10 +160,17 @@ def concat_terms(parts: Sequence[tuple[Terms, int]]) -> Terms:
     parts' dicts are emptied on the way, so memory peaks near one copy of the terms."""
     keys = dict.fromkeys(k for terms, _ in parts for k in terms)
     out: Terms = {}
+    joined: dict[tuple[int, ...], tuple[list, np.ndarray]] = {}  # numel arrays shared by metrics stay shared
+
+    def join(pieces: list) -> np.ndarray:
+        ids = tuple(id(p) for p in pieces)
+        if ids not in joined:  # the pieces are kept with the result, so their ids stay theirs
+            joined[ids] = (pieces, np.concatenate([np.asarray(p, dtype=float) for p in pieces]))
+        return joined[ids][1]
+
     for key in keys:  # popped as they are joined: a key's shard copies go as its whole arrays come
         pieces = [terms.pop(key, (np.zeros(n), np.zeros(n))) for terms, n in parts]
-        out[key] = (np.concatenate([np.asarray(t, dtype=float) for t, _ in pieces]),
-                    np.concatenate([np.asarray(c, dtype=float) for _, c in pieces]))
+        out[key] = (np.concatenate([np.asarray(t, dtype=float) for t, _ in pieces]), join([c for _, c in pieces]))
     return out
 
 

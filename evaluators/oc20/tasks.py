@@ -72,17 +72,34 @@ def _by_split(table: pa.Table, ok_terms: Terms, splits: list[str]) -> Terms:
     failed rows add nothing."""
     ok = pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False)
     split = np.asarray(table.column("split").to_pylist(), dtype=object)
-    out: Terms = {}
-    for key, (total, numel) in ok_terms.items():
-        out[key] = (np.zeros(table.num_rows), np.zeros(table.num_rows))
-        out[key][0][ok], out[key][1][ok] = total, numel
+    # Metrics that share a numel array (a count of free atoms, of systems) keep sharing it, here
+    # and in concat_terms: a third of the memory the terms of a large run take.
+    made: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def derived(name: str, source: np.ndarray, make) -> np.ndarray:
+        if (name, id(source)) not in made:  # the source is kept with the result, so its id stays its own
+            made[name, id(source)] = (source, make(source))
+        return made[name, id(source)][1]
+
+    def on_all_rows(values: np.ndarray) -> np.ndarray:
+        full = np.zeros(table.num_rows)
+        full[ok] = values
+        return full
+
+    out: Terms = {key: (on_all_rows(total), derived("all", numel, on_all_rows))
+                  for key, (total, numel) in ok_terms.items()}
+    ones = np.ones(table.num_rows)
     for s in dict.fromkeys([*splits, *sorted(set(split[ok].tolist()))]):
         if s == "all":
             continue
-        mask = ok & (split == s)  # np.where, not a product: a NaN in one split must not leak into another
-        out.update({f"splits.{s}.{key}": (np.where(mask, out[key][0], 0.0), np.where(mask, out[key][1], 0.0))
-                    for key in ok_terms})
-        out[f"splits.{s}.n"] = (mask.astype(float), np.ones(table.num_rows))
+        mask = ok & (split == s)
+
+        def in_split(values: np.ndarray, mask=mask) -> np.ndarray:  # np.where: a NaN must not leak across splits
+            return np.where(mask, values, 0.0)
+
+        for key in ok_terms:
+            out[f"splits.{s}.{key}"] = (in_split(out[key][0]), derived(s, out[key][1], in_split))
+        out[f"splits.{s}.n"] = (mask.astype(float), ones)
     return out
 
 
