@@ -9,6 +9,7 @@ number can be recomputed later from the Parquet file alone.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 from abc import ABC, abstractmethod
@@ -163,9 +164,14 @@ class Evaluator(ABC):
         raise NotImplementedError(f"task {self.key} computes its metrics from the whole predictions table")
 
 
+@functools.lru_cache(maxsize=1)
+def _evaluator_entry_points() -> dict[str, Any]:  # scanning every installed distribution takes ~20 ms
+    return {ep.name: ep for ep in entry_points(group=EVALUATOR_GROUP)}
+
+
 def evaluator_for(task: str | TaskConfig) -> Evaluator:
     config = load_task_config(task) if isinstance(task, str) else task
-    eps = {ep.name: ep for ep in entry_points(group=EVALUATOR_GROUP)}
+    eps = _evaluator_entry_points()
     if config.evaluator not in eps:
         raise ConfigError(f"task {config.key}: evaluator {config.evaluator!r} is not registered under the "
                         f"{EVALUATOR_GROUP} entry points (known: {', '.join(sorted(eps))})")

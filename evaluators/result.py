@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import importlib.metadata
 import json
 import os
@@ -11,7 +12,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from mlip_zoo.evaluators.base import evaluator_for
 from mlip_zoo.zoo.card import ModelCard
 from mlip_zoo.zoo.weights import atomic_write_text, sha256_of
 
@@ -35,6 +35,11 @@ def flatten_metrics(metrics: dict[str, Any], sep: str = ".", prefix: str = "") -
 
 
 def package_versions() -> dict[str, str]:
+    return dict(_package_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _package_versions() -> dict[str, str]:  # what is installed does not change under a running process
     out = {}
     for name in PACKAGES:
         try:
@@ -77,10 +82,12 @@ def card_sha256(card: ModelCard) -> str | None:
 
 
 def build_result(*, card: ModelCard, task, dataset, metrics: dict, intervals: dict, bootstrap: dict,
-                 n_structures: int, failures: list[dict], predictions: str, weights: dict[str, str],
+                 n_structures: int, failures: list[dict], task_inputs: dict[str, Any], predictions: str,
+                 weights: dict[str, str],
                  started: dt.datetime, wall_time_s: float, device: str, n_workers: int, limit: int | None
                  ) -> dict[str, Any]:
-    """The result record; ``failures`` holds ``{"id", "reason"}`` of every structure that failed."""
+    """The result record; ``failures`` holds ``{"id", "reason"}`` of every structure that failed and
+    ``task_inputs`` the task's ``Evaluator.provenance()``."""
     return {
         "schema_version": RESULT_SCHEMA_VERSION,
         "model": card.key,
@@ -105,7 +112,7 @@ def build_result(*, card: ModelCard, task, dataset, metrics: dict, intervals: di
             "wall_time_s": round(wall_time_s, 3),
             "device": device,
             "bootstrap": bootstrap,
-            **({"task_inputs": inputs} if (inputs := evaluator_for(task).provenance()) else {}),
+            **({"task_inputs": task_inputs} if task_inputs else {}),
         },
     }
 

@@ -259,6 +259,7 @@ def evaluate(model: str | ModelCard, task: str, opts: RunOptions | None = None) 
         os.replace(tmp, predictions)
     record = build_result(card=card, task=config, dataset=dataset, metrics=metrics, intervals=intervals,
                           bootstrap=bootstrap, n_structures=n_structures, failures=failures,
+                          task_inputs=evaluator.provenance(),
                           predictions=predictions.name, weights=weights, started=started,
                           wall_time_s=time.perf_counter() - t0, device=device,
                           n_workers=opts.workers, limit=opts.limit)

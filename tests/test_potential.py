@@ -148,3 +148,36 @@ def test_molecule_without_cell_is_fine_for_emt():
     pot = load_potential("emt")
     (pred,) = pot.predict([molecule("CO")], properties=("energy", "forces"))
     assert np.isfinite(pred.energy) and pred.stress is None
+
+
+@pytest.mark.parametrize("pairwise_atoms", [128, 0])  # every pair at once; the k-d tree
+def test_closest_pair_agrees_with_ase_neighbour_list(pairwise_atoms, monkeypatch):
+    """Random skewed cells, periodic along some axes, with near-coincident atoms planted."""
+    from ase import Atoms
+    from ase.neighborlist import neighbor_list
+
+    from mlip_zoo.zoo import potential as pot
+
+    monkeypatch.setattr(pot, "PAIRWISE_ATOMS", pairwise_atoms)
+    rng = np.random.default_rng(7)
+    cutoff, found = 0.6, 0
+    for trial in range(300):
+        n = int(rng.integers(1, 12))
+        cell = np.diag(rng.uniform(1.5, 5.0, 3)) + rng.uniform(-1.0, 1.0, (3, 3)) * 0.6
+        pbc = rng.random(3) < 0.7
+        positions = rng.random((n, 3)) @ cell
+        if n > 1 and trial % 2:  # a close pair, possibly across the cell boundary
+            positions[1] = positions[0] + rng.normal(size=3) * 0.2 + (cell[0] if pbc[0] else 0)
+        atoms = Atoms("H" * n, positions=positions, cell=cell, pbc=pbc)
+        heights = 1.0 / np.linalg.norm(np.linalg.inv(atoms.cell.complete()), axis=0)
+        if np.any(heights[pbc] <= 2 * cutoff):
+            continue
+        i, j, d = neighbor_list("ijd", atoms, cutoff)
+        got = pot.closest_pair(atoms, cutoff)
+        if len(d) == 0:
+            assert got is None, trial
+            continue
+        found += 1
+        assert got is not None and got[2] == pytest.approx(d.min(), abs=1e-9), trial
+        assert {got[0], got[1]} in ({int(a), int(b)} for a, b in zip(i[d == d.min()], j[d == d.min()], strict=True))
+    assert found > 50
