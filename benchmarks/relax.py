@@ -50,7 +50,8 @@ def ase_loop(calc, cells) -> tuple[list[float], list[bool]]:
 
 def relax_shard(card, device, cells, threads, batch_size):
     """A runner-style shard: the worker's cached model, the harness relaxer, one row per cell."""
-    potential = _potential(card, device, threads)
+    with contextlib.redirect_stdout(sys.stderr):  # model banners would break the one JSON line
+        potential = _potential(card, device, threads)
     out = []
     for atoms, (r, _) in zip(cells, relax_many(cells, potential, PROTOCOL, batch_size), strict=True):
         if isinstance(r, Exception):

@@ -68,14 +68,17 @@ class TaskConfig(BaseModel):
     headline: str
     metrics: dict[str, MetricSpec]
     splits: list[str] = []
-    shard_atoms: int = 2000  # atoms per shard: balances work across workers, bounds memory
+    # Atoms per shard: balances work across workers, bounds memory. Like ``bootstrap`` it changes
+    # no number, so it stays out of the fingerprint (the shards' work key names it itself).
+    shard_atoms: int = 2000
     options: dict[str, Any] = {}
     # Intervals only: changing it changes no prediction, so it stays out of the fingerprint (and
     # shards stay valid); results record it in provenance instead.
     bootstrap: BootstrapSettings = BootstrapSettings()
 
     def fingerprint(self) -> str:
-        data = self.model_dump(mode="json", exclude={"bootstrap"})
+        """What the task's numbers depend on: everything but how the work is cut and the intervals drawn."""
+        data = self.model_dump(mode="json", exclude={"bootstrap", "shard_atoms"})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

@@ -53,6 +53,7 @@ class RunOptions:
     trust_pickle: bool = False
     client: Any = field(default=None, repr=False)  # a dask Client to reuse (kept open; see cluster_client)
     env: str = "auto"  # auto | shared | isolated: where a card with `requires` runs (see zoo/envs.py)
+    torch_threads: int | None = None  # per local Dask worker; default cores // workers (no oversubscription)
     env_clusters: EnvClusters | None = field(default=None, repr=False)  # isolated models' clusters, kept for a run
     progress: Callable[[int, int], None] | None = field(default=None, repr=False)  # (done, failed) deltas
 
@@ -87,7 +88,7 @@ _EVALUATORS: dict[str, Evaluator] = {}
 def _evaluator(config: TaskConfig) -> Evaluator:
     """The task, built once per worker: finding it among the entry points scans every installed
     distribution (~70 ms), a cost per shard otherwise. Evaluators hold only their config."""
-    key = config.fingerprint()
+    key = config.model_dump_json()
     if key not in _EVALUATORS:
         _EVALUATORS[key] = evaluator_for(config)
     return _EVALUATORS[key]
@@ -250,12 +251,15 @@ def evaluate(model: str | ModelCard, task: str, opts: RunOptions | None = None) 
     else:
         _run_distributed(card, config, device, pending(), opts, env)
 
-    metrics, intervals, bootstrap, n_structures, failures = _summarize(evaluator, paths, dataset)
     model_dir = opts.out / card.key
     predictions = model_dir / f"{config.key}.parquet"
     with _writing(predictions):
         tmp = predictions.with_name(f".{predictions.name}.tmp")
-        _join_shards(paths, tmp)
+        try:
+            metrics, intervals, bootstrap, n_structures, failures = _summarize(evaluator, paths, dataset, tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, predictions)
     record = build_result(card=card, task=config, dataset=dataset, metrics=metrics, intervals=intervals,
                           bootstrap=bootstrap, n_structures=n_structures, failures=failures,
@@ -272,40 +276,34 @@ def evaluate(model: str | ModelCard, task: str, opts: RunOptions | None = None) 
     return record
 
 
-def _join_shards(paths: list[Path], dest: Path) -> None:
-    """The shards as one Parquet file, copied one shard at a time (never the whole table)."""
-    writer = None
-    try:
-        for path in paths:
-            shard = pq.read_table(path)
-            writer = writer or pq.ParquetWriter(dest, shard.schema)
-            writer.write_table(shard)
-    finally:
-        if writer is not None:
-            writer.close()
-
-
-def _summarize(evaluator: Evaluator, paths: list[Path], dataset: Dataset
+def _summarize(evaluator: Evaluator, paths: list[Path], dataset: Dataset, joined: Path
                ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], int, list[dict[str, Any]]]:
     """Metrics, their intervals and the bootstrap record, the number of structures, and the id and
-    reason of each failed one. A task with ``complete_terms`` is read one shard at a time and keeps
-    only per-row terms; any other gets its whole predictions table."""
-    parts, strata, failures, n_structures = [], [], [], 0
-    for path in paths:
-        shard = pq.read_table(path, columns=None if evaluator.complete_terms else ["id", "status", "reason"])
-        n_structures += shard.num_rows
-        failures += shard.filter(pc.not_equal(shard.column("status"), "ok")).select(["id", "reason"]).to_pylist()
-        if evaluator.complete_terms:
-            parts.append((evaluator.metric_terms(shard), shard.num_rows))
-            strata.append(strata_labels(shard, evaluator.config.bootstrap))
+    reason of each failed one; the shards are copied into one predictions file, ``joined``, on
+    the way. A task with ``complete_terms`` keeps only per-row terms of each shard, so memory does
+    not grow with the predictions; any other gets its whole predictions table."""
+    parts, strata, tables, failures, n_structures = [], [], [], [], 0
+    with contextlib.ExitStack() as stack:
+        writer = None
+        for path in paths:
+            shard = pq.read_table(path)
+            writer = writer or stack.enter_context(pq.ParquetWriter(joined, shard.schema))
+            writer.write_table(shard)
+            n_structures += shard.num_rows
+            failures += shard.filter(pc.not_equal(shard.column("status"), "ok")).select(["id", "reason"]).to_pylist()
+            if evaluator.complete_terms:
+                parts.append((evaluator.metric_terms(shard), shard.num_rows))
+                strata.append(strata_labels(shard, evaluator.config.bootstrap))
+            else:
+                tables.append(shard)
     if not n_structures:
         raise DatasetError(f"{dataset.path}: no structures to evaluate (empty dataset or --limit 0)")
     if evaluator.complete_terms:
-        terms = concat_terms(parts)
-        metrics, table = evaluator.metrics_from_terms(terms), None
+        table, terms = None, concat_terms(parts)
+        metrics = evaluator.metrics_from_terms(terms)
         strata = None if strata[0] is None else np.concatenate(strata)
     else:
-        table, terms, strata = pa.concat_tables([pq.read_table(p) for p in paths]), None, None
+        table, terms, strata = pa.concat_tables(tables), None, None
         metrics = evaluator.metrics(table)
     intervals, bootstrap = metric_intervals(evaluator, table, metrics, terms=terms, strata=strata)
     return metrics, intervals, bootstrap, n_structures, failures
@@ -326,7 +324,8 @@ def _run_distributed(card, config, device, pending, opts: RunOptions, env: Envir
         client, cluster = (opts.client, None) if opts.client is not None else _client(opts)
     try:
         n_workers = max(1, len(client.scheduler_info().get("workers", {})) or opts.workers)
-        threads = max(1, (os.cpu_count() or 1) // n_workers) if opts.cluster == "local" and not opts.scheduler else None
+        threads = (opts.torch_threads or max(1, (os.cpu_count() or 1) // n_workers)
+                   if opts.cluster == "local" and not opts.scheduler else None)
         card_future = client.scatter(card, broadcast=True)
         in_flight = as_completed()
         limit = 2 * n_workers  # bounded: never the whole dataset in memory or in flight

@@ -291,10 +291,11 @@ def test_classification_metrics_with_undefined_resamples(recwarn):
         assert (counts[:, :10].sum(axis=1) == 10).all() and (counts[:, 10:].sum(axis=1) == 30).all()
 
 
-def test_bootstrap_settings_stay_out_of_the_work_fingerprint():
+def test_bootstrap_settings_and_shard_size_stay_out_of_the_task_fingerprint():
     config = load_task_config("oc20-s2ef")
     other = config.model_copy(update={"bootstrap": BootstrapSettings(resamples=200, seed=5)})
     assert other.fingerprint() == config.fingerprint()
+    assert config.model_copy(update={"shard_atoms": 7}).fingerprint() == config.fingerprint()
     assert config.bootstrap == BootstrapSettings()  # the YAML need not say anything
     with pytest.raises(ValueError, match="resamples"):
         BootstrapSettings(resamples=5)
