@@ -153,7 +153,7 @@ class _LockstepCalculator(Calculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         want = ("energy", "forces", "stress") if "stress" in properties else ("energy", "forces")
-        pred = self.lockstep.predict(self.index, self.atoms.copy(), want)
+        pred = self.lockstep.predict(self.index, self.atoms, want)  # predict() copies what it keeps
         self.results = {"energy": pred.energy, "free_energy": pred.energy, "forces": pred.forces}
         if pred.stress is not None:
             self.results["stress"] = pred.stress
