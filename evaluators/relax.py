@@ -16,10 +16,10 @@ from typing import Literal
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import Calculator
 from pydantic import BaseModel, ConfigDict
 
-from mlip_zoo.zoo.potential import Potential, Prediction
+from mlip_zoo.zoo.potential import Potential, PotentialCalculator, Prediction
 
 
 class RelaxProtocol(BaseModel):
@@ -142,21 +142,15 @@ class _Lockstep:
         self.lock.notify_all()
 
 
-class _LockstepCalculator(Calculator):
+class _LockstepCalculator(PotentialCalculator):
     """One relaxation's ASE calculator: its model calls go through the group's ``_Lockstep``."""
 
     def __init__(self, lockstep: _Lockstep, index: int):
-        super().__init__()
+        super().__init__(lockstep.potential)
         self.lockstep, self.index = lockstep, index
-        self.implemented_properties = list(lockstep.potential.implemented_properties) + ["free_energy"]
 
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        want = ("energy", "forces", "stress") if "stress" in properties else ("energy", "forces")
-        pred = self.lockstep.predict(self.index, self.atoms, want)  # predict() copies what it keeps
-        self.results = {"energy": pred.energy, "free_energy": pred.energy, "forces": pred.forces}
-        if pred.stress is not None:
-            self.results["stress"] = pred.stress
+    def _predict(self, atoms: Atoms, properties: tuple[str, ...]) -> Prediction:
+        return self.lockstep.predict(self.index, atoms, properties)  # predict() copies what it keeps
 
 
 def relax_many(structures: Sequence[Atoms], potential: Potential, protocol: RelaxProtocol,

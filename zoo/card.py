@@ -338,6 +338,10 @@ def read_card(path: str | Path) -> ModelCard:
     return card
 
 
+def _clash(path: Path, key: str, first: Path | None) -> CardError:
+    return CardError(f"{path}: key {key!r} is already defined by {first}; rename one of them")
+
+
 def _existing(dirs: list[Path]) -> list[Path]:
     for d in dirs:
         if not d.is_dir():
@@ -352,8 +356,7 @@ def load_cards(dirs: list[Path] | None = None) -> dict[str, ModelCard]:
         for path in sorted(d.glob("*.yaml")):
             card = read_card(path)
             if card.key in cards:
-                raise CardError(f"{path}: key {card.key!r} is already defined by {cards[card.key].path}; "
-                                "rename one of them")
+                raise _clash(path, card.key, cards[card.key].path)
             cards[card.key] = card
     return cards
 
@@ -362,7 +365,7 @@ def get_card(key: str, cards: dict[str, ModelCard] | None = None) -> ModelCard:
     if cards is None:  # a card's file is named by its key: read just that file (the zoo has dozens)
         found = [d / f"{key}.yaml" for d in _existing(card_dirs()) if (d / f"{key}.yaml").is_file()]
         if len(found) > 1:
-            raise CardError(f"{found[1]}: key {key!r} is already defined by {found[0]}; rename one of them")
+            raise _clash(found[1], key, found[0])
         if found:
             return read_card(found[0])
         cards = load_cards()

@@ -339,7 +339,11 @@ class PotentialCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         # ASE itself refuses properties outside implemented_properties (PropertyNotImplementedError).
         want = ("energy", "forces", "stress") if "stress" in properties else ("energy", "forces")
-        (pred,) = self.potential.predict([self.atoms], properties=want)
+        pred = self._predict(self.atoms, want)
         self.results = {"energy": pred.energy, "free_energy": pred.energy, "forces": pred.forces}
         if pred.stress is not None:
             self.results["stress"] = pred.stress
+
+    def _predict(self, atoms: Atoms, properties: tuple[str, ...]) -> Prediction:
+        (pred,) = self.potential.predict([atoms], properties=properties)
+        return pred

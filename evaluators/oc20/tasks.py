@@ -73,32 +73,27 @@ def _by_split(table: pa.Table, ok_terms: Terms, splits: list[str]) -> Terms:
     ok = pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False)
     split = np.asarray(table.column("split").to_pylist(), dtype=object)
     # Metrics that share a numel array (a count of free atoms, of systems) keep sharing it, here
-    # and in concat_terms: a third of the memory the terms of a large run take.
-    made: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+    # and in concat_terms: a third of the memory the terms of a large run take. The arrays the
+    # caches are keyed by stay alive in ok_terms and out, so their ids cannot be reused.
+    spread: dict[int, np.ndarray] = {}
 
-    def derived(name: str, source: np.ndarray, make) -> np.ndarray:
-        if (name, id(source)) not in made:  # the source is kept with the result, so its id stays its own
-            made[name, id(source)] = (source, make(source))
-        return made[name, id(source)][1]
+    def on_all_rows(values: np.ndarray) -> np.ndarray:  # failed rows add nothing
+        if id(values) not in spread:
+            spread[id(values)] = np.zeros(table.num_rows)
+            spread[id(values)][ok] = values
+        return spread[id(values)]
 
-    def on_all_rows(values: np.ndarray) -> np.ndarray:
-        full = np.zeros(table.num_rows)
-        full[ok] = values
-        return full
-
-    out: Terms = {key: (on_all_rows(total), derived("all", numel, on_all_rows))
-                  for key, (total, numel) in ok_terms.items()}
+    out: Terms = {key: (on_all_rows(total), on_all_rows(numel)) for key, (total, numel) in ok_terms.items()}
     ones = np.ones(table.num_rows)
     for s in dict.fromkeys([*splits, *sorted(set(split[ok].tolist()))]):
         if s == "all":
             continue
-        mask = ok & (split == s)
-
-        def in_split(values: np.ndarray, mask=mask) -> np.ndarray:  # np.where: a NaN must not leak across splits
-            return np.where(mask, values, 0.0)
-
-        for key in ok_terms:
-            out[f"splits.{s}.{key}"] = (in_split(out[key][0]), derived(s, out[key][1], in_split))
+        mask, masked = ok & (split == s), {}
+        for key in ok_terms:  # np.where, not a product: a NaN in one split must not leak into another
+            for values in out[key]:
+                if id(values) not in masked:
+                    masked[id(values)] = np.where(mask, values, 0.0)
+            out[f"splits.{s}.{key}"] = (masked[id(out[key][0])], masked[id(out[key][1])])
         out[f"splits.{s}.n"] = (mask.astype(float), ones)
     return out
 
