@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import yaml
 from ase import Atoms
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mlip_zoo.errors import ConfigError, UnknownTaskError
 from mlip_zoo.zoo.potential import Potential
@@ -75,10 +75,21 @@ class TaskConfig(BaseModel):
     # Intervals only: changing it changes no prediction, so it stays out of the fingerprint (and
     # shards stay valid); results record it in provenance instead.
     bootstrap: BootstrapSettings = BootstrapSettings()
+    # Metric -> how far the model that labelled a dataset (its manifest's ``labelled_by``) may sit
+    # from a perfect score on it, on any CPU (see evaluators/pipeline.py). A statement about
+    # reproducibility, not about any number: it stays out of the fingerprint.
+    label_tolerance: dict[str, float] = {}
+
+    @model_validator(mode="after")
+    def _tolerances_name_metrics(self) -> TaskConfig:
+        unknown = sorted(set(self.label_tolerance) - set(self.metrics))
+        if unknown:
+            raise ValueError(f"label_tolerance names metrics the task does not declare: {', '.join(unknown)}")
+        return self
 
     def fingerprint(self) -> str:
         """What the task's numbers depend on: everything but how the work is cut and the intervals drawn."""
-        data = self.model_dump(mode="json", exclude={"bootstrap", "shard_atoms"})
+        data = self.model_dump(mode="json", exclude={"bootstrap", "shard_atoms", "label_tolerance"})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

@@ -31,6 +31,7 @@ class Dataset:
     path: Path
     sha256: str
     n: int | None = None
+    labelled_by: str | None = None  # the model key whose outputs are the labels (a pipeline check)
 
 
 def datasets_dir() -> Path:
@@ -70,7 +71,8 @@ def resolve_dataset(default: str, default_file: str, override: str | Path | None
         if listed.get("sha256") and (digest := sha256_file(folder / name)) != listed["sha256"]:
             raise DatasetError(f"{folder / name}: sha256 {digest} differs from its manifest ({listed['sha256']}); "
                                "the embedded dataset was modified: regenerate it")
-    return Dataset(name=manifest.get("label", default), path=path, sha256=dataset_sha256(path), n=entry.get("n"))
+    return Dataset(name=manifest.get("label", default), path=path, sha256=dataset_sha256(path), n=entry.get("n"),
+                   labelled_by=manifest.get("labelled_by"))
 
 
 def dataset_sha256(path: Path) -> str:

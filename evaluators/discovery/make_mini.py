@@ -265,7 +265,7 @@ def generate(out: Path, seed: int = 0) -> dict:
 
     each = np.array([r["e_above_hull_mp2020_corrected_ppd_mp"] for r in rows])
     manifest = {
-        "name": "discovery-mini", "label": LABEL, "labels": "EMT", "generator": "mlip_zoo.evaluators.discovery.make_mini",
+        "name": "discovery-mini", "label": LABEL, "labels": "EMT", "generator": "mlip_zoo.evaluators.discovery.make_mini", "labelled_by": "emt",
         "seed": seed, "layout": LAYOUT,
         "description": (f"{LABEL}, generated in Matbench Discovery's WBM file layout: not WBM. Alloys of the EMT "
                         "metals by substitution into B2, L1_0, B1, L1_2, D0_19 and L2_1 prototypes, perturbed, "

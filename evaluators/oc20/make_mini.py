@@ -202,7 +202,7 @@ def generate(out: Path, seed: int = 0) -> dict:
                         "fcc(111) slabs of the EMT metals, relaxed and labelled with ASE's EMT. Held out: "
                         f"metals {list(OOD_METALS)} and adsorbates "
                         f"{[adsorbates[k][1] for k in ads_ood]}; in distribution: {[adsorbates[k][1] for k in ads_id]}."),
-        "generator": "mlip_zoo.evaluators.oc20.make_mini", "seed": seed,
+        "generator": "mlip_zoo.evaluators.oc20.make_mini", "labelled_by": "emt", "seed": seed,
         "relax_protocol": PROTOCOL.model_dump(), "files": files, "splits": splits, "dropped": len(dropped),
         "energy": "total EMT energy, eV (not an adsorption energy)",
     }

@@ -199,7 +199,7 @@ def generate(out: Path, seed: int = 0) -> dict:
                         f"axis each: element (held-out {'/'.join(HELD_OUT)}), force_norm ({HOT_T[0]:.0f}-"
                         f"{HOT_T[1]:.0f} K frames), connectivity (slabs and clusters). Energies and forces from "
                         "ASE's EMT."),
-        "generator": "mlip_zoo.evaluators.shift.make_mini", "seed": seed, "files": files,
+        "generator": "mlip_zoo.evaluators.shift.make_mini", "labelled_by": "emt", "seed": seed, "files": files,
         "splits": {"train": N_TRAIN, **N_TEST},
         "recipe": {"train_elements": list(TRAIN_ELEMENTS), "held_out_elements": list(HELD_OUT),
                    "n_atoms": N_ATOMS, "emt_lattice_constants": lattice, "train_temperature_K": list(TRAIN_T),

@@ -40,7 +40,7 @@ def generate(out: Path, per_split: int = PER_SPLIT) -> dict:
         "description": (f"{LABEL}: not a published benchmark. The first {per_split} test structures of each "
                         "shift-mini split (32-atom EMT-metal structures: controls, held-out elements, hot frames, "
                         "slabs and clusters), for the ttr task; its reference set is shift-mini's train.json."),
-        "generator": "mlip_zoo.evaluators.shift.make_ttr_mini",
+        "generator": "mlip_zoo.evaluators.shift.make_ttr_mini", "labelled_by": "emt",
         "source": {"dataset": SOURCE[0], "file": SOURCE[1], "sha256": source.sha256},
         "per_split": per_split, "splits": counts,
         "files": {"test.json": {"sha256": ase_json_db(out / "test.json", chosen), "n": len(chosen)}},

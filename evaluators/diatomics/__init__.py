@@ -1,0 +1,1 @@
+"""The homonuclear diatomics task (VASP PBE/r2SCAN curves from matbench-discovery)."""
