@@ -100,6 +100,10 @@ def iter_records(path: Path, *, trust_pickle: bool = False) -> Iterator[Atoms]:
         yield from _iter_ase_db(path, "aselmdb")
     elif name.endswith((".db", ".json")):
         yield from _iter_ase_db(path, None)
+    elif name.endswith(".json.gz"):  # matbench-discovery's dimer curves, read by the diatomics task's package
+        from mlip_zoo.evaluators.diatomics.data import iter_diatomics
+
+        yield from iter_diatomics(path)
     elif name.endswith(".lmdb") or (path.is_dir() and any(path.glob("*.lmdb"))):
         if not trust_pickle:
             raise UntrustedDataError(
@@ -108,8 +112,8 @@ def iter_records(path: Path, *, trust_pickle: bool = False) -> Iterator[Atoms]:
         yield from _iter_legacy_lmdb(path)
     else:
         raise DatasetError(f"{path}: unknown dataset format; use extxyz(.gz), an ASE db (.db/.json), "
-                           ".aselmdb, a legacy OC20 .lmdb with --trust-pickle, or a Matbench Discovery "
-                           "WBM layout (folder or *.extxyz.zip)")
+                           ".aselmdb, a legacy OC20 .lmdb with --trust-pickle, a Matbench Discovery "
+                           "WBM layout (folder or *.extxyz.zip) or its diatomic curves (*.json.gz)")
 
 
 def _iter_extxyz(path: Path) -> Iterator[Atoms]:
