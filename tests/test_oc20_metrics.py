@@ -18,10 +18,10 @@ def _s2ef_one(f_true, f_pred, free=None, e_true=0.0, e_pred=0.0, **kw):
     return m.values(m.s2ef_metrics([e_true], [e_pred], [f_true], [f_pred], [free], **kw))
 
 
-def _is2rs_one(p_true, p_pred, cell=CELL10, pbc=PBC, free=None):
+def _is2rs_one(p_true, p_pred, cell=CELL10, free=None):
     p_true, p_pred = np.asarray(p_true, float), np.asarray(p_pred, float)
     free = np.ones(len(p_true), bool) if free is None else np.asarray(free, bool)
-    return m.is2rs_metrics([p_true], [p_pred], [cell], [pbc], [free])
+    return m.is2rs_metrics([p_true], [p_pred], [cell], [free])
 
 
 # --- Metric / merge / values -------------------------------------------------------------------
@@ -89,11 +89,16 @@ def test_efwt_uses_max_component_not_norm():
     assert _s2ef_one([[0, 0, 0]], [[0.025, 0.025, 0.025]])["energy_forces_within_threshold"] == 1.0
 
 
-def test_efwt_custom_thresholds_and_no_free_atoms():
+def test_efwt_custom_thresholds():
     assert _s2ef_one([[0, 0, 0]], [[0.05, 0, 0]], force_threshold=0.06)["energy_forces_within_threshold"] == 1.0
-    out = _s2ef_one([[0, 0, 0]], [[5.0, 0, 0]], free=[False], e_pred=0.01)
-    assert out["energy_forces_within_threshold"] == 1.0          # energy condition only
-    assert out["forces_mae"] is None and out["energy_mae"] == pytest.approx(0.01)
+
+
+def test_a_system_without_free_atoms_is_an_error_not_an_energy_only_score():
+    """fairchem's EFwT raises on it (a max over no atoms); we name the system instead of scoring energy alone."""
+    with pytest.raises(ValueError, match="system 1 has no free atoms"):
+        m.s2ef_metrics([0.0, 0.0], [0.01, 0.01], [np.zeros((1, 3))] * 2, [np.zeros((1, 3))] * 2, [[True], [False]])
+    with pytest.raises(ValueError, match="system 0 has no free atoms"):
+        _is2rs_one([[1.0, 1.0, 1.0]], [[1.0, 1.0, 1.0]], free=[False])
 
 
 def test_fixed_atoms_are_excluded():
@@ -124,8 +129,29 @@ def test_cosine_identical_opposite_and_zero():
     assert _s2ef_one(f, f)["forces_cosine_similarity"] == pytest.approx(1.0, abs=1e-6)
     assert _s2ef_one(f, -f)["forces_cosine_similarity"] == pytest.approx(-1.0, abs=1e-6)
     assert _s2ef_one([[0, 0, 0]], [[0, 0, 0]])["forces_cosine_similarity"] == 0.0   # eps, not NaN
+    assert _s2ef_one([[0, 0, 0]], [[1.0, 0, 0]])["forces_cosine_similarity"] == 0.0
     # mean over atoms: one identical (+1) and one opposite (-1) pair
     assert _s2ef_one(f, [f[0], -f[1]])["forces_cosine_similarity"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_cosine_of_small_forces_is_torchs():
+    """torch.cosine_similarity (fairchem's call) clamps each norm to 1e-8 on its own: two equal forces
+    of norm 5e-5 have cosine 1 (max(|a||b|, 1e-8) gave 2.5e-9 / 1e-8 = 0.25)."""
+    import torch
+
+    f = np.array([[3e-5, 4e-5, 0.0]])
+    assert _s2ef_one(f, f)["forces_cosine_similarity"] == pytest.approx(1.0, abs=1e-6)
+    # scaling both forces leaves the cosine unchanged down to |F| ~ 1e-8 (the smallest here: 1.15e-8)
+    a, b = np.array([[0.3, -1.2, 2.5]]), np.array([[1.1, 0.4, 2.0]])
+    at_one = m.force_cosine(a, b)[0]
+    for scale in (1e3, 1e-3, 1e-6, 5e-9):
+        assert m.force_cosine(a * scale, b * scale)[0] == pytest.approx(at_one, abs=1e-6), scale
+    # below 1e-8 the clamp takes over, as in torch: cos = dot / (1e-8)^2
+    tiny = np.array([[1e-9, 0.0, 0.0]])
+    expected = torch.nn.functional.cosine_similarity(torch.tensor(tiny, dtype=torch.float32),
+                                                     torch.tensor(tiny, dtype=torch.float32)).item()
+    assert expected == pytest.approx(0.01, rel=1e-5)
+    assert m.force_cosine(tiny, tiny)[0] == pytest.approx(expected, rel=1e-6)
 
 
 # --- IS2RE -------------------------------------------------------------------------------------
@@ -143,7 +169,7 @@ def test_is2re_mae_vs_mse_and_ewt():
 def test_adwt_identical_is_exactly_one():
     p = np.array([[0.1, 0.2, 0.3], [5.0, 6.0, 7.0]])
     assert _is2rs_one(p, p)["average_distance_within_threshold"].value == 1.0
-    two = m.is2rs_metrics([p, p], [p, p], [CELL10, CELL10], [PBC, PBC], [np.ones(2, bool)] * 2)
+    two = m.is2rs_metrics([p, p], [p, p], [CELL10, CELL10], [np.ones(2, bool)] * 2)
     assert two["average_distance_within_threshold"] == Metric(2.0, 2)
     assert two["positions_mae"] == Metric(0.0, 12)
 
@@ -151,8 +177,8 @@ def test_adwt_identical_is_exactly_one():
 def test_adwt_just_above_first_threshold():
     # d = 0.0105: fails t = 0.01, passes t = 0.011 ... 0.499 -> 489 of 490 thresholds
     p = np.zeros((1, 3))
-    for cell, pbc in ((np.zeros((3, 3)), (False,) * 3), (CELL10, PBC)):
-        out = _is2rs_one(p, p + [0.0105, 0.0, 0.0], cell=cell, pbc=pbc)
+    for cell in (np.zeros((3, 3)), CELL10):  # a zero cell (no cell at all): raw differences
+        out = _is2rs_one(p, p + [0.0105, 0.0, 0.0], cell=cell)
         assert out["average_distance_within_threshold"].value == 489 / 490
 
 
@@ -164,6 +190,69 @@ def test_adwt_mean_distance_over_free_atoms_across_boundary():
     out = _is2rs_one(p_true, p_pred)
     assert out["average_distance_within_threshold"].value == 399 / 490
     assert out["positions_mae"].value == pytest.approx(9.7995 / 6, abs=1e-12)
+
+
+def test_adwt_takes_every_axis_as_periodic_like_fairchems_trainer():
+    """An OC20 slab is stored with pbc (T, T, F); fairchem's trainer scores ADwT with pbc all True. A
+    desorbed adsorbate that ends 19.8995 Å higher in a 20 Å cell, past half its height, is 0.1005 Å from
+    its reference image: it passes t >= 0.101 (399 of 490 thresholds), where the data's pbc gave 0."""
+    import pyarrow as pa
+
+    from mlip_zoo.evaluators.base import evaluator_for
+    from mlip_zoo.evaluators.oc20.tasks import IS2RS
+
+    cell = np.diag([8.0, 8.0, 20.0])
+    p_true = np.array([[0.0, 0.0, 2.0], [1.0, 1.0, 9.0]])  # a fixed slab atom, the adsorbate
+    p_pred = p_true + [[0.0, 0.0, 0.0], [0.0, 0.0, 19.8995]]
+    free = np.array([False, True])
+    out = _is2rs_one(p_true, p_pred, cell=cell, free=free)
+    assert out["average_distance_within_threshold"].value == 399 / 490
+    assert out["positions_mae"].value == pytest.approx(19.8995 / 3, abs=1e-12)  # raw differences
+    row = {"id": "desorbed", "split": "id", "n_atoms": 2, "status": "ok", "reason": None, "seconds": 0.0,
+           "energy_true": 0.0, "energy_pred": 0.0, "pos_true": p_true.ravel().tolist(),
+           "pos_pred": p_pred.ravel().tolist(), "cell": cell.ravel().tolist(), "pbc": [True, True, False],
+           "free": free.tolist(), "converged": True, "steps": 3}
+    metrics = evaluator_for("oc20-is2rs").metrics(pa.Table.from_pylist([row], schema=IS2RS.schema))
+    assert metrics["average_distance_within_threshold"] == 399 / 490
+
+
+def _fully_fixed_slab():
+    from ase.build import add_adsorbate, fcc111
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.constraints import FixAtoms
+
+    slab = fcc111("Cu", (2, 2, 2), vacuum=5.0)
+    add_adsorbate(slab, "O", 1.7, "fcc")
+    slab.info.pop("adsorbate_info", None)
+    ref = slab.copy()
+    ref.calc = EMT()
+    slab.calc = SinglePointCalculator(slab, energy=ref.get_potential_energy(), forces=ref.get_forces())
+    slab.set_constraint(FixAtoms(indices=range(len(slab))))  # every atom, the adsorbate too
+    slab.info.update({"sid": "fixed", "split": "id", "y_relaxed": ref.get_potential_energy()})
+    slab.new_array("pos_relaxed", slab.get_positions())
+    return slab
+
+
+@pytest.mark.parametrize("task", ["oc20-s2ef", "oc20-is2rs", "oc20-is2re"])
+def test_a_structure_with_every_atom_fixed_is_a_failed_row_with_its_reason(task):
+    """EFwT and ADwT are undefined without a free atom: the structure is listed as failed, with the
+    reason, in every OC20 task (IS2RE shares IS2RS's rows); the other structures score as usual."""
+    from mlip_zoo.evaluators.base import evaluator_for
+    from mlip_zoo.evaluators.oc20.tasks import NO_FREE_ATOMS
+    from mlip_zoo.zoo import load_potential
+
+    fixed = _fully_fixed_slab()
+    movable = fixed.copy()
+    movable.calc = fixed.calc
+    movable.set_constraint()
+    movable.info["sid"] = "movable"
+    evaluator = evaluator_for(task)
+    assert evaluator.accepts(fixed) is None  # a valid record: it fails as a structure, not the dataset
+    rows = evaluator.run(load_potential("emt"), [fixed, movable])
+    assert rows[0]["status"] == "failed" and rows[0]["reason"] == NO_FREE_ATOMS
+    assert "no free atoms" in NO_FREE_ATOMS and "undefined" in NO_FREE_ATOMS
+    assert rows[1]["status"] == "ok"
 
 
 def test_adwt_curve():
@@ -180,7 +269,7 @@ def test_empty_split_gives_none():
     assert set(s2ef) == set(m.S2EF_KEYS) and all(v is None for v in m.values(s2ef).values())
     is2re = m.is2re_metrics([], [])
     assert set(is2re) == set(m.IS2RE_KEYS) and all(v is None for v in m.values(is2re).values())
-    is2rs = m.is2rs_metrics([], [], [], [], [])
+    is2rs = m.is2rs_metrics([], [], [], [])
     assert set(is2rs) == set(m.IS2RS_KEYS) and all(v is None for v in m.values(is2rs).values())
 
 
@@ -191,7 +280,7 @@ def test_shape_mismatch_names_system():
     with pytest.raises(ValueError, match="system 0"):
         m.s2ef_metrics([0], [0], [ok], [ok], [np.ones(3, bool)])
     with pytest.raises(ValueError, match="system 1"):
-        m.is2rs_metrics([ok, ok], [ok, ok[:1]], [CELL10] * 2, [PBC] * 2, [np.ones(2, bool)] * 2)
+        m.is2rs_metrics([ok, ok], [ok, ok[:1]], [CELL10] * 2, [np.ones(2, bool)] * 2)
     with pytest.raises(ValueError):
         m.is2re_metrics([0.0, 1.0], [0.0])
 
@@ -203,9 +292,8 @@ def test_merging_halves_equals_whole():
     e_pred = e_true + rng.normal(scale=0.02, size=6)
     f_true = [rng.normal(size=(n, 3)) for n in n_atoms]
     f_pred = [f + rng.normal(scale=0.02, size=f.shape) for f in f_true]
-    free = [rng.random(n) < 0.7 for n in n_atoms]
+    free = [(np.arange(n) == 0) | (rng.random(n) < 0.7) for n in n_atoms]  # one free atom at least
     cells = [CELL10 + rng.normal(scale=0.5, size=(3, 3)) for _ in n_atoms]
-    pbc = [PBC, PBC, (True, True, False), PBC, (False,) * 3, PBC]
     p_true = [rng.random((n, 3)) * 10 for n in n_atoms]
     p_pred = [p + rng.normal(scale=0.1, size=p.shape) for p in p_true]
 
@@ -216,7 +304,7 @@ def test_merging_halves_equals_whole():
 
     for whole, halves in (parts(m.s2ef_metrics, e_true, e_pred, f_true, f_pred, free),
                           parts(m.is2re_metrics, e_true, e_pred),
-                          parts(m.is2rs_metrics, p_true, p_pred, cells, pbc, free)):
+                          parts(m.is2rs_metrics, p_true, p_pred, cells, free)):
         assert set(whole) == set(halves)
         for key in whole:
             assert whole[key].numel == halves[key].numel, key
@@ -237,10 +325,11 @@ def _loop_s2ef(rows, e_thr, f_thr):
         absdf.append(d.sum())
         comp += d.sum(axis=0)
         for a, b in zip(fp.astype(np.float32), ft.astype(np.float32), strict=True):
-            cos.append(float(np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), np.float32(1e-8))))
+            eps = np.float32(1e-8)
+            cos.append(float(np.dot(a, b) / (max(np.linalg.norm(a), eps) * max(np.linalg.norm(b), eps))))
         mag.extend(np.abs(np.linalg.norm(fp, axis=1) - np.linalg.norm(ft, axis=1)))
         n_free += int(free.sum())
-        within += int(de[-1] < e_thr and (d.size == 0 or d.max() < f_thr))
+        within += int(de[-1] < e_thr and d.max() < f_thr)
     return {"energy_mae": np.mean(de), "forces_mae": sum(absdf) / (3 * n_free),
             "forcesx_mae": comp[0] / n_free, "forcesy_mae": comp[1] / n_free, "forcesz_mae": comp[2] / n_free,
             "forces_cosine_similarity": sum(cos) / n_free, "forces_magnitude_error": sum(mag) / n_free,
@@ -260,7 +349,7 @@ def _s2ef_table(rng, n_rows=40):
                "reason": None, "seconds": 0.0, "energy_true": float(rng.normal()),
                "forces_true": ft.ravel().tolist(),
                "forces_pred": (ft + rng.normal(scale=0.02, size=ft.shape)).ravel().tolist(),
-               "free": (rng.random(n) < 0.7).tolist()}
+               "free": ((np.arange(n) == 0) | (rng.random(n) < 0.7)).tolist()}  # one free atom at least
         row["energy_pred"] = row["energy_true"] + float(rng.normal(scale=0.02))
         if i % 7 == 3:  # a failed structure contributes nothing
             row = {**{k: row[k] for k in ("id", "split", "n_atoms", "seconds")}, "status": "failed",

@@ -16,6 +16,7 @@ from mlip_zoo.evaluators.base import Terms
 ADWT_THRESHOLDS = np.arange(0.01, 0.5, 0.001)
 assert len(ADWT_THRESHOLDS) == 490
 _COS_EPS = np.float32(1e-8)
+NO_FREE_ATOMS = "every atom is fixed, so the forces and positions metrics are undefined"
 
 S2EF_KEYS = ("energy_mae", "forces_mae", "forcesx_mae", "forcesy_mae", "forcesz_mae",
              "forces_cosine_similarity", "forces_magnitude_error", "energy_forces_within_threshold")
@@ -79,6 +80,26 @@ def _check_atoms(n_sys: int, names: Sequence[str], *arrays) -> None:
             raise ValueError(f"system {i}: free has shape {free.shape}, expected ({a.shape[0]},)")
 
 
+def _require_free_atoms(n_free: np.ndarray) -> None:
+    """Forces and positions metrics need a free atom in every system. fairchem raises on such a
+    system (EFwT takes a max over no atoms); the tasks record it as a failed structure instead."""
+    empty = np.flatnonzero(n_free == 0)
+    if empty.size:
+        raise ValueError(f"system {int(empty[0])} has no free atoms: {NO_FREE_ATOMS}; leave it out "
+                         "(the OC20 tasks record such a structure as failed)")
+
+
+def force_cosine(forces_pred: np.ndarray, forces_true: np.ndarray) -> np.ndarray:
+    """Per-atom cosine of (n, 3) forces as torch.cosine_similarity (which fairchem calls) computes
+    it: in float32, each vector divided by its own norm clamped to 1e-8, then the dot product. The
+    cosine of two forces is unchanged when both are scaled, down to |F| ~ 1e-8; a zero force
+    scores 0."""
+    a, b = np.asarray(forces_pred, np.float32), np.asarray(forces_true, np.float32)
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), _COS_EPS)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), _COS_EPS)
+    return (a * b).sum(axis=1).astype(np.float64)
+
+
 def totals(terms: Terms) -> dict[str, Metric]:
     """The metrics of all systems: each term's (sum total, sum numel)."""
     return {k: Metric(float(total.sum()), int(numel.sum())) for k, (total, numel) in terms.items()}
@@ -121,12 +142,11 @@ def s2ef_terms(energy_true, energy_pred, forces_true, forces_pred, free, system,
         return np.bincount(owner, weights=values, minlength=n)
 
     n_free = np.bincount(owner, minlength=n).astype(float)
-    a, b = fp.astype(np.float32), ft.astype(np.float32)
-    denom = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), _COS_EPS)
-    cosine = ((a * b).sum(axis=1) / denom).astype(np.float64)
+    _require_free_atoms(n_free)
+    cosine = force_cosine(fp, ft)
     magnitude = np.abs(np.linalg.norm(fp, axis=1) - np.linalg.norm(ft, axis=1))
-    worst = np.zeros(n)  # max |dF_ic| over free atoms; 0 for a system without free atoms (energy alone)
-    np.maximum.at(worst, owner, df.max(axis=1) if df.size else np.zeros(0))
+    worst = np.zeros(n)  # max |dF_ic| over the system's free atoms (each system has one at least)
+    np.maximum.at(worst, owner, df.max(axis=1))
     de = np.abs(ep - et)
     ones = np.ones(n)
     return {"energy_mae": (de, ones), "forces_mae": (per_system(df.sum(axis=1)), 3 * n_free),
@@ -149,10 +169,10 @@ def s2ef_metrics(energy_true, energy_pred, forces_true, forces_pred, free, *,
     """S2EF metrics over free atoms.
 
     forces_mae = mean |dF| over free atoms x 3 components; forces{x,y,z}_mae per component;
-    forces_cosine_similarity = mean_i dot(Fp_i, Ft_i) / max(|Fp_i||Ft_i|, 1e-8) in float32;
-    forces_magnitude_error = mean_i | |Fp_i| - |Ft_i| |;
-    EFwT = share of systems with |dE| < energy_threshold and max_{free i, c} |dF_ic| < force_threshold
-    (a system without free atoms is judged on energy alone).
+    forces_cosine_similarity = mean_i dot(Fp_i, Ft_i) / (max(|Fp_i|, 1e-8) max(|Ft_i|, 1e-8)) in float32
+    (``force_cosine``); forces_magnitude_error = mean_i | |Fp_i| - |Ft_i| |;
+    EFwT = share of systems with |dE| < energy_threshold and max_{free i, c} |dF_ic| < force_threshold.
+    A system without free atoms raises ValueError (its EFwT is undefined; fairchem raises too).
     """
     et, ep = _check_energies(energy_true, energy_pred)
     _check_atoms(et.size, ("forces_true", "forces_pred", "free"), forces_true, forces_pred, free)
@@ -162,22 +182,25 @@ def s2ef_metrics(energy_true, energy_pred, forces_true, forces_pred, free, *,
 
 
 def min_image(diff: np.ndarray, cell: np.ndarray, pbc=(True, True, True)) -> np.ndarray:
-    """Minimum-image displacement: frac = solve(cell.T, diff.T).T, wrap periodic axes into (-0.5, 0.5]
-    (frac %= 1 twice so 1.0 maps to 0, then frac > 0.5 -> frac - 1), back to Cartesian as frac @ cell.
-    Without periodicity (all pbc False or a zero cell) the raw difference is returned."""
+    """Minimum-image displacement of (n, 3) vectors (or one (3,) vector): frac = solve(cell.T, diff),
+    wrap the periodic axes into (-0.5, 0.5] (frac %= 1 twice so 1.0 maps to 0, then frac > 0.5 ->
+    frac - 1), back to Cartesian as frac @ cell. ``cell`` is one (3, 3) cell or one per vector
+    (n, 3, 3). A vector whose cell is all zeros (no cell), or all pbc False, is returned as is."""
     diff = np.asarray(diff, dtype=float)
-    cell = np.asarray(cell, dtype=float).reshape(3, 3)
-    periodic = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
-    if not periodic.any() or not cell.any():
-        return diff.copy()
     vecs = diff.reshape(-1, 3)
-    frac = np.linalg.solve(cell.T, vecs.T).T
-    for axis in np.flatnonzero(periodic):
-        col = frac[:, axis] % 1.0
-        col %= 1.0
-        col[col > 0.5] -= 1.0
-        frac[:, axis] = col
-    return (frac @ cell).reshape(diff.shape)
+    cells = np.broadcast_to(np.asarray(cell, dtype=float).reshape(-1, 3, 3), (len(vecs), 3, 3))
+    periodic = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    has_cell = cells.any(axis=(1, 2))
+    out = vecs.copy()
+    if periodic.any() and has_cell.any():
+        own = cells[has_cell]
+        frac = np.linalg.solve(np.swapaxes(own, 1, 2), vecs[has_cell][..., None])[..., 0]
+        wrapped = frac % 1.0
+        wrapped %= 1.0
+        wrapped[wrapped > 0.5] -= 1.0
+        frac[:, periodic] = wrapped[:, periodic]
+        out[has_cell] = np.einsum("ni,nij->nj", frac, own)
+    return out.reshape(diff.shape)
 
 
 def adwt_curve(distances) -> tuple[np.ndarray, np.ndarray]:
@@ -188,33 +211,54 @@ def adwt_curve(distances) -> tuple[np.ndarray, np.ndarray]:
     return ADWT_THRESHOLDS.copy(), (d[:, None] < ADWT_THRESHOLDS[None, :]).mean(axis=0)
 
 
-def is2rs_terms(pos_true, pos_pred, cells, pbc, free) -> Terms:
-    """Per system: its ADwT share over 1, and its |dx| and dx^2 sums over its free atoms x 3."""
-    n_sys = len(pos_true)
-    _check_atoms(n_sys, ("pos_true", "pos_pred", "free"), pos_true, pos_pred, free)
-    for name, arr in (("cells", cells), ("pbc", pbc)):
-        if len(arr) != n_sys:
-            raise ValueError(f"{name} has {len(arr)} systems, expected {n_sys}")
-    adwt, abs_sum, sq_sum, n_comp = (np.zeros(n_sys) for _ in range(4))
-    for i in range(n_sys):
-        if np.asarray(cells[i]).size != 9 or np.asarray(pbc[i]).size not in (1, 3):
-            raise ValueError(f"system {i}: cell must be (3, 3) and pbc 3 booleans")
-        mask = np.asarray(free[i], dtype=bool)
-        raw = np.asarray(pos_pred[i], float)[mask] - np.asarray(pos_true[i], float)[mask]
-        if mask.any():  # a system without free atoms has d = NaN and passes no threshold, as in fairchem
-            d = float(np.linalg.norm(min_image(raw, cells[i], pbc[i]), axis=1).mean())
-            adwt[i] = np.count_nonzero(d < ADWT_THRESHOLDS) / ADWT_THRESHOLDS.size
-        abs_sum[i], sq_sum[i], n_comp[i] = np.abs(raw).sum(), (raw ** 2).sum(), raw.size
-    return {"average_distance_within_threshold": (adwt, np.ones(n_sys)),
-            "positions_mae": (abs_sum, n_comp), "positions_mse": (sq_sum, n_comp)}
+def is2rs_terms(pos_true, pos_pred, cells, free, system) -> Terms:
+    """Per-system terms of the IS2RS metrics, on all atoms at once: its ADwT share over 1, and its
+    |dx| and dx^2 sums over its free atoms x 3.
+
+    ``pos_true``/``pos_pred`` are every system's (n_i, 3) positions stacked in system order, ``cells``
+    the (n_sys, 3, 3) cells, ``free`` the stacked free-atom mask and ``system`` each atom's system.
+    ADwT distances take the minimum image along all three cell vectors, whatever the data's pbc:
+    fairchem's trainer scores IS2RS with pbc = [True, True, True] (an OC20 slab is stored with
+    pbc (T, T, F), so an adsorbate moved by most of the cell height counts as moved by the rest).
+    """
+    pt, pp = np.asarray(pos_true, dtype=float), np.asarray(pos_pred, dtype=float)
+    cells = np.asarray(cells, dtype=float)
+    free, system = np.asarray(free, dtype=bool), np.asarray(system, dtype=np.int64)
+    if pt.shape != pp.shape or pt.ndim != 2 or pt.shape[1] != 3 or free.shape != pt.shape[:1] \
+            or system.shape != free.shape or cells.ndim != 3 or cells.shape[1:] != (3, 3):
+        raise ValueError(f"stacked positions {pt.shape} and {pp.shape}, free {free.shape}, system {system.shape} "
+                         f"and cells {cells.shape} must be (n_atoms, 3), (n_atoms, 3), (n_atoms,), (n_atoms,) "
+                         "and (n_systems, 3, 3)")
+    n = len(cells)
+    owner = system[free]
+    n_free = np.bincount(owner, minlength=n).astype(float)
+    _require_free_atoms(n_free)
+    raw = pp[free] - pt[free]
+    dist = np.linalg.norm(min_image(raw, cells[owner]), axis=1)
+    d = np.bincount(owner, weights=dist, minlength=n) / n_free
+    # thresholds t with d < t: all but those <= d (the thresholds are sorted)
+    passed = ADWT_THRESHOLDS.size - np.searchsorted(ADWT_THRESHOLDS, d, side="right")
+    return {"average_distance_within_threshold": (passed / ADWT_THRESHOLDS.size, np.ones(n)),
+            "positions_mae": (np.bincount(owner, weights=np.abs(raw).sum(axis=1), minlength=n), 3 * n_free),
+            "positions_mse": (np.bincount(owner, weights=(raw ** 2).sum(axis=1), minlength=n), 3 * n_free)}
 
 
-def is2rs_metrics(pos_true, pos_pred, cells, pbc, free) -> dict[str, Metric]:
+def is2rs_metrics(pos_true, pos_pred, cells, free) -> dict[str, Metric]:
     """IS2RS metrics over free atoms.
 
-    ADwT, on minimum-image differences dp: d_s = mean_i |dp_i| per system; total = sum_s #{t : d_s < t} / 490, numel = #systems
-    (a system with no free atoms has d = NaN and passes no threshold, as in fairchem).
+    ADwT, on minimum-image differences dp with every axis periodic (as fairchem's trainer scores
+    it): d_s = mean_i |dp_i| per system; total = sum_s #{t : d_s < t} / 490, numel = #systems.
     positions_mae / positions_mse = mean |x_pred - x_true| / its square over free atoms x 3
     components, on raw (unwrapped) differences, as fairchem's evaluator computes them.
+    A system without free atoms raises ValueError (its distance is undefined).
     """
-    return totals(is2rs_terms(pos_true, pos_pred, cells, pbc, free))
+    n_sys = len(pos_true)
+    _check_atoms(n_sys, ("pos_true", "pos_pred", "free"), pos_true, pos_pred, free)
+    if len(cells) != n_sys:
+        raise ValueError(f"cells has {len(cells)} systems, expected {n_sys}")
+    for i, cell in enumerate(cells):
+        if np.asarray(cell).size != 9:
+            raise ValueError(f"system {i}: cell has {np.asarray(cell).size} numbers, expected a (3, 3) cell")
+    system = np.repeat(np.arange(n_sys), [len(np.asarray(f)) for f in free])
+    return totals(is2rs_terms(_stack(pos_true), _stack(pos_pred), np.reshape(np.asarray(cells, float), (-1, 3, 3)),
+                              _stack(free, None), system))

@@ -6,6 +6,9 @@
 
 IS2RE and IS2RS produce identical per-structure rows (energy and positions of the relaxation), so
 they share a work key and the runner relaxes each structure once for both.
+
+A structure whose atoms are all fixed is a failed row in every task (reason ``NO_FREE_ATOMS``):
+its forces and positions metrics are undefined (fairchem's EFwT raises on it).
 """
 
 from __future__ import annotations
@@ -41,9 +44,16 @@ def _split(atoms: Atoms) -> str:
     return str(atoms.info.get("split", "all"))
 
 
-def _failed(atoms: Atoms, index: int, exc: Exception, seconds: float) -> dict[str, Any]:
+def _failed(atoms: Atoms, index: int, reason: Exception | str, seconds: float) -> dict[str, Any]:
+    if isinstance(reason, Exception):
+        reason = f"{type(reason).__name__}: {reason}"
     return {"id": record_id(atoms, index), "split": _split(atoms), "n_atoms": len(atoms), "status": "failed",
-            "reason": f"{type(exc).__name__}: {exc}", "seconds": seconds}
+            "reason": reason, "seconds": seconds}
+
+
+# A structure whose atoms are all fixed has no forces or positions to score (fairchem's EFwT raises
+# on it): a failed structure with this reason, never a silent energy-only score.
+NO_FREE_ATOMS = f"no free atoms: {m.NO_FREE_ATOMS}"
 
 
 def _numbers(table: pa.Table, column: str) -> np.ndarray:
@@ -148,15 +158,21 @@ class S2EF(_OC20Task):
         for i, atoms in enumerate(records):
             t0 = time.perf_counter()
             try:
+                # the model first: a structure it cannot take (no atoms at all, NaN positions) says so
                 (pred,) = potential.predict([atoms], properties=("energy", "forces"))
-                rows.append({
-                    "id": record_id(atoms, i), "split": _split(atoms), "n_atoms": len(atoms), "status": "ok",
-                    "reason": None, "seconds": time.perf_counter() - t0,
-                    "energy_true": float(atoms.calc.results["energy"]), "energy_pred": pred.energy,
-                    "forces_true": np.asarray(atoms.calc.results["forces"], float).ravel().tolist(),
-                    "forces_pred": pred.forces.ravel().tolist(), "free": free_mask(atoms).tolist()})
             except Exception as exc:  # recorded, never fatal: one structure must not sink a run
                 rows.append(_failed(atoms, i, exc, time.perf_counter() - t0))
+                continue
+            free = free_mask(atoms)
+            if not free.any():
+                rows.append(_failed(atoms, i, NO_FREE_ATOMS, time.perf_counter() - t0))
+                continue
+            rows.append({
+                "id": record_id(atoms, i), "split": _split(atoms), "n_atoms": len(atoms), "status": "ok",
+                "reason": None, "seconds": time.perf_counter() - t0,
+                "energy_true": float(atoms.calc.results["energy"]), "energy_pred": pred.energy,
+                "forces_true": np.asarray(atoms.calc.results["forces"], float).ravel().tolist(),
+                "forces_pred": pred.forces.ravel().tolist(), "free": free.tolist()})
         return rows
 
     def _ok_terms(self, ok: pa.Table) -> Terms:
@@ -185,7 +201,8 @@ class _Relaxation(_OC20Task):
 
     def work_key(self) -> str:
         # Same dataset + same relaxation protocol = same rows, whichever of IS2RE/IS2RS asks.
-        return "oc20-relax:" + self.protocol.model_dump_json()
+        # "rows 2": structures without free atoms are failed rows (older shards scored them).
+        return "oc20-relax:rows 2:" + self.protocol.model_dump_json()
 
     def accepts(self, atoms: Atoms) -> str | None:
         if "y_relaxed" not in atoms.info or "pos_relaxed" not in atoms.arrays:
@@ -199,6 +216,10 @@ class _Relaxation(_OC20Task):
             if isinstance(result, Exception):
                 rows.append(_failed(atoms, i, result, seconds))
                 continue
+            free = free_mask(atoms)
+            if not free.any():  # IS2RE fails it too: the two tasks share these rows
+                rows.append(_failed(atoms, i, NO_FREE_ATOMS, seconds))
+                continue
             rows.append({
                 "id": record_id(atoms, i), "split": _split(atoms), "n_atoms": len(atoms), "status": "ok",
                 "reason": None, "seconds": seconds,
@@ -206,7 +227,7 @@ class _Relaxation(_OC20Task):
                 "pos_true": np.asarray(atoms.arrays["pos_relaxed"], float).ravel().tolist(),
                 "pos_pred": result.atoms.get_positions().ravel().tolist(),
                 "cell": np.asarray(atoms.cell, float).ravel().tolist(), "pbc": [bool(p) for p in atoms.pbc],
-                "free": free_mask(atoms).tolist(), "converged": result.converged, "steps": result.steps})
+                "free": free.tolist(), "converged": result.converged, "steps": result.steps})
         return rows
 
 
@@ -232,7 +253,7 @@ class IS2RS(_Relaxation):
         pos_pred, n_pred = _stacked(ok, "pos_pred")
         free, n_atoms = _stacked(ok, "free")
         _check_lengths(ok, 3 * n_atoms, pos_true=n_true, pos_pred=n_pred)
-        cut = np.cumsum(n_atoms)[:-1]
-        cells, pbc = _stacked(ok, "cell")[0].reshape(-1, 3, 3), _stacked(ok, "pbc")[0].reshape(-1, 3)
-        return m.is2rs_terms(np.split(pos_true.reshape(-1, 3), cut), np.split(pos_pred.reshape(-1, 3), cut), cells,
-                             pbc, np.split(free, cut))
+        # the pbc column is not read: fairchem scores ADwT with every axis periodic (see is2rs_terms)
+        cells = _stacked(ok, "cell")[0].reshape(-1, 3, 3)
+        return m.is2rs_terms(pos_true.reshape(-1, 3), pos_pred.reshape(-1, 3), cells, free,
+                             np.repeat(np.arange(ok.num_rows), n_atoms))
