@@ -26,7 +26,11 @@ from mlip_zoo.errors import DatasetError
 
 # ---- metrics equal the reference implementation ------------------------------------------------
 
-def test_subset_metrics_equal_matbench_discovery_stable_metrics():
+def test_subset_metrics_equal_matbench_discovery_1_3_1_where_the_definitions_agree():
+    """1.3.1's stable_metrics on each subset gives every number but two: Accuracy, which 1.3.1 divides by
+    the non-NaN count (the latest reference divides by every row, a NaN being "predicted unstable"), and
+    the DAF of the unique-prototype and most-stable subsets, whose denominator is the prevalence of the
+    unique prototypes (matbench-discovery's calc_discovery_metrics), not the subset's own."""
     from matbench_discovery.metrics import stable_metrics
 
     rng = np.random.default_rng(1)
@@ -42,12 +46,64 @@ def test_subset_metrics_equal_matbench_discovery_stable_metrics():
     most_stable = np.zeros(n, bool)
     uniq = np.flatnonzero(unique)
     most_stable[uniq[np.argsort(np.nan_to_num(each_pred[uniq], nan=np.inf), kind="stable")[:50]]] = True
+    uniq_prevalence = np.mean(each_true[unique] <= 0)
     for name, mask in {"full_test_set": np.ones(n, bool), "unique_prototypes": unique,
                        "most_stable": most_stable}.items():
         reference = stable_metrics(each_true[mask], each_pred[mask], fillna=True)
         assert ours[name]["n"] == mask.sum()
         for key, value in reference.items():
-            assert ours[name][key] == pytest.approx(float(value), rel=0, abs=0), (name, key)
+            if key in ("TP", "FP", "TN", "FN"):
+                assert ours[name][key] == value, (name, key)
+            elif key not in ("Accuracy", "DAF"):
+                assert ours[name][key] == pytest.approx(float(value), rel=1e-12, abs=0), (name, key)
+        tp, tn = reference["TP"], reference["TN"]
+        assert ours[name]["Accuracy"] == pytest.approx((tp + tn) / mask.sum(), rel=1e-15)
+        if np.isnan(each_pred[mask]).any():  # 1.3.1 left the failed ones out of the count
+            assert ours[name]["Accuracy"] < reference["Accuracy"], name
+        else:  # the most stable ones: failures rank last, none is among them
+            assert ours[name]["Accuracy"] == pytest.approx(reference["Accuracy"], rel=1e-15), name
+        prevalence = np.mean(each_true[mask] <= 0) if name == "full_test_set" else uniq_prevalence
+        assert ours[name]["DAF"] == pytest.approx(reference["Precision"] / prevalence, rel=1e-12), name
+
+
+def test_daf_of_the_most_stable_subset_divides_by_the_unique_prototypes_prevalence():
+    """Four unique prototypes, two stable (prevalence 0.5); a perfect model's two most stable are both
+    stable: precision 1, DAF 1 / 0.5 = 2 (dividing by the subset's own prevalence, 1, gave 1)."""
+    each_true = np.array([-0.1, -0.05, 0.1, 0.2])
+    out = m.discovery_metrics(each_true, np.zeros(4), np.zeros(4), np.ones(4, bool), most_stable_n=2)
+    assert out["most_stable"]["n"] == 2 and out["most_stable"]["Precision"] == 1.0
+    assert out["most_stable"]["DAF"] == 2.0
+    assert out["unique_prototypes"]["DAF"] == 2.0 and out["full_test_set"]["DAF"] == 2.0
+
+
+def test_accuracy_counts_a_failed_prediction_as_predicted_unstable_over_every_row():
+    """TP = 1, TN = 2 (one of them a failed prediction of an unstable material), FN = 1 (a failed
+    prediction of a stable one): Accuracy 3/4. matbench-discovery 1.3.1 divided by the 2 non-NaN
+    rows, 3/2 > 1; the latest reference fixed it."""
+    from matbench_discovery.metrics import stable_metrics as stable_metrics_1_3_1
+
+    each_true = np.array([-0.1, 0.1, 0.2, -0.3])
+    each_pred = np.array([-0.1, 0.1, np.nan, np.nan])
+    out = m.stable_metrics(each_true, each_pred)
+    assert (out["TP"], out["FP"], out["TN"], out["FN"]) == (1, 0, 2, 1)
+    assert out["Accuracy"] == 0.75
+    assert stable_metrics_1_3_1(each_true, each_pred)["Accuracy"] == 1.5
+    assert out["MAE"] == 0.0 and out["R2"] == 1.0  # regression metrics drop the NaN rows
+
+
+def test_a_subset_with_stable_materials_only():
+    """All stable; predictions -0.1 (TP), 0.1 (FN) and NaN (FN). Precision 1, Recall 1/3, F1 = 2 (1/3) / (4/3)
+    = 1/2, DAF = 1 / 1, Accuracy 1/3 over every row, FPR and TNR undefined, and R2 on the two defined
+    rows: 1 - 0.09 / 0.005 = -17 (it was None)."""
+    each_true = np.array([-0.1, -0.2, -0.05])  # e_form_dft = each_true: each_pred is the model's e_form
+    out = m.discovery_metrics(each_true, [-0.1, 0.1, np.nan], each_true, np.ones(3, bool), 10)["full_test_set"]
+    assert (out["TP"], out["FP"], out["TN"], out["FN"]) == (1, 0, 0, 2)
+    assert out["Precision"] == 1.0 and out["Recall"] == pytest.approx(1 / 3, rel=1e-15)
+    assert out["F1"] == pytest.approx(0.5, rel=1e-15) and out["DAF"] == 1.0
+    assert out["Accuracy"] == pytest.approx(1 / 3, rel=1e-15)
+    assert out["FPR"] is None and out["TNR"] is None and out["FNR"] == pytest.approx(2 / 3, rel=1e-15)
+    assert out["MAE"] == pytest.approx(0.15, rel=1e-12) and out["RMSE"] == pytest.approx(0.045 ** 0.5, rel=1e-12)
+    assert out["R2"] == pytest.approx(-17.0, rel=1e-12)
 
 
 def test_a_negative_bias_moves_f1_and_daf_as_an_independent_count_predicts():
@@ -73,29 +129,77 @@ def test_a_negative_bias_moves_f1_and_daf_as_an_independent_count_predicts():
 
 
 def test_a_subset_without_stable_materials_gets_defined_counts_not_an_exception():
-    """stable_metrics raises when a subset has no stable material (its sanity check meets NaN);
-    the subset still reports counts, MAE and precision, and leaves recall-based ratios undefined."""
+    """No stable material (1.3.1 raised on its sanity check): counts, Accuracy, precision, MAE and R2 are
+    defined; F1 is NaN without a true positive and the recall-based ratios and DAF (prevalence 0) are undefined,
+    as in the latest matbench-discovery."""
     each_true = np.array([0.1, 0.2, 0.05, 0.3])
     e_form_dft = np.zeros(4)
     e_form_pred = np.array([-0.2, 0.0, 0.0, 0.0])  # the first one predicted stable: a false positive
     out = m.discovery_metrics(each_true, e_form_pred, e_form_dft, np.ones(4, bool), 10)["full_test_set"]
     assert (out["TP"], out["FP"], out["TN"], out["FN"]) == (0, 1, 3, 0)
     assert out["Precision"] == 0.0 and out["Accuracy"] == 0.75
-    assert out["Recall"] is None and out["F1"] is None and out["DAF"] is None and out["R2"] is None
+    assert out["FPR"] == 0.25 and out["TNR"] == 0.75
+    assert out["Recall"] is None and out["F1"] is None and out["DAF"] is None and out["FNR"] is None
     assert out["MAE"] == pytest.approx(0.05)
+    # errors (0.2, 0, 0, 0) against a spread of 0.036875 around the mean 0.1625
+    assert out["R2"] == pytest.approx(1 - 0.04 / 0.036875, rel=1e-12)
+
+
+def test_f1_is_undefined_without_a_true_positive_even_with_both_classes():
+    """Stable and unstable materials, none found: precision 0 and recall 0, so F1 = 0 / 0 is NaN (None),
+    as in the reference (it was 0.0 here)."""
+    out = m.stable_metrics(np.array([-0.1, 0.1]), np.array([0.1, -0.1]))
+    assert (out["TP"], out["FP"], out["TN"], out["FN"]) == (0, 1, 0, 1)
+    assert out["Precision"] == 0.0 and out["Recall"] == 0.0 and np.isnan(out["F1"])
+    assert out["DAF"] == 0.0 and out["Accuracy"] == 0.0
 
 
 def test_geo_opt_metrics_follow_matbench_discovery_definitions():
     out = m.geo_opt_metrics(
-        [0.0, 0.1, np.nan, np.nan],
+        [0.0, 0.1, np.nan, np.nan], [False, False, False, True],
         {"1e-2": np.array([225, 221, 12, np.nan])}, {"1e-2": np.array([225, 225, 12, 194])},
         {"1e-2": np.array([48, 48, 8, np.nan])}, {"1e-2": np.array([48, 48, 4, 24])})
-    assert out["rmsd"] == pytest.approx((0.0 + 0.1 + 1.0 + 1.0) / 4)  # no match / failed -> 1 Å
+    assert out["rmsd"] == pytest.approx((0.0 + 0.1 + 1.0) / 3)  # no match -> 1 Å; the failed one has no row
+    assert out["rmsd_failed_as_1A"] == pytest.approx((0.0 + 0.1 + 1.0 + 1.0) / 4)
+    assert out["n"] == 4 and out["n_failed"] == 1
     sym = out["symprec=1e-2"]
     assert sym["n"] == 3  # the failed relaxation is not analysed
     assert sym["symmetry_match"] == pytest.approx(2 / 3)  # 225 == 225 and 12 == 12
     assert sym["symmetry_decrease"] == 0.0 and sym["symmetry_increase"] == 0.0  # 221 vs 225: same n_ops
     assert sym["n_sym_ops_mae"] == pytest.approx(4 / 3)
+
+
+def test_geo_opt_rmsd_leaves_failed_relaxations_out_as_matbench_discovery_does():
+    """Two structures, one relaxed to 0.1 Å, one failed: matbench-discovery's mean is 0.1 (the failed one
+    has no row); the penalised variant counts it as 1 Å: 0.55."""
+    nan = {"1e-2": np.array([np.nan, np.nan])}
+    out = m.geo_opt_metrics([0.1, np.nan], [False, True], nan, nan, nan, nan)
+    assert out["rmsd"] == pytest.approx(0.1, rel=1e-15)
+    assert out["rmsd_failed_as_1A"] == pytest.approx(0.55, rel=1e-15)
+    assert m.geo_opt_metrics([np.nan], [True], nan, nan, nan, nan)["rmsd"] is None  # nothing relaxed
+    from mlip_zoo.evaluators.base import load_task_config
+
+    assert load_task_config("geo-opt").metrics["rmsd_failed_as_1A"].description
+
+
+def test_geo_opt_task_reads_the_predictions_table_column_wise():
+    """The task's metrics from rows: one relaxed structure (0.1 Å, same space group at 1e-2, lower at 1e-5)
+    and one failed relaxation (no geometry columns)."""
+    import pyarrow as pa
+
+    from mlip_zoo.evaluators.base import evaluator_for
+    from mlip_zoo.evaluators.discovery.tasks import GeoOpt
+
+    rows = [{"id": "a", "status": "ok", "rmsd": 0.1, "spg_pred": [225, 221], "spg_ref": [225, 225],
+             "n_ops_pred": [48, 24], "n_ops_ref": [48, 48]},
+            {"id": "b", "status": "failed", "reason": "RuntimeError: boom"}]
+    out = evaluator_for("geo-opt").metrics(pa.Table.from_pylist(rows, schema=GeoOpt.schema))
+    assert out["rmsd"] == pytest.approx(0.1, rel=1e-15) and out["rmsd_failed_as_1A"] == pytest.approx(0.55)
+    assert out["n"] == 2 and out["n_failed"] == 1
+    assert out["symprec=1e-2"] == {"symmetry_match": 1.0, "symmetry_decrease": 0.0, "symmetry_increase": 0.0,
+                                   "n_sym_ops_mae": 0.0, "n": 1}
+    assert out["symprec=1e-5"] == {"symmetry_match": 0.0, "symmetry_decrease": 1.0, "symmetry_increase": 0.0,
+                                   "n_sym_ops_mae": 24.0, "n": 1}
 
 
 def test_rmsd_of_a_structure_with_itself_is_zero_and_symmetry_is_read():

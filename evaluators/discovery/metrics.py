@@ -1,16 +1,24 @@
-"""Matbench Discovery's metrics, computed its way.
+"""Matbench Discovery's metrics, our own vectorised implementation of its definitions.
 
-Discovery: ``each_pred = each_true + e_form_model - e_form_dft`` (eV/atom) and
-``matbench_discovery.metrics.stable_metrics`` (stability threshold 0; a NaN prediction counts as
-unstable, regression metrics drop NaNs) on three subsets: the full set, the unique prototypes, and
-the ``most_stable_n`` unique prototypes with the lowest ``each_pred``.
+Reference: matbench-discovery at commit 2c7f9fc (2026-07, after 1.3.1),
+``matbench_discovery/metrics/discovery.py`` (``stable_metrics``, ``calc_discovery_metrics``) and
+``metrics/geo_opt.py`` (``calc_geo_opt_metrics``). It agrees with 1.3.1 except where 1.3.1 was
+wrong: Accuracy divided by the non-NaN count (it could exceed 1) and a subset with one class only
+raised or lost its R2. Nothing here imports matbench_discovery.
+
+Discovery: ``each_pred = each_true + e_form_model - e_form_dft`` (eV/atom); stable means <= 0. A
+NaN prediction counts as predicted unstable, a NaN ``each_true`` as neither stable nor unstable;
+MAE, RMSE and R2 drop rows with a NaN. Three subsets: the full set, the unique prototypes, and the
+``most_stable_n`` unique prototypes with the lowest ``each_pred``; the DAF of the last two divides
+their precision by the prevalence of the unique prototypes (the reference's DAF denominator).
 
 Geometry optimisation (matbench-discovery ``structure/symmetry.py`` + ``metrics/geo_opt.py``):
 RMSD from pymatgen ``StructureMatcher(stol=1.0, scale=False).get_rms_dist`` (no match -> NaN,
 filled with 1.0 Å); symmetry from moyopy at each ``symprec``: space-group number and number of
 operations of the model's vs the reference structure; a structure "matches" when the space-group
 numbers are equal, "decreases"/"increases" when they differ and the model's has fewer/more
-operations.
+operations. A failed relaxation has no row in matbench-discovery: ``rmsd`` leaves it out, and
+``rmsd_failed_as_1A`` counts it as 1 Å (a penalised variant of ours).
 """
 
 from __future__ import annotations
@@ -21,8 +29,10 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-RMSD_FILL = 1.0  # Å, for structures StructureMatcher cannot match (and failed relaxations)
+STABILITY_THRESHOLD = 0.0  # eV/atom above the hull
+RMSD_FILL = 1.0  # Å: StructureMatcher's stol, for structures it cannot match
 SUBSETS = ("full_test_set", "unique_prototypes", "most_stable")
+NAN = float("nan")
 
 
 def _clean(value: Any) -> Any:
@@ -31,48 +41,57 @@ def _clean(value: Any) -> Any:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def stable_metrics(each_true: np.ndarray, each_pred: np.ndarray) -> dict[str, Any]:
-    # Only this submodule: matbench_discovery.energy downloads from figshare when imported.
-    from matbench_discovery.metrics import stable_metrics as reference
-
-    if len(each_true) == 0:
-        return {}
-    with np.errstate(divide="ignore", invalid="ignore"):
-        try:
-            values = reference(each_true, each_pred, fillna=True)
-        except (ZeroDivisionError, ValueError):
-            # A subset without stable (or unstable) materials: the ratios are undefined, as is R2.
-            values = _degenerate(each_true, each_pred)
-    return {k: _clean(v) for k, v in values.items()}
+def _ratio(num: float, den: float) -> float:
+    """num / den, NaN when den is not positive (the reference's guard on every ratio)."""
+    return num / den if den > 0 else NAN
 
 
-def _degenerate(each_true: np.ndarray, each_pred: np.ndarray) -> dict[str, float]:
-    from matbench_discovery.metrics import classify_stable
+def _r2(y: np.ndarray, y_hat: np.ndarray) -> float:
+    """sklearn's r2_score (force_finite): 1 for a perfect fit, 0 for an imperfect one of a constant
+    truth; NaN with fewer than two rows, where the reference does not call it."""
+    if y.size < 2:
+        return NAN
+    residual, spread = np.sum((y - y_hat) ** 2), np.sum((y - y.mean()) ** 2)
+    if residual == 0:
+        return 1.0
+    return float(1 - residual / spread) if spread != 0 else 0.0
 
-    tp, fn, fp, tn = (int(np.sum(x)) for x in classify_stable(each_true, each_pred, fillna=True))
+
+def stable_metrics(each_true, each_pred, *, prevalence: float | None = None) -> dict[str, float | int]:
+    """Classification (F1, DAF, Precision, Recall, Accuracy, TPR, FPR, TNR, FNR, TP, FP, TN, FN) and
+    regression (MAE, RMSE, R2) metrics of predicted hull distances, NaN where undefined.
+
+    F1 is NaN without a true positive (precision + recall = 0 or undefined); Accuracy is
+    (TP + TN) over every row with a defined truth. DAF = precision / ``prevalence``, by default this
+    set's own share of stable materials."""
+    each_true, each_pred = np.asarray(each_true, float), np.asarray(each_pred, float)
+    if each_true.shape != each_pred.shape or each_true.ndim != 1:
+        raise ValueError(f"each_true {each_true.shape} and each_pred {each_pred.shape} must be one value per row")
+    stable, unstable = each_true <= STABILITY_THRESHOLD, each_true > STABILITY_THRESHOLD
+    called = each_pred <= STABILITY_THRESHOLD  # False for NaN: a failed prediction is "unstable"
+    tp, fn = int(np.count_nonzero(stable & called)), int(np.count_nonzero(stable & ~called))
+    fp, tn = int(np.count_nonzero(unstable & called)), int(np.count_nonzero(unstable & ~called))
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    if prevalence is None:
+        prevalence = _ratio(tp + fn, tp + fn + fp + tn)
     ok = ~(np.isnan(each_true) | np.isnan(each_pred))
     err = each_true[ok] - each_pred[ok]
-    nan = float("nan")
-
-    def ratio(a, b):
-        return a / b if b else nan
-
-    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
-    prevalence = ratio(tp + fn, tp + fn + fp + tn)
-    return {"F1": ratio(2 * precision * recall, precision + recall) if tp else (0.0 if tp + fn else nan),
-            "DAF": ratio(precision, prevalence), "Precision": precision, "Recall": recall,
-            "Accuracy": ratio(tp + tn, int(ok.sum())), "TPR": recall, "FPR": ratio(fp, fp + tn),
-            "TNR": ratio(tn, fp + tn), "FNR": ratio(fn, tp + fn), "TP": tp, "FP": fp, "TN": tn, "FN": fn,
-            "MAE": float(np.abs(err).mean()) if err.size else nan,
-            "RMSE": float(np.sqrt((err ** 2).mean())) if err.size else nan, "R2": nan}
+    return {"F1": 2 * (precision * recall) / (precision + recall) if precision + recall > 0 else NAN,
+            "DAF": _ratio(precision, prevalence), "Precision": precision, "Recall": recall,
+            "Accuracy": _ratio(tp + tn, tp + fn + fp + tn),
+            "TPR": recall, "FPR": _ratio(fp, fp + tn), "TNR": _ratio(tn, fp + tn), "FNR": _ratio(fn, tp + fn),
+            "TP": tp, "FP": fp, "TN": tn, "FN": fn,
+            "MAE": float(np.abs(err).mean()) if err.size else NAN,
+            "RMSE": float(np.sqrt((err ** 2).mean())) if err.size else NAN,
+            "R2": _r2(each_true[ok], each_pred[ok])}
 
 
 def subsets(each_pred: np.ndarray, unique: np.ndarray, most_stable_n: int) -> dict[str, np.ndarray]:
-    """Boolean masks of the three subsets. "Most stable" ranks unique prototypes by each_pred;
-    failed predictions (NaN) rank last, as they would in a sorted pandas column."""
+    """Boolean masks of the three subsets. "Most stable" ranks unique prototypes by each_pred, ties
+    in row order and failed predictions (NaN) last, as the reference's stable pandas sort does."""
     uniq_idx = np.flatnonzero(unique)
-    order = uniq_idx[np.argsort(np.where(np.isnan(each_pred[uniq_idx]), np.inf, each_pred[uniq_idx]),
-                                kind="stable")]
+    values = each_pred[uniq_idx]
+    order = uniq_idx[np.lexsort((values, np.isnan(values)))]  # lexsort is stable
     most_stable = np.zeros(len(each_pred), bool)
     most_stable[order[:most_stable_n]] = True
     return {"full_test_set": np.ones(len(each_pred), bool), "unique_prototypes": unique.astype(bool),
@@ -80,12 +99,18 @@ def subsets(each_pred: np.ndarray, unique: np.ndarray, most_stable_n: int) -> di
 
 
 def discovery_metrics(each_true, e_form_pred, e_form_dft, unique, most_stable_n: int) -> dict[str, Any]:
+    """Per subset, ``stable_metrics`` (NaN -> None) and its row count ``n``."""
     each_true = np.asarray(each_true, float)
     each_pred = each_true + np.asarray(e_form_pred, float) - np.asarray(e_form_dft, float)
-    masks = subsets(each_pred, np.asarray(unique, bool), most_stable_n)
+    unique = np.asarray(unique, bool)
+    masks = subsets(each_pred, unique, most_stable_n)
+    # The reference's DAF denominator: a NaN each_true counts as not stable here (a mean over rows).
+    uniq_prevalence = float(np.mean(each_true[unique] <= STABILITY_THRESHOLD)) if unique.any() else NAN
     out: dict[str, Any] = {}
     for name, mask in masks.items():
-        out[name] = {**stable_metrics(each_true[mask], each_pred[mask]), "n": int(mask.sum())}
+        values = stable_metrics(each_true[mask], each_pred[mask],
+                                prevalence=None if name == "full_test_set" else uniq_prevalence)
+        out[name] = {**{k: _clean(v) for k, v in values.items()}, "n": int(mask.sum())}
     return out
 
 
@@ -110,25 +135,35 @@ def symmetry(atoms: Atoms, symprec: float) -> tuple[int, int]:
     return int(data.number), int(data.operations.num_operations)
 
 
-def geo_opt_metrics(rmsd, spg_pred, spg_ref, ops_pred, ops_ref) -> dict[str, Any]:
-    """Mean RMSD (NaN -> 1 Å) and, per symprec, symmetry match/decrease/increase and n_sym_ops MAE.
+def geo_opt_metrics(rmsd, failed, spg_pred, spg_ref, ops_pred, ops_ref) -> dict[str, Any]:
+    """Mean RMSD and, per symprec, symmetry match/decrease/increase and n_sym_ops MAE.
 
-    ``spg_*``/``ops_*`` map a symprec label to arrays, NaN where a relaxation failed: such a
-    structure gets RMSD 1 Å and, as in matbench-discovery (whose ``n_structs`` counts analysed
-    structures only), is left out of the symmetry fractions."""
-    rmsd = np.asarray(rmsd, float)
-    out: dict[str, Any] = {"rmsd": _clean(float(np.nan_to_num(rmsd, nan=RMSD_FILL).mean())) if rmsd.size else None,
-                           "n": int(rmsd.size)}
+    ``rmsd`` has one value per structure (NaN: StructureMatcher found no match, scored 1 Å);
+    ``failed`` marks failed relaxations. ``rmsd`` is matbench-discovery's: a failed relaxation has
+    no row; ``rmsd_failed_as_1A`` scores it 1 Å instead. ``spg_*``/``ops_*`` map a symprec label to
+    arrays, NaN where a relaxation failed; the symmetry fractions count structures with a space
+    group (the reference's ``n_structures``)."""
+    rmsd, failed = np.asarray(rmsd, float), np.asarray(failed, bool)
+    if rmsd.shape != failed.shape:
+        raise ValueError(f"rmsd has {rmsd.size} values but failed {failed.size}: one per structure each")
+    filled = np.where(np.isnan(rmsd), RMSD_FILL, rmsd)
+    out: dict[str, Any] = {
+        "rmsd": _clean(float(filled[~failed].mean())) if (~failed).any() else None,
+        "rmsd_failed_as_1A": _clean(float(np.where(failed, RMSD_FILL, filled).mean())) if rmsd.size else None,
+        "n": int(rmsd.size), "n_failed": int(failed.sum())}
     for label in spg_pred:
         spg_diff = np.asarray(spg_pred[label], float) - np.asarray(spg_ref[label], float)
         ops_diff = np.asarray(ops_pred[label], float) - np.asarray(ops_ref[label], float)
-        n = int(np.sum(~np.isnan(spg_diff)))
-        changed = spg_diff != 0  # NaN != 0 is True: a failed relaxation never "matches"
+        valid = ~np.isnan(spg_diff)
+        n = int(valid.sum())
+        changed = valid & (spg_diff != 0)
+        ops_err = np.abs(ops_diff[valid])
+        ops_err = ops_err[~np.isnan(ops_err)]
         out[f"symprec={label}"] = {
-            "symmetry_match": _clean(np.sum(~changed) / n) if n else None,
+            "symmetry_match": _clean(np.sum(valid & ~changed) / n) if n else None,
             "symmetry_decrease": _clean(np.sum(changed & (ops_diff < 0)) / n) if n else None,
             "symmetry_increase": _clean(np.sum(changed & (ops_diff > 0)) / n) if n else None,
-            "n_sym_ops_mae": _clean(np.nanmean(np.abs(ops_diff))) if n else None,
+            "n_sym_ops_mae": _clean(float(ops_err.mean())) if ops_err.size else None,
             "n": n,
         }
     return out

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from ase import Atoms
 from mlip_zoo.evaluators.base import Evaluator
 from mlip_zoo.evaluators.data import record_id
@@ -120,19 +121,22 @@ class _WbmRelaxation(Evaluator):
                 "n_ops_pred": [n for _, n in pred_sym], "n_ops_ref": [n for _, n in ref_sym]}
 
 
+def _floats(values: pa.ChunkedArray, keep: np.ndarray | bool = True) -> np.ndarray:
+    """A numeric column as floats, NaN where null or where ``keep`` is False."""
+    return np.where(keep, pc.fill_null(pc.cast(values, pa.float64()), np.nan).to_numpy(), np.nan)
+
+
 class Discovery(_WbmRelaxation):
     def metrics(self, table: pa.Table) -> dict[str, Any]:
-        cols = table.select(["status", "each_true", "e_form_dft", "e_form_pred", "unique_prototype",
-                             "converged"]).to_pydict()
-        ok = np.array([s == "ok" for s in cols["status"]], bool)
-        e_form_pred = np.array([p if good else np.nan for p, good in zip(cols["e_form_pred"], ok)], float)
-        by_subset = m.discovery_metrics(cols["each_true"], e_form_pred, cols["e_form_dft"],
-                                        cols["unique_prototype"], int(self.config.options["most_stable_n"]))
+        ok = pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False)
+        converged = pc.fill_null(table.column("converged"), False).to_numpy(zero_copy_only=False)
+        by_subset = m.discovery_metrics(_floats(table.column("each_true")), _floats(table.column("e_form_pred"), ok),
+                                        _floats(table.column("e_form_dft")),
+                                        table.column("unique_prototype").to_numpy(zero_copy_only=False),
+                                        int(self.config.options["most_stable_n"]))
         headline_subset = self.config.options["headline_subset"]
-        return {**by_subset[headline_subset], "subsets": by_subset,
-                "n_failed": int((~ok).sum()),
-                "converged_fraction": float(np.mean([bool(c) for c, good in zip(cols["converged"], ok) if good]))
-                if ok.any() else None}
+        return {**by_subset[headline_subset], "subsets": by_subset, "n_failed": int((~ok).sum()),
+                "converged_fraction": float(converged[ok].mean()) if ok.any() else None}
 
 
 class GeoOpt(_WbmRelaxation):
@@ -142,14 +146,11 @@ class GeoOpt(_WbmRelaxation):
             "geo-opt needs the reference relaxed structures (the wbm_relaxed_atoms zip) beside the initial ones")
 
     def metrics(self, table: pa.Table) -> dict[str, Any]:
-        rows = table.select(["status", "rmsd", "spg_pred", "spg_ref", "n_ops_pred", "n_ops_ref"]).to_pylist()
+        ok = pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False)
         labels = [f"{s:.0e}".replace("e-0", "e-") for s in self.symprecs]
-        nan = [float("nan")] * len(labels)
 
-        def column(name):
-            return {lab: np.array([(r[name] if r["status"] == "ok" and r[name] else nan)[k] for r in rows], float)
-                    for k, lab in enumerate(labels)}
+        def column(name: str) -> dict[str, np.ndarray]:  # each symprec's entry of a list column
+            return {label: _floats(pc.list_element(table.column(name), k), ok) for k, label in enumerate(labels)}
 
-        rmsd = [r["rmsd"] if r["status"] == "ok" and r["rmsd"] is not None else np.nan for r in rows]
-        return m.geo_opt_metrics(rmsd, column("spg_pred"), column("spg_ref"), column("n_ops_pred"),
-                                 column("n_ops_ref"))
+        return m.geo_opt_metrics(_floats(table.column("rmsd"), ok), ~ok, column("spg_pred"), column("spg_ref"),
+                                 column("n_ops_pred"), column("n_ops_ref"))
