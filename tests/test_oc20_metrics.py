@@ -154,6 +154,20 @@ def test_cosine_of_small_forces_is_torchs():
     assert m.force_cosine(tiny, tiny)[0] == pytest.approx(expected, rel=1e-6)
 
 
+def test_force_cosine_equals_torch_on_random_zero_antiparallel_and_tiny_forces():
+    import torch
+
+    rng = np.random.default_rng(7)
+    ft = rng.normal(size=(3000, 3)) * 10.0 ** rng.uniform(-10, 1, (3000, 1))  # tiny (below the clamp) to large
+    fp = ft + rng.normal(size=ft.shape) * np.abs(ft).max(axis=1, keepdims=True)
+    fp[:500] = -rng.uniform(0.1, 3, (500, 1)) * ft[:500]  # antiparallel
+    fp[500:600] = 0.0
+    ft[600:700] = 0.0
+    expected = torch.nn.functional.cosine_similarity(torch.tensor(fp, dtype=torch.float32),
+                                                     torch.tensor(ft, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(m.force_cosine(fp, ft), expected, rtol=0, atol=1e-6)
+
+
 # --- IS2RE -------------------------------------------------------------------------------------
 
 def test_is2re_mae_vs_mse_and_ewt():
