@@ -34,7 +34,9 @@ class CheckedMetric:
 
 def is_pipeline_check(dataset: dict[str, Any] | None) -> bool:
     """Results on a dataset some model labelled are pipeline checks, never a ranking."""
-    return bool((dataset or {}).get("labelled_by"))
+    dataset = dataset or {}
+    # Results written before datasets named their labeller say so only in the set's label.
+    return bool(dataset.get("labelled_by")) or "(EMT labels)" in str(dataset.get("name", ""))
 
 
 def label_check(config: TaskConfig, model: str, dataset: dict[str, Any] | None,

@@ -31,6 +31,7 @@ from markupsafe import Markup
 
 from mlip_zoo.errors import CardError, ConfigError, MlipZooError
 from mlip_zoo.evaluators.base import TaskConfig, evaluator_for, load_task_config, task_keys
+from mlip_zoo.evaluators.pipeline import is_pipeline_check, label_check
 from mlip_zoo.evaluators.uncertainty import percentile_interval, rank, replicates
 from mlip_zoo.leaderboard.results import predictions_path, read_predictions, read_result, result_files
 from mlip_zoo.zoo.card import ModelCard, builtin_cards_dir, load_cards
@@ -71,6 +72,10 @@ def fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def pct(value: Any) -> str:
+    return "—" if not isinstance(value, (int, float)) or not math.isfinite(value) else f"{100 * value:.0f}%"
+
+
 def safe_url(value: str | None, prefix: str = "") -> str | None:
     """Only http(s) links are rendered: a card could otherwise carry a javascript: URL."""
     if not value:
@@ -80,15 +85,13 @@ def safe_url(value: str | None, prefix: str = "") -> str | None:
     return value if value.startswith(("http://", "https://")) else None
 
 
-def is_mini(dataset: dict | None) -> bool:
-    return "mini" in str((dataset or {}).get("name", "")).lower()
 
 
 def _env() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(script_json=script_json, fmt=fmt, safe_url=safe_url,
+    env.filters.update(script_json=script_json, fmt=fmt, pct=pct, safe_url=safe_url,
                        to_yaml=lambda v: yaml.safe_dump(v, sort_keys=False, allow_unicode=True).strip())
-    env.tests["mini"] = is_mini
+    env.tests["check"] = is_pipeline_check
     return env
 
 
@@ -107,11 +110,14 @@ def _combined_terms() -> dict[str, dict[str, Any]]:
         warnings.warn(f"leaderboard.yaml: combined-score term for unknown task {task!r} ignored", stacklevel=3)
         del terms[task]
     return {t: {"metric": v["metric"], "best": float(v["best"]), "worst": float(v["worst"]),
-                "weight": float(v.get("weight", 1.0))} for t, v in terms.items()}
+                "weight": float(v.get("weight", 1.0)), "coverage": v.get("coverage")} for t, v in terms.items()}
 
 
-def combined(values: dict[str, float | None], terms: dict[str, dict]) -> dict[str, Any]:
-    """Weighted mean of clamped linear terms over the tasks the model has (site.js mirrors this)."""
+def combined(values: dict[str, float | None], terms: dict[str, dict],
+             coverage: dict[str, float | None] | None = None) -> dict[str, Any]:
+    """Weighted mean of clamped linear terms over the tasks the model has (site.js mirrors this).
+    A term whose task declares a coverage metric counts ``coverage x term``: the references a model
+    could not score count as the worst value, so 7 well-fitted elements of 71 never outrank 71."""
     active = {t: s for t, s in terms.items() if s["weight"] > 0}
     num = den = 0.0
     for task, spec in active.items():
@@ -119,6 +125,8 @@ def combined(values: dict[str, float | None], terms: dict[str, dict]) -> dict[st
         if value is None or spec["best"] == spec["worst"]:
             continue
         term = min(1.0, max(0.0, (value - spec["worst"]) / (spec["best"] - spec["worst"])))
+        if spec.get("coverage"):
+            term *= min(1.0, max(0.0, (coverage or {}).get(task) or 0.0))
         num, den = num + spec["weight"] * term, den + spec["weight"]
     k = sum(values.get(t) is not None for t in active)
     return {"score": num / den if den else None, "k": k, "n": len(active)}
@@ -301,15 +309,17 @@ def _term_replicates(results: dict[str, dict[str, dict]], terms: dict[str, dict]
 
 
 def combined_uncertainty(reps: dict[str, dict[str, list[float | None]]], terms: dict[str, dict],
-                         confidence: float, names: dict[str, str]) -> dict[str, dict[str, Any]]:
+                         confidence: float, names: dict[str, str],
+                         coverage: dict[str, dict[str, float | None]] | None = None) -> dict[str, dict[str, Any]]:
     """The combined score's interval, rank range and indistinct models (site.js mirrors this):
     the score of every resample from the term replicates, ranked across models per resample."""
     models = list(reps)
     if not models:
         return {}
     size = min(len(v) for r in reps.values() for v in r.values())
-    scores = np.array([[_none_nan(combined({t: r[t][b] for t in r}, terms)["score"]) for b in range(size)]
-                       for r in (reps[m] for m in models)])
+    coverage = coverage or {}
+    scores = np.array([[_none_nan(combined({t: reps[m][t][b] for t in reps[m]}, terms, coverage.get(m))["score"])
+                        for b in range(size)] for m in models])
     safe = np.where(np.isfinite(scores), scores, -np.inf)
     ranks = 1 + (safe[None, :, :] > safe[:, None, :]).sum(axis=1)
     tail = 50.0 * (1.0 - confidence)
@@ -329,6 +339,28 @@ def combined_uncertainty(reps: dict[str, dict[str, list[float | None]]], terms: 
 
 def _none_nan(value: float | None) -> float:
     return math.nan if value is None else value
+
+
+def _pipeline_checks(results: dict[str, dict[str, dict]], configs: dict[str, TaskConfig],
+                     names: dict[str, str]) -> list[dict[str, Any]]:
+    """One row per result on a set a model labelled: the labeller's tolerance checks, or for any
+    other model its headline number, shown only as proof that its pipeline ran."""
+    out = []
+    for model, by_task in sorted(results.items()):
+        for task, record in by_task.items():
+            dataset = record["dataset"]
+            if not is_pipeline_check(dataset):
+                continue
+            config = configs[task]
+            checked = label_check(config, model, dataset, record["metrics"])
+            out.append({"model": model, "name": names.get(model, model), "task": task, "dataset": dataset["name"],
+                        "labelled_by": dataset.get("labelled_by"), "n": record["n_structures"],
+                        "failed": record["n_failed"], "headline": config.metrics[config.headline].label,
+                        "value": record["metrics"].get(config.headline),
+                        "checks": None if checked is None else [
+                            {"text": c.describe(), "ok": c.ok} for c in checked]})
+    out.sort(key=lambda c: (c["checks"] is None, c["task"], c["model"]))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,31 +386,44 @@ def build_site(results_dir: Path, out_dir: Path) -> Path:
         raise ConfigError(f"{out_dir}: exists and is not a site built by mlip-zoo; choose an empty or new folder")
 
     terms = _combined_terms()
-    # Columns in the order the combined score lists its terms, then any other task.
     configs = {k: load_task_config(k) for k in [*terms, *(t for t in task_keys() if t not in terms)]}
     results = _load_results(results_dir, configs)
+    # Pipeline checks (results on sets a model labelled) never feed the headline table, the ranks
+    # or the combined score; they get their own section.
+    board: dict[str, dict[str, dict]] = {}
+    for model, by_task in results.items():
+        for task, record in by_task.items():
+            if not is_pipeline_check(record["dataset"]):
+                board.setdefault(model, {})[task] = record
+    # Headline columns: the tasks with a ranked result, in the order the combined score lists them;
+    # a term no model has a result for is left out rather than marking every score partial.
+    board_tasks = {t: c for t, c in configs.items() if any(t in by_task for by_task in board.values())}
+    terms = {t: spec for t, spec in terms.items() if t in board_tasks}
     cards = _cards()
     models = {key: _card_facts(key, cards.get(key)) for key in results}
     tasks = list(configs)
 
     names = {k: m["name"] for k, m in models.items()}
-    rankings = {t: _rankings(configs[t], results) for t in tasks}
+    rankings = {t: _rankings(configs[t], board) for t in tasks}
     ranks = {t: _rank_facts(groups, names) for t, groups in rankings.items()}
-    term_reps = _term_replicates(results, terms, configs)
+    coverage = {key: {t: by_task[t]["metrics"].get(spec["coverage"]) for t, spec in terms.items()
+                      if spec.get("coverage") and t in by_task} for key, by_task in board.items()}
+    term_reps = _term_replicates(board, terms, configs)
     confidence = min((configs[t].bootstrap.confidence for t in terms), default=0.95)
-    combined_ci = combined_uncertainty(term_reps, terms, confidence, names)
+    combined_ci = combined_uncertainty(term_reps, terms, confidence, names, coverage)
 
     # Per-model headline values and combined score, for the first render (JS recomputes on change).
     rows = []
     for key, by_task in results.items():
-        values = {t: r["metrics"].get(configs[t].headline) for t, r in by_task.items()}
-        term_values = {t: by_task[t]["metrics"].get(s["metric"]) if t in by_task else None for t, s in terms.items()}
-        rows.append({**models[key], "results": by_task, "values": values, "term_values": term_values,
-                     "ranks": {t: ranks[t][key] for t in by_task if key in ranks.get(t, {})},
-                     "combined": {**combined(term_values, terms), **combined_ci.get(key, {})},
-                     "mini": sorted({r["dataset"]["name"] for t, r in by_task.items() if is_mini(r["dataset"])})})
+        ranked = board.get(key, {})
+        values = {t: r["metrics"].get(configs[t].headline) for t, r in ranked.items()}
+        term_values = {t: ranked[t]["metrics"].get(s["metric"]) if t in ranked else None for t, s in terms.items()}
+        rows.append({**models[key], "results": by_task, "board": ranked, "values": values, "term_values": term_values,
+                     "coverage": coverage.get(key, {}),
+                     "ranks": {t: ranks[t][key] for t in ranked if key in ranks.get(t, {})},
+                     "combined": {**combined(term_values, terms, coverage.get(key)), **combined_ci.get(key, {})}})
     rows.sort(key=lambda r: (r["combined"]["score"] is None, -(r["combined"]["score"] or 0.0), r["key"]))
-    mini_names = sorted({n for r in rows for n in r["mini"]})
+    checks = _pipeline_checks(results, configs, names)
 
     plots: dict[str, dict] = {}
     for t in tasks:
@@ -389,7 +434,8 @@ def build_site(results_dir: Path, out_dir: Path) -> Path:
                                  **data}
 
     env = _env()
-    common = {"tasks": configs, "terms": terms, "mini_names": mini_names, "n_results": sum(map(len, results.values()))}
+    common = {"tasks": configs, "terms": terms, "n_results": sum(map(len, results.values())),
+              "check_datasets": sorted({c["dataset"] for c in checks})}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.building-"))
     try:
@@ -402,11 +448,13 @@ def build_site(results_dir: Path, out_dir: Path) -> Path:
         shutil.copyfile(Path(plotly.__file__).parent / "package_data" / "plotly.min.js", tmp / "assets" / "plotly.min.js")
         for name in ("site.css", "site.js"):
             shutil.copyfile(TEMPLATES / name, tmp / "assets" / name)
+        ranked_rows = [r for r in rows if r["board"]]
         index_data = {"terms": terms, "confidence": confidence,
                       "models": [{"key": r["key"], "name": r["name"], "values": r["term_values"],
-                                  "replicates": term_reps.get(r["key"], {})} for r in rows]}
+                                  "coverage": r["coverage"], "replicates": term_reps.get(r["key"], {})}
+                                 for r in ranked_rows]}
         _write(tmp / "index.html", env.get_template("index.html.j2").render(
-            root="", rows=rows, data=index_data, **common))
+            root="", rows=ranked_rows, board_tasks=board_tasks, checks=checks, data=index_data, **common))
         for r in rows:
             _write(tmp / "models" / f"{r['key']}.html", env.get_template("model.html.j2").render(
                 root="../", model=r, max_failures=MAX_FAILURES, **common))

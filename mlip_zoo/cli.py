@@ -23,8 +23,10 @@ app = typer.Typer(
 models_app = typer.Typer(help="Model cards: list, inspect, download and smoke-test the zoo.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
-out = Console(soft_wrap=True)  # long paths and messages stay on one line (grep-able)
-err = Console(stderr=True, soft_wrap=True)
+# Long paths and messages stay on one line (grep-able). Written to a log or a pipe, rich would cut
+# tables to 80 columns: there the consoles are wide instead.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
 

@@ -28,6 +28,8 @@ from mlip_zoo.zoo import load_potential, read_card
 from mlip_zoo.zoo.registry import check_family
 from mlip_zoo.zoo.weights import resolve_weights
 
+from labels import assert_reproduces_labels
+
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))  # fake_calcs, for the `family: ase` cards below
 catalogue = pytest.mark.catalogue
@@ -143,7 +145,7 @@ def test_every_good_structure_still_scored(mixed_run):
     record, reasons = mixed_run
     assert record["n_structures"] == 13 and record["n_failed"] == 7 == len(reasons)
     # extxyz keeps forces to 8 decimals, so the reference carries up to 5e-9 of rounding
-    assert record["metrics"]["energy_mae"] == 0.0 and record["metrics"]["forces_mae"] < 1e-8
+    assert record["metrics"]["energy_mae"] < 1e-9 and record["metrics"]["forces_mae"] < 1e-8
 
 
 @catalogue
@@ -318,6 +320,7 @@ def test_unwritable_output_folder(tmp_path):
 
 
 @catalogue
+@pytest.mark.labels
 def test_disk_full_keeps_finished_shards_and_resumes(tmp_path, monkeypatch):
     import mlip_zoo.evaluators.runner as runner
 
@@ -337,7 +340,8 @@ def test_disk_full_keeps_finished_shards_and_resumes(tmp_path, monkeypatch):
     assert len(kept) == 1 and not list(tmp_path.rglob("*.tmp"))
     monkeypatch.setattr(runner.pq, "write_table", real_write)
     record = evaluate("emt", "oc20-s2ef", opts)
-    assert record["n_structures"] == 120 and record["metrics"]["forces_mae"] == 0.0
+    assert record["n_structures"] == 120
+    assert_reproduces_labels(record)
 
 
 @pytest.mark.slow

@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 
 from mlip_zoo.cli import app
 
+from labels import assert_reproduces_labels
+
 runner = CliRunner()
 
 
@@ -116,11 +118,13 @@ def test_tasks_list_and_show():
     assert result.exit_code == 1 and "did you mean oc20-s2ef" in result.stderr
 
 
+@pytest.mark.labels
 def test_eval_writes_result_and_prints_json(tmp_path):
     result = run("eval", "emt", "oc20-s2ef", "--workers", "0", "--limit", "30", "--out", str(tmp_path), "--json")
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
-    assert record["metrics"]["forces_mae"] == 0.0 and record["dataset"]["limit"] == 30
+    assert record["dataset"]["limit"] == 30 and record["dataset"]["labelled_by"] == "emt"
+    assert_reproduces_labels(record)
     assert (tmp_path / "emt" / "oc20-s2ef.json").exists()
 
 

@@ -23,7 +23,7 @@ from mlip_zoo.evaluators.eos.make_dataset import generate
 from mlip_zoo.evaluators.uncertainty import intervals
 from mlip_zoo.zoo import load_potential
 
-DCDFT = datasets_dir() / "dcdft" / "dcdft.extxyz"
+DCDFT = datasets_dir() / "dcdft-wien2k" / "dcdft.extxyz"
 FACTORS = np.linspace(0.94, 1.06, 7)
 CU = (11.9511, 141.335, 4.86)  # WIEN2k V0 (Å³/atom), B0 (GPa), B1 of fcc Cu
 AL = (16.4796, 78.077, 4.57)
@@ -124,7 +124,7 @@ def test_fits_many_at_once_name_each_failure():
 
 def test_dcdft_regenerates_byte_identically(tmp_path):
     manifest = generate(tmp_path)
-    shipped = json.loads((datasets_dir() / "dcdft" / "manifest.json").read_text())
+    shipped = json.loads((datasets_dir() / "dcdft-wien2k" / "manifest.json").read_text())
     assert manifest == shipped
     assert (tmp_path / "dcdft.extxyz").read_bytes() == DCDFT.read_bytes()
     assert "mini" not in manifest["label"] and manifest["files"]["dcdft.extxyz"]["n"] == 71
@@ -133,7 +133,7 @@ def test_dcdft_regenerates_byte_identically(tmp_path):
     assert len({a.get_chemical_symbols()[0] for a in crystals}) == 71
     fluorine = next(a for a in crystals if a.get_chemical_symbols()[0] == "F")
     assert fluorine.info["id"] == "dcdft-F" and fluorine.info["wien2k_volume"] == 19.1666
-    assert resolve_dataset("dcdft", "dcdft.extxyz").name == manifest["label"]
+    assert resolve_dataset("dcdft-wien2k", "dcdft.extxyz").name == manifest["label"]
 
 
 # --- The task -------------------------------------------------------------------------------
@@ -206,7 +206,7 @@ def test_bootstrap_of_71_elements_is_fast_and_its_terms_agree():
 
 def test_task_config_declares_every_top_level_metric():
     config = load_task_config("eos")
-    assert config.headline == "delta_median" and config.dataset == "dcdft"
+    assert config.headline == "delta_median" and config.dataset == "dcdft-wien2k"
     assert config.options["volume_factors"] == pytest.approx(FACTORS.tolist())
     assert config.metrics["coverage"].higher_is_better and not config.metrics["delta_median"].higher_is_better
     assert config.bootstrap.strata is None

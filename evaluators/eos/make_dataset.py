@@ -26,7 +26,7 @@ from pathlib import Path
 from ase import Atoms
 from ase.io import write
 
-NAME = "dcdft"
+NAME = "dcdft-wien2k"  # a hyphen: setuptools would take a plain identifier for a package
 FILE = "dcdft.extxyz"
 LABEL = "dcdft (WIEN2k all-electron PBE)"
 REFERENCE_KEYS = ("wien2k_volume", "wien2k_B", "wien2k_Bp")

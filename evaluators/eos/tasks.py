@@ -81,7 +81,7 @@ class EOS(Evaluator):
                if not (isinstance(atoms.info.get(key), (int, float)) and math.isfinite(atoms.info[key]))]
         if bad:
             return (f"info lacks a numeric {', '.join(bad)} (the WIEN2k reference EOS: V0 Å³/atom, B0 GPa, B1); "
-                    "write them as in configs/datasets/dcdft (python -m mlip_zoo.evaluators.eos.make_dataset)")
+                    "write them as in configs/datasets/dcdft-wien2k (python -m mlip_zoo.evaluators.eos.make_dataset)")
         if not atoms.pbc.all():
             return "is not periodic in 3 directions; an equation of state needs a bulk crystal"
         return None

@@ -1,7 +1,8 @@
 /* mlip-zoo leaderboard. Runs from file:// with no network: all data comes from
    <script type="application/json"> tags in the page (file:// forbids fetch of local files).
    The combined score here must match site.py's combined(): clamp((v - worst) / (best - worst), 0, 1),
-   weighted mean over the terms a model has, terms with weight 0 left out. */
+   times the model's coverage for terms that declare one, weighted mean over the terms a model has,
+   terms with weight 0 left out. */
 (function () {
   "use strict";
   var THEME_KEY = "mlipzoo-theme";
@@ -31,7 +32,7 @@
     return isFinite(v) ? v : null;
   }
 
-  function combined(values, terms, weights) {
+  function combined(values, terms, weights, coverage) {
     var sum = 0, den = 0, k = 0, n = 0;
     Object.keys(terms).forEach(function (task) {
       var spec = terms[task], w = weights[task];
@@ -42,6 +43,7 @@
       k += 1;
       if (spec.best === spec.worst) return;
       var term = Math.min(1, Math.max(0, (v - spec.worst) / (spec.best - spec.worst)));
+      if (spec.coverage) term *= Math.min(1, Math.max(0, (coverage || {})[task] || 0));
       sum += w * term;
       den += w;
     });
@@ -77,7 +79,7 @@
       for (var b = 0; b < size; b++) {
         var values = {};
         Object.keys(m.replicates).forEach(function (t) { values[t] = m.replicates[t][b]; });
-        out.push(combined(values, terms, weights).score);
+        out.push(combined(values, terms, weights, m.coverage).score);
       }
       return out;
     });
@@ -206,7 +208,7 @@
         var m = byKey[r.getAttribute("data-model")];
         var cell = r.querySelector("td.combined");
         if (!m || !cell) return;
-        var c = combined(m.values, data.terms, w);
+        var c = combined(m.values, data.terms, w, m.coverage);
         cell.setAttribute("data-value", c.score === null ? "" : String(c.score));
         cell.querySelector(".num").textContent = c.score === null ? "—" : c.score.toFixed(3);
         var p = cell.querySelector(".partial");
