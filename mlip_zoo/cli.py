@@ -715,10 +715,25 @@ def _ensure_env(card, mode: str) -> None:
                   f"({env.info()['build_seconds']:.0f} s)", highlight=False)
 
 
+def _failed_checks(record: dict) -> str:
+    from mlip_zoo.evaluators.base import load_task_config
+    from mlip_zoo.evaluators.pipeline import label_check
+
+    checked = label_check(load_task_config(record["task"]), record["model"], record["dataset"], record["metrics"])
+    return "; ".join(c.describe() for c in checked or () if not c.ok)
+
+
 def _summary(record: dict) -> str:
     from mlip_zoo.evaluators.base import load_task_config
+    from mlip_zoo.evaluators.pipeline import label_check
 
     config = load_task_config(record["task"])
+    checked = label_check(config, record["model"], record["dataset"], record["metrics"])
+    if checked is not None:  # the model that made the labels: "exact within 1e-09", not a round-off figure
+        if failed := _failed_checks(record):
+            return "[red]pipeline check FAILED[/]: " + _escape(failed)
+        tolerance = {f"{c.tolerance:.0e}" for c in checked}
+        return f"pipeline check: {len(checked)} metrics exact within {'/'.join(sorted(tolerance))}"
     value = record["metrics"].get(config.headline)
     shown = "n/a" if value is None else f"{value:.4g}"
     interval = (record.get("intervals") or {}).get(config.headline)
@@ -828,7 +843,9 @@ def run(
                     opts = RunOptions(out=out_dir, device=device, workers=n_workers, limit=block.get("limit"),
                                       client=client, env=env_mode, env_clusters=envs)
                     try:
-                        records.append(_evaluate_one(model, task, opts, wandb_mode))
+                        records.append(record := _evaluate_one(model, task, opts, wandb_mode))
+                        if failed := _failed_checks(record):  # the labeller missed its own labels: a broken pipeline
+                            errors.append({"model": model, "task": task, "error": "pipeline check failed: " + failed})
                     except Exception as exc:  # keep going: one broken pair must not cost the others
                         errors.append({"model": model, "task": task, "error": f"{type(exc).__name__}: {exc}"})
                         err.print(f"[red]failed[/] {model} × {task}: {_escape(str(exc))}", highlight=False)
