@@ -160,19 +160,18 @@ class S2EF(_OC20Task):
             try:
                 # the model first: a structure it cannot take (no atoms at all, NaN positions) says so
                 (pred,) = potential.predict([atoms], properties=("energy", "forces"))
+                free = free_mask(atoms)
+                if not free.any():
+                    rows.append(_failed(atoms, i, NO_FREE_ATOMS, time.perf_counter() - t0))
+                    continue
+                rows.append({
+                    "id": record_id(atoms, i), "split": _split(atoms), "n_atoms": len(atoms), "status": "ok",
+                    "reason": None, "seconds": time.perf_counter() - t0,
+                    "energy_true": float(atoms.calc.results["energy"]), "energy_pred": pred.energy,
+                    "forces_true": np.asarray(atoms.calc.results["forces"], float).ravel().tolist(),
+                    "forces_pred": pred.forces.ravel().tolist(), "free": free.tolist()})
             except Exception as exc:  # recorded, never fatal: one structure must not sink a run
                 rows.append(_failed(atoms, i, exc, time.perf_counter() - t0))
-                continue
-            free = free_mask(atoms)
-            if not free.any():
-                rows.append(_failed(atoms, i, NO_FREE_ATOMS, time.perf_counter() - t0))
-                continue
-            rows.append({
-                "id": record_id(atoms, i), "split": _split(atoms), "n_atoms": len(atoms), "status": "ok",
-                "reason": None, "seconds": time.perf_counter() - t0,
-                "energy_true": float(atoms.calc.results["energy"]), "energy_pred": pred.energy,
-                "forces_true": np.asarray(atoms.calc.results["forces"], float).ravel().tolist(),
-                "forces_pred": pred.forces.ravel().tolist(), "free": free.tolist()})
         return rows
 
     def _ok_terms(self, ok: pa.Table) -> Terms:
