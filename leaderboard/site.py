@@ -208,10 +208,10 @@ def _plot_data(record: dict, config: TaskConfig) -> dict[str, Any] | None:
                                "n": [b["n"] for b in d["bins"].values()]} for axis, d in axes.items()}
     if config.key.endswith("is2rs") and ok:
         dists = []
-        for r in ok:  # per system: mean minimum-image distance over free atoms (as ADwT scores it)
+        for r in ok:  # per system: mean minimum-image distance over free atoms, every axis periodic (as ADwT scores it)
             free = np.asarray(r["free"], bool)
             diff = (np.reshape(r["pos_pred"], (-1, 3)) - np.reshape(r["pos_true"], (-1, 3)))[free]
-            d = np.linalg.norm(min_image(diff, np.reshape(r["cell"], (3, 3)), r["pbc"]), axis=1)
+            d = np.linalg.norm(min_image(diff, np.reshape(r["cell"], (3, 3))), axis=1)
             dists.append(float(d.mean()) if d.size else math.nan)
         thresholds, frac = adwt_curve(dists)
         out["adwt"] = {"x": _r(thresholds), "y": _r(frac)}
