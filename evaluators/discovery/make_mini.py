@@ -16,8 +16,18 @@ How it mirrors WBM:
   strained and rattled (seeded), a few compositions twice from different perturbations, as WBM
   reaches some prototypes by more than one substitution path;
 - the reference relaxation is the discovery task's own protocol (FIRE + FrechetCellFilter,
-  fmax 0.05, 500 steps) with EMT, on the structures as read back from the written zip, so EMT
-  reproduces every label exactly;
+  fmax 0.05, 500 steps) with EMT, on the structures as read back from the written zip; a material
+  is kept only where that relaxation does not depend on the floating-point path (issue #16; the
+  criteria of ``oc20.make_mini.path_check``: converged within 80% of the step budget, no near miss
+  of the stopping rule, and ``N_JITTER`` start moved by 1e-6 Å ending in the same number of steps
+  within 1e-4 eV and 1e-3 Å), so EMT reproduces the labels on any machine within the task configs'
+  ``label_tolerance``, not bitwise. (Relaxing on to a tight minimum instead does not work with
+  EMT: the protocol's end points lie up to 0.06 eV/atom and 3 Å of cell from the minima a tight
+  relaxation reaches, e.g. B2 cells stopped on their tetragonal saddle.) A material whose hull
+  distance lies within ``HULL_MARGIN`` eV/atom of the stability threshold 0 is dropped as well: a
+  deviation within the tolerance could flip its class, and the stability metrics (F1, precision,
+  recall, accuracy) are then exactly those of the labels on any machine. Dropped materials keep
+  their numbers (ids have gaps) and are listed, with the reason, in the manifest;
 - the summary holds WBM's columns; formation energies use the elemental references rounded to 4
   decimals as matbench-discovery does; EMT energies get no MP2020 correction (it is fitted to
   PBE/PBE+U), so the corrected and uncorrected columns are equal and the manifest says ``labels: EMT``;
@@ -25,7 +35,7 @@ How it mirrors WBM:
   space group and Wyckoff letters (moyopy, symprec 0.1) and the chemical system in Wyckoff order;
   ``unique_prototype`` is true for the lowest-energy structure of each label that MP lacks.
 
-Run ``python -m mlip_zoo.evaluators.discovery.make_mini [--out DIR] [--seed N]``.
+Run ``python -m mlip_zoo.evaluators.discovery.make_mini [--out DIR] [--seed N] [--limit N]``.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ from ase.io import write
 from mlip_zoo.evaluators.base import load_task_config
 from mlip_zoo.evaluators.discovery.energy import REF_DECIMALS, e_form_per_atom
 from mlip_zoo.evaluators.discovery.wbm import iter_zip_atoms
+from mlip_zoo.evaluators.oc20.make_mini import fmax_trace, path_check
 from mlip_zoo.evaluators.relax import RelaxProtocol, relax
 from mlip_zoo.zoo import load_potential
 
@@ -58,6 +69,10 @@ METALS = ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")
 FCC_A = {"Al": 4.05, "Cu": 3.61, "Ag": 4.09, "Au": 4.08, "Ni": 3.52, "Pd": 3.89, "Pt": 3.92}
 STRAIN, RATTLE = 0.03, 0.04  # initial-structure perturbation: max |strain|, rattle stdev (Å)
 LABEL_SYMPREC = 0.1
+# Path-sensitivity checks: one jittered start per material (oc20-mini, with longer paths, uses two).
+N_JITTER = 1
+# Materials this close to the stability threshold (eV/atom) are dropped: their class could flip.
+HULL_MARGIN = 1e-3
 LAYOUT = {
     "wbm_initial_atoms": "wbm-initial-atoms.extxyz.zip",
     "wbm_relaxed_atoms": "wbm-relaxed-atoms.extxyz.zip",
@@ -191,7 +206,9 @@ def _clean(atoms: Atoms, mat_id: str) -> Atoms:
     return out
 
 
-def generate(out: Path, seed: int = 0) -> dict:
+def generate(out: Path, seed: int = 0, limit: int | None = None) -> dict:
+    """Write the set to ``out``; ``limit`` keeps the first WBM-like candidates (a quick check that
+    generation reproduces; the MP-like reference set stays whole)."""
     from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
     from pymatgen.core import Composition
     from pymatgen.entries.computed_entries import ComputedStructureEntry
@@ -201,6 +218,7 @@ def generate(out: Path, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     emt = load_potential("emt")
     mp_candidates, wbm_candidates = candidates(rng)
+    wbm_candidates = wbm_candidates[:limit]
 
     # MP-like reference set: relaxed with the same protocol; its hull and elemental references.
     mp_entries, mp_labels = [], set()
@@ -220,18 +238,32 @@ def generate(out: Path, seed: int = 0) -> dict:
 
     # WBM-like candidates, written first and read back, so the labels are for the bytes on disk.
     ids = [f"dmini-{i + 1:04d}" for i in range(len(wbm_candidates))]
+    cleaned = {mat_id: _clean(atoms, mat_id) for mat_id, (_, atoms) in zip(ids, wbm_candidates)}
     out.mkdir(parents=True, exist_ok=True)
-    initial_bytes = _zip_bytes([(mat_id, _clean(atoms, mat_id)) for mat_id, (_, atoms) in zip(ids, wbm_candidates)])
-    (out / LAYOUT["wbm_initial_atoms"]).write_bytes(initial_bytes)
-    rows, relaxed = [], []
-    for atoms in iter_zip_atoms(out / LAYOUT["wbm_initial_atoms"]):
+    (out / LAYOUT["wbm_initial_atoms"]).write_bytes(_zip_bytes(list(cleaned.items())))
+    rows, relaxed, dropped, reasons = [], [], [], {}
+    for index, atoms in enumerate(iter_zip_atoms(out / LAYOUT["wbm_initial_atoms"])):
         mat_id = atoms.info["material_id"]
-        result = relax(atoms, emt, PROTOCOL)
-        final = result.atoms
+        name = f"{mat_id} {wbm_candidates[index][0]}"
+        hook, trace = fmax_trace(PROTOCOL)
+        try:
+            result = relax(atoms, emt, PROTOCOL, on_step=hook)
+            why = path_check(atoms, result, trace, emt, PROTOCOL, np.random.default_rng([seed, 3, index]),
+                             n_jitter=N_JITTER)
+        except Exception as exc:  # noqa: BLE001 -- an exploded relaxation is dropped, never written
+            why = ("exploded", f"{type(exc).__name__}: {exc}")
+        final = result.atoms if why is None else None
+        if why is None:
+            each = hull.get_decomp_and_e_above_hull(
+                PDEntry(Composition(final.get_chemical_formula()), result.energy), allow_negative=True)[1]
+            if abs(each) < HULL_MARGIN:
+                why = ("near_hull", f"hull distance {each:.2g} eV/atom, within {HULL_MARGIN:g} of the threshold 0")
+        if why is not None:
+            dropped.append(f"{name}: {why[1]}")
+            reasons[why[0]] = reasons.get(why[0], 0) + 1
+            continue
         symbols = final.get_chemical_symbols()
         e_form = e_form_per_atom(result.energy, symbols, ref_energies)
-        each = hull.get_decomp_and_e_above_hull(PDEntry(Composition(final.get_chemical_formula()), result.energy),
-                                               allow_negative=True)[1]
         rows.append({"material_id": mat_id, "formula": final.get_chemical_formula(mode="metal"),
                      "n_sites": len(final), "volume": final.get_volume(), "uncorrected_energy": result.energy,
                      "wyckoff_spglib_initial_structure": protostructure_label(atoms),
@@ -239,6 +271,9 @@ def generate(out: Path, seed: int = 0) -> dict:
                      "e_form_per_atom_mp2020_corrected": e_form, "e_above_hull_mp2020_corrected_ppd_mp": each,
                      "wyckoff_spglib": protostructure_label(final), "converged": result.converged})
         relaxed.append((mat_id, _clean(final, mat_id)))
+    # The initial structures of the kept materials only: the same members, byte for byte.
+    (out / LAYOUT["wbm_initial_atoms"]).write_bytes(_zip_bytes([(r["material_id"], cleaned[r["material_id"]])
+                                                                for r in rows]))
 
     # unique_prototype: the lowest-energy structure of each label that MP does not have.
     best: dict[str, dict] = {}
@@ -274,7 +309,12 @@ def generate(out: Path, seed: int = 0) -> dict:
         "relax_protocol": PROTOCOL.model_dump(mode="json"),
         "counts": {"materials": len(rows), "mp_reference_entries": len(mp_entries),
                    "stable": int((each <= 0).sum()), "unique_prototypes": int(sum(r["unique_prototype"] for r in rows)),
-                   "reference_relaxations_converged": int(sum(r["converged"] for r in rows))},
+                   "reference_relaxations_converged": int(sum(r["converged"] for r in rows)),
+                   "dropped": len(dropped)},
+        "dropped_by_reason": dict(sorted(reasons.items())), "dropped_materials": dropped,
+        "drop_criteria": {"path": "mlip_zoo.evaluators.oc20.make_mini.path_check", "jittered_starts": N_JITTER},
+        "hull_margin_eV_per_atom": HULL_MARGIN,
+        **({"limit": limit} if limit is not None else {}),
         "files": {name: {"sha256": hashlib.sha256((out / name).read_bytes()).hexdigest(),
                          **({"n": len(rows)} if name.endswith(".zip") else {})}
                   for name in LAYOUT.values()},
@@ -288,10 +328,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=f"Generate {LABEL}, in WBM's file layout (not WBM).")
     parser.add_argument("--out", type=Path, default=default, help=f"output folder (default: {default})")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=None, help="only the first N candidates")
     args = parser.parse_args(argv)
-    result = generate(args.out, args.seed)
+    result = generate(args.out, args.seed, args.limit)
     m = result["manifest"]
     print(f"{LABEL}: {m['counts']} in {result['seconds']:.0f} s -> {args.out}")
+    print(f"  dropped {m['counts']['dropped']}: {m['dropped_by_reason']}")
+    for line in m["dropped_materials"]:
+        print(f"    dropped {line}")
     for name, entry in m["files"].items():
         print(f"  {name}: {(args.out / name).stat().st_size / 1024:.0f} KiB, sha256 {entry['sha256']}")
 

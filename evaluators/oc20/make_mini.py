@@ -16,13 +16,32 @@ float at full precision, which extxyz's 8 decimals would not keep; byte-reproduc
 seed and library versions):
 
 - ``is2re.json``: one initial structure per system; key-value pairs ``sid``, ``split``,
-  ``y_init``, ``y_relaxed`` (eV, total) and ``n_steps``; tags and the FixAtoms constraint on the
-  row; ``data.pos_relaxed`` the EMT-relaxed positions.
-- ``s2ef.json``: first, middle and last frame of every relaxation, with EMT energy and forces on
-  all atoms (fixed ones included); key-value pairs ``sid``, ``fid`` (optimizer step), ``split``.
-- ``manifest.json``: seed, relaxation protocol, split sizes, and each file's sha256.
+  ``y_init``, ``y_relaxed`` (eV, total) and ``n_steps`` (the protocol relaxation's steps); tags
+  and the FixAtoms constraint on the row; ``data.pos_relaxed`` the EMT-relaxed positions.
+- ``s2ef.json``: first, middle and last frame of every protocol relaxation, with EMT energy and
+  forces on all atoms (fixed ones included); key-value pairs ``sid``, ``fid`` (optimizer step),
+  ``split``. Single points: exact EMT evaluations of the stored positions.
+- ``manifest.json``: seed, relaxation protocol, drop criteria, split sizes, what
+  was dropped and why, and each file's sha256.
 
-Run ``python -m mlip_zoo.evaluators.oc20.make_mini [--out DIR] [--seed N]``.
+Relaxed labels that reproduce (issue #16). A relaxation amplifies the last bits of its floating-point
+path (AVX-512 vs AVX2 kernels, thread counts), and the protocol (fmax 0.02 eV/Å) stops at the first
+step whose forces meet its criterion, so on a chaotic path another machine takes other steps and
+stops elsewhere. Relaxing the labels on to a tight minimum does not help with EMT: its adsorbates
+sit on soft, flat landscapes, and the protocol's end points lie 0.01-1.5 Å (mean free atom) and up
+to 1 eV from the minima a tight relaxation reaches, so every machine would miss such a label by the
+protocol's own slack. The labels stay the protocol's end point, and a system is kept only when that
+end point does not depend on the path (``path_check``): its relaxation converges within
+``MAX_STEP_SHARE`` of the step budget, every step but the last has its largest force above
+``fmax * (1 + FMAX_MARGIN)`` and the last below ``fmax * (1 - FMAX_MARGIN)`` (no near-miss of the
+stopping rule), and ``N_JITTER`` relaxations from starts moved by ``JITTER`` Å (seeded; ten orders
+of magnitude above round-off) take the same number of steps and end within ``JITTER_ENERGY`` eV and
+``JITTER_DISTANCE`` Å (largest atom displacement) of it, i.e. amplify a perturbation at most a
+thousandfold. Other systems are dropped, the reason printed and counted in the manifest. On the kept
+systems EMT's relaxations agree with the labels on any machine to far below the task configs'
+``label_tolerance`` (EwT and ADwT exactly 1).
+
+Run ``python -m mlip_zoo.evaluators.oc20.make_mini [--out DIR] [--seed N] [--limit N]``.
 """
 
 from __future__ import annotations
@@ -33,6 +52,7 @@ import importlib.resources
 import json
 import pickle
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +63,17 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.constraints import FixAtoms
 
 from mlip_zoo.evaluators.base import load_task_config
-from mlip_zoo.evaluators.relax import RelaxProtocol, relax
+from mlip_zoo.evaluators.relax import RelaxProtocol, Relaxation, relax
 from mlip_zoo.zoo import load_potential
 
 LABEL = "oc20-mini (EMT labels)"
-# The labels come from the very protocol the IS2RE/IS2RS tasks run, so EMT reproduces them exactly.
+# The labels come from the protocol the IS2RE/IS2RS tasks run, on systems where it is path-insensitive.
 PROTOCOL = RelaxProtocol.model_validate(load_task_config("oc20-is2re").options["relax"])
+# Path sensitivity (see path_check): step budget share, stopping-rule margin (relative to fmax),
+# jittered starts, and how close their end points must stay (eV, total; Å, largest atom displacement).
+MAX_STEP_SHARE, FMAX_MARGIN = 0.8, 1e-3
+N_JITTER, JITTER = 2, 1e-6
+JITTER_ENERGY, JITTER_DISTANCE = 1e-4, 1e-3
 ID_METALS = ("Al", "Cu", "Ag", "Ni", "Pt")
 OOD_METALS = ("Au", "Pd")
 SITES = ("ontop", "bridge", "fcc", "hcp")
@@ -160,23 +185,88 @@ def ase_json_db(path: Path, images: list[Atoms], arrays: tuple[str, ...] = ()) -
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def generate(out: Path, seed: int = 0) -> dict:
+def fmax_trace(protocol: RelaxProtocol) -> tuple[Callable[[Atoms, int], None], list[float]]:
+    """An ``on_step`` hook recording, per optimizer step, the largest force the optimizer sees (the
+    cell filter's, when the protocol has one: built at step 0 from the same cell as relax's own)."""
+    trace: list[float] = []
+    target: list = []
+
+    def hook(atoms: Atoms, step: int) -> None:
+        if not target:
+            if protocol.cell_filter == "frechet":
+                from ase.filters import FrechetCellFilter
+
+                target.append(FrechetCellFilter(atoms))
+            else:
+                target.append(atoms)
+        trace.append(float(np.linalg.norm(target[0].get_forces(), axis=1).max()))
+
+    return hook, trace
+
+
+def _end_distance(a: Atoms, b: Atoms) -> float:
+    """Largest atom displacement and cell-vector change (Å) between two relaxed copies of one start."""
+    return float(max(np.linalg.norm(a.positions - b.positions, axis=1).max(), np.abs(a.cell[:] - b.cell[:]).max()))
+
+
+def path_check(initial: Atoms, first: Relaxation, trace: list[float], potential, protocol: RelaxProtocol,
+               rng: np.random.Generator, n_jitter: int = N_JITTER) -> tuple[str, str] | None:
+    """(kind, reason) when the protocol relaxation ``first`` of ``initial`` (``trace``: its
+    fmax_trace) is path-sensitive, None when it is not. Kinds: not_converged, step_budget,
+    stopping_margin, jitter."""
+    if not first.converged:
+        return "not_converged", f"not converged in {first.steps} steps"
+    budget = int(MAX_STEP_SHARE * protocol.steps)
+    if first.steps > budget:
+        return "step_budget", f"{first.steps} steps, over {MAX_STEP_SHARE:.0%} of the {protocol.steps}-step budget"
+    before, last = min(trace[:-1], default=np.inf), trace[-1]
+    if before <= protocol.fmax * (1 + FMAX_MARGIN) or last >= protocol.fmax * (1 - FMAX_MARGIN):
+        return "stopping_margin", (f"the stopping rule is a near miss: largest force {before:.6g} before the last step, "
+                                   f"{last:.6g} at it, fmax {protocol.fmax:g} +- {FMAX_MARGIN:.0e}")
+    for k in range(n_jitter):
+        moved = initial.copy()
+        moved.positions += rng.normal(0.0, JITTER, moved.positions.shape)
+        try:
+            other = relax(moved, potential, protocol)
+        except Exception as exc:  # noqa: BLE001 -- it exploded from a start next to a good one
+            return "jitter", f"from a start moved by {JITTER:g} A: {type(exc).__name__}: {exc}"
+        de, dx = abs(other.energy - first.energy), _end_distance(other.atoms, first.atoms)
+        if other.steps != first.steps or not other.converged or de > JITTER_ENERGY or dx > JITTER_DISTANCE:
+            return "jitter", (f"from a start moved by {JITTER:g} A (#{k + 1}): {other.steps} steps instead of "
+                              f"{first.steps}, end {de:.2g} eV and {dx:.2g} A away (allowed {JITTER_ENERGY:g} eV, "
+                              f"{JITTER_DISTANCE:g} A)")
+    return None
+
+
+def generate(out: Path, seed: int = 0, limit: int | None = None) -> dict:
+    """Write the set to ``out``; ``limit`` keeps the first systems of the plan (a quick check that
+    generation reproduces)."""
     t0 = time.perf_counter()
     adsorbates = load_adsorbates()
     ads_id, ads_ood = choose_adsorbates(adsorbates, np.random.default_rng([seed, 0]))
     emt = load_potential("emt")
-    is2re, s2ef, splits, dropped = [], [], {}, []
-    for i, (split, metal, ads_key) in enumerate(plan(ads_id, ads_ood, seed)):
+    is2re, s2ef, splits, dropped, reasons = [], [], {}, [], {}
+    for i, (split, metal, ads_key) in enumerate(plan(ads_id, ads_ood, seed)[:limit]):
         sid = "oc20mini-%04d" % i  # numbered before relaxing, so a dropped system leaves a gap
         initial = build_system(metal, adsorbates[ads_key], np.random.default_rng([seed, 2, i]))
         frames: dict[int, np.ndarray] = {}
+        name = f"{sid} {metal}/{adsorbates[ads_key][1]}"
+        hook, trace = fmax_trace(PROTOCOL)
+
+        def on_step(a: Atoms, step: int) -> None:
+            frames[step] = a.get_positions()
+            hook(a, step)
+
         try:
-            r = relax(initial, emt, PROTOCOL, on_step=lambda a, step: frames.__setitem__(step, a.get_positions()))
+            r = relax(initial, emt, PROTOCOL, on_step=on_step)
         except Exception as exc:  # an exploded relaxation is dropped, never written
-            dropped.append(f"{sid} {metal}/{adsorbates[ads_key][1]}: {type(exc).__name__}: {exc}")
+            dropped.append(f"{name}: {type(exc).__name__}: {exc}")
+            reasons["exploded"] = reasons.get("exploded", 0) + 1
             continue
-        if not r.converged:
-            dropped.append(f"{sid} {metal}/{adsorbates[ads_key][1]}: not converged in {r.steps} steps")
+        why = path_check(initial, r, trace, emt, PROTOCOL, np.random.default_rng([seed, 3, i]))
+        if why is not None:
+            dropped.append(f"{name}: {why[1]}")
+            reasons[why[0]] = reasons.get(why[0], 0) + 1
             continue
         y_init, _ = emt_label(initial)
         frame = initial.copy()
@@ -203,8 +293,17 @@ def generate(out: Path, seed: int = 0) -> dict:
                         f"metals {list(OOD_METALS)} and adsorbates "
                         f"{[adsorbates[k][1] for k in ads_ood]}; in distribution: {[adsorbates[k][1] for k in ads_id]}."),
         "generator": "mlip_zoo.evaluators.oc20.make_mini", "labelled_by": "emt", "seed": seed,
-        "relax_protocol": PROTOCOL.model_dump(), "files": files, "splits": splits, "dropped": len(dropped),
+        "relax_protocol": PROTOCOL.model_dump(),
+        "labels": ("y_relaxed and pos_relaxed: the protocol's end point, kept only where it does not depend on "
+                   "the floating-point path (drop_criteria): EMT reproduces them on any machine within the task "
+                   "configs' label_tolerance"),
+        "drop_criteria": {"max_step_share": MAX_STEP_SHARE, "fmax_margin_relative": FMAX_MARGIN,
+                          "jittered_starts": N_JITTER, "jitter_A": JITTER, "jitter_energy_eV": JITTER_ENERGY,
+                          "jitter_distance_A": JITTER_DISTANCE},
+        "files": files, "splits": splits, "dropped": len(dropped),
+        "dropped_by_reason": dict(sorted(reasons.items())), "dropped_systems": dropped,
         "energy": "total EMT energy, eV (not an adsorption energy)",
+        **({"limit": limit} if limit is not None else {}),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return {"manifest": manifest, "dropped": dropped, "seconds": time.perf_counter() - t0}
@@ -215,11 +314,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=f"Generate {LABEL}, in OC20's format (not OC20).")
     parser.add_argument("--out", type=Path, default=default_out, help=f"output folder (default {default_out})")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=None, help="only the first N systems of the plan")
     args = parser.parse_args(argv)
-    result = generate(args.out, args.seed)
+    result = generate(args.out, args.seed, args.limit)
     m = result["manifest"]
     print(f"{LABEL} -> {args.out}  ({result['seconds']:.1f} s)")
-    print("  splits: " + ", ".join(f"{k}={v}" for k, v in m["splits"].items()) + f"; dropped: {m['dropped']}")
+    print("  splits: " + ", ".join(f"{k}={v}" for k, v in m["splits"].items()) + f"; dropped: {m['dropped']} "
+          f"{m['dropped_by_reason']}")
     for line in result["dropped"]:
         print(f"    dropped {line}")
     for name, entry in m["files"].items():
