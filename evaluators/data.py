@@ -215,12 +215,25 @@ def free_mask(atoms: Atoms) -> np.ndarray:
     return ~fixed
 
 
+# The record's place in the whole dataset, stamped by ``number_records``. Evaluators name a record
+# by its index within their shard; without this, id-less records of two shards would share ids.
+RECORD_INDEX = "mlipzoo_record_index"
+
+
+def number_records(records: Iterator[Atoms]) -> Iterator[tuple[int, Atoms]]:
+    """``enumerate(records)``, stamping each record's dataset index for ``record_id``."""
+    for index, atoms in enumerate(records):
+        atoms.info[RECORD_INDEX] = index
+        yield index, atoms
+
+
 def record_id(atoms: Atoms, index: int) -> str:
-    """A structure's id: ``sid`` (plus ``fid`` for trajectory frames), else another id key, else its index."""
+    """A structure's id: ``sid`` (plus ``fid`` for trajectory frames), else another id key, else
+    ``#<dataset index>`` (the stamped one; ``index`` only for records that were never numbered)."""
     info = atoms.info
     if "sid" in info:
         return f"{info['sid']}_{info['fid']}" if "fid" in info else str(info["sid"])
     for key in ("id", "material_id", "structure_id"):
         if key in info:
             return str(info[key])
-    return f"#{index}"
+    return f"#{info.get(RECORD_INDEX, index)}"

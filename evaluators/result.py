@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import importlib.metadata
 import json
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,9 @@ from mlip_zoo.zoo.weights import atomic_write_text, sha256_of
 
 # 2: every metric carries a bootstrap interval (``intervals``, mirroring ``metrics``), and
 # ``provenance.bootstrap`` records how they were drawn.
-RESULT_SCHEMA_VERSION = 2
+# 3: ``predictions_sha256`` (the predictions file the record commits to) and ``references``
+# (``{columns, sha256}``: a digest of every row's id and reference values, see ReferenceDigest).
+RESULT_SCHEMA_VERSION = 3
 # Versions worth recording next to every number: they change answers.
 PACKAGES = ("mlip-zoo", "ase", "numpy", "torch", "e3nn", "chgnet", "sevenn", "diep", "tblite", "mace-torch",
             "orb-models", "mattersim", "fairchem-core", "pet-mad", "pymatgen", "dask", "distributed", "pyarrow")
@@ -81,9 +85,57 @@ def card_sha256(card: ModelCard) -> str | None:
     return sha256_of(card.path) if card.path else None
 
 
+# Per task (its evaluator's entry-point name): the prediction columns that come from the dataset,
+# not from the model. ``id`` is always one. A task may declare its own as ``reference_columns``.
+REFERENCE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "oc20-s2ef": ("split", "n_atoms", "energy_true", "forces_true", "free"),
+    "oc20-is2re": ("split", "n_atoms", "energy_true", "pos_true", "cell", "pbc", "free"),
+    "oc20-is2rs": ("split", "n_atoms", "energy_true", "pos_true", "cell", "pbc", "free"),
+    "discovery": ("formula", "n_atoms", "each_true", "e_form_dft", "unique_prototype"),
+    "geo-opt": ("formula", "n_atoms", "each_true", "e_form_dft", "unique_prototype", "spg_ref", "n_ops_ref"),
+    "ood-shift": ("split", "n_atoms", "energy_true", "forces_true", "free", "shift_element", "shift_force_norm",
+                  "shift_connectivity", "ood_element", "ood_force_norm", "ood_connectivity"),
+    "ttr": ("split", "n_atoms", "energy_true", "forces_true", "free"),
+    "symmetry": ("kind", "n_atoms"),
+    "eos": ("element", "n_atoms", "v0_ref", "b0_ref", "b1_ref"),
+    "diatomics": ("element", "functional", "ref_distances", "ref_energies", "ref_forces"),
+}
+
+
+def reference_columns(evaluator) -> tuple[str, ...]:
+    """``id`` and the task's reference columns, each checked to be in its predictions schema."""
+    declared = getattr(evaluator, "reference_columns", None)
+    columns = ("id", *(declared if declared is not None else REFERENCE_COLUMNS.get(evaluator.config.evaluator, ())))
+    unknown = [c for c in columns if c not in evaluator.schema.names]
+    if unknown:
+        raise ValueError(f"task {evaluator.key}: reference column(s) {', '.join(unknown)} are not in its predictions "
+                         "schema; update REFERENCE_COLUMNS in evaluators/result.py")
+    return columns
+
+
+def reference_key(row: dict[str, Any], columns: tuple[str, ...]) -> bytes:
+    """One row's reference values, canonically (floats by repr, so exact; NaN and null distinct)."""
+    return json.dumps([row[c] for c in columns], allow_nan=True, separators=(",", ":")).encode()
+
+
+class ReferenceDigest:
+    """sha256 over the sha256 of each row's ``reference_key``, in row order: what a result
+    records of its references, so they can be checked where the dataset is not at hand."""
+
+    def __init__(self, columns: tuple[str, ...]):
+        self.columns, self._sha = columns, hashlib.sha256()
+
+    def update(self, table) -> None:
+        for row in table.select(list(self.columns)).to_pylist():  # one shard or row group at a time
+            self._sha.update(hashlib.sha256(reference_key(row, self.columns)).digest())
+
+    def record(self) -> dict[str, Any]:
+        return {"columns": list(self.columns), "sha256": self._sha.hexdigest()}
+
+
 def build_result(*, card: ModelCard, task, dataset, metrics: dict, intervals: dict, bootstrap: dict,
                  n_structures: int, failures: list[dict], task_inputs: dict[str, Any], predictions: str,
-                 weights: dict[str, str],
+                 predictions_sha256: str, references: dict[str, Any], weights: dict[str, str],
                  started: dt.datetime, wall_time_s: float, device: str, n_workers: int, limit: int | None
                  ) -> dict[str, Any]:
     """The result record; ``failures`` holds ``{"id", "reason"}`` of every structure that failed and
@@ -102,6 +154,8 @@ def build_result(*, card: ModelCard, task, dataset, metrics: dict, intervals: di
         "n_failed": len(failures),
         "failures": failures,
         "predictions": predictions,
+        "predictions_sha256": predictions_sha256,
+        "references": references,
         "provenance": {
             "card_sha256": card_sha256(card),
             "weights_sha256": weights,
@@ -120,3 +174,36 @@ def build_result(*, card: ModelCard, task, dataset, metrics: dict, intervals: di
 
 def write_result(path: Path, record: dict) -> None:
     atomic_write_text(path, json.dumps(record, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def pending_predictions(target: Path, sha256: str) -> Path:
+    """Where predictions with this sha256 wait to become ``target`` (see ``commit_result``)."""
+    return target.with_name(f".{target.name}.{sha256}")
+
+
+def commit_result(path: Path, record: dict, predictions: Path) -> None:
+    """Write a result and its predictions as one: ``predictions`` (a finished file) is first moved
+    to its pending name, then the record, which names the predictions' sha256, replaces ``path``:
+    that replace is the commit point. Last, the pending file becomes ``record["predictions"]``.
+    Interrupted before the commit, the old pair stands; after it, readers take the pending file
+    (``leaderboard.results.predictions_path``) and the next write finishes the move."""
+    target = path.parent / record["predictions"]
+    finish_commit(path)
+    pending = pending_predictions(target, record["predictions_sha256"])
+    os.replace(predictions, pending)
+    write_result(path, record)
+    os.replace(pending, target)
+    for stale in path.parent.glob(f".{target.name}.*"):  # pending files of writes that never committed
+        if re.fullmatch(r"[0-9a-f]{64}", stale.name.rsplit(".", 1)[1]):
+            stale.unlink(missing_ok=True)
+
+
+def finish_commit(path: Path) -> None:
+    """Finish the move of a committed record's predictions (a write interrupted after its commit)."""
+    try:
+        record = json.loads(path.read_text())
+        pending = pending_predictions(path.parent / record["predictions"], record["predictions_sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no committed record of schema 3 here: nothing to finish
+    if pending.is_file():
+        os.replace(pending, pending.parent / record["predictions"])

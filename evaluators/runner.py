@@ -30,8 +30,9 @@ from ase import Atoms
 
 from mlip_zoo.errors import ConfigError, DatasetError, EnvError, OutputError
 from mlip_zoo.evaluators.base import Evaluator, TaskConfig, evaluator_for
-from mlip_zoo.evaluators.data import Dataset, iter_records, record_id, resolve_dataset
-from mlip_zoo.evaluators.result import PACKAGES, build_result, card_sha256, write_result
+from mlip_zoo.evaluators.data import Dataset, iter_records, number_records, record_id, resolve_dataset
+from mlip_zoo.evaluators.result import (PACKAGES, ReferenceDigest, build_result, card_sha256, commit_result,
+                                        reference_columns)
 from mlip_zoo.evaluators.uncertainty import concat_terms, strata_labels
 from mlip_zoo.evaluators.uncertainty import intervals as metric_intervals
 from mlip_zoo.zoo.card import ModelCard, get_card
@@ -147,7 +148,7 @@ def _shards(records: Iterator[Atoms], evaluator: Evaluator, shard_atoms: int, li
     """Cut the stream into shards of about ``shard_atoms`` atoms, in dataset order (deterministic,
     so a rerun cuts the same shards and can skip the finished ones)."""
     shard, atoms_in_shard, index, seen = [], 0, 0, set()
-    for i, atoms in enumerate(records):
+    for i, atoms in number_records(records):  # ids of id-less records by dataset index, not shard index
         if limit is not None and i >= limit:
             break
         why = evaluator.accepts(atoms)
@@ -168,8 +169,9 @@ def _shards(records: Iterator[Atoms], evaluator: Evaluator, shard_atoms: int, li
 
 def work_dir(out: Path, card: ModelCard, evaluator: Evaluator, dataset: Dataset, limit: int | None) -> Path:
     """Shards live under a fingerprint of everything the per-structure work depends on."""
+    # "ids": 2 -- id-less records are named by their dataset index (shards of 1 used their own)
     key = json.dumps({"card": card_sha256(card) or card.model_dump_json(), "dataset": dataset.sha256,
-                      "work": evaluator.work_key(), "limit": limit,
+                      "work": evaluator.work_key(), "limit": limit, "ids": 2,
                       "shard_atoms": evaluator.config.shard_atoms}, sort_keys=True)
     return out / card.key / ".shards" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
@@ -253,18 +255,18 @@ def evaluate(model: str | ModelCard, task: str, opts: RunOptions | None = None) 
 
     model_dir = opts.out / card.key
     predictions = model_dir / f"{config.key}.parquet"
+    tmp = predictions.with_name(f".{predictions.name}.tmp")
     with _writing(predictions):
-        tmp = predictions.with_name(f".{predictions.name}.tmp")
         try:
-            metrics, intervals, bootstrap, n_structures, failures = _summarize(evaluator, paths, dataset, tmp)
+            metrics, intervals, bootstrap, n_structures, failures, references = _summarize(evaluator, paths,
+                                                                                           dataset, tmp)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        os.replace(tmp, predictions)
     record = build_result(card=card, task=config, dataset=dataset, metrics=metrics, intervals=intervals,
                           bootstrap=bootstrap, n_structures=n_structures, failures=failures,
-                          task_inputs=evaluator.provenance(),
-                          predictions=predictions.name, weights=weights, started=started,
+                          task_inputs=evaluator.provenance(), predictions=predictions.name,
+                          predictions_sha256=sha256_of(tmp), references=references, weights=weights, started=started,
                           wall_time_s=time.perf_counter() - t0, device=device,
                           n_workers=opts.workers, limit=opts.limit)
     if env is not None:  # the model ran with the environment's packages, not the driver's
@@ -272,23 +274,28 @@ def evaluate(model: str | ModelCard, task: str, opts: RunOptions | None = None) 
         record["provenance"]["packages"] = {name: seen[name] for name in PACKAGES if name in seen}
         record["provenance"]["environment"] = {"hash": env.hash, "requires": list(card.requires)}
     with _writing(model_dir / f"{config.key}.json"):
-        write_result(model_dir / f"{config.key}.json", record)
+        try:
+            commit_result(model_dir / f"{config.key}.json", record, tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
     return record
 
 
 def _summarize(evaluator: Evaluator, paths: list[Path], dataset: Dataset, joined: Path
-               ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], int, list[dict[str, Any]]]:
-    """Metrics, their intervals and the bootstrap record, the number of structures, and the id and
-    reason of each failed one; the shards are copied into one predictions file, ``joined``, on
-    the way. A task with ``complete_terms`` keeps only per-row terms of each shard, so memory does
+               ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], int, list[dict[str, Any]], dict[str, Any]]:
+    """Metrics, their intervals and the bootstrap record, the number of structures, the id and
+    reason of each failed one, and the digest of the reference columns; the shards are copied
+    into one predictions file, ``joined``, on the way. A task with ``complete_terms`` keeps only per-row terms of each shard, so memory does
     not grow with the predictions; any other gets its whole predictions table."""
     parts, strata, tables, failures, n_structures = [], [], [], [], 0
+    references = ReferenceDigest(reference_columns(evaluator))
     with contextlib.ExitStack() as stack:
         writer = None
         for path in paths:
             shard = pq.read_table(path)
             writer = writer or stack.enter_context(pq.ParquetWriter(joined, shard.schema))
             writer.write_table(shard)
+            references.update(shard)
             n_structures += shard.num_rows
             failures += shard.filter(pc.not_equal(shard.column("status"), "ok")).select(["id", "reason"]).to_pylist()
             if evaluator.complete_terms:
@@ -306,7 +313,7 @@ def _summarize(evaluator: Evaluator, paths: list[Path], dataset: Dataset, joined
         table, terms, strata = pa.concat_tables(tables), None, None
         metrics = evaluator.metrics(table)
     intervals, bootstrap = metric_intervals(evaluator, table, metrics, terms=terms, strata=strata)
-    return metrics, intervals, bootstrap, n_structures, failures
+    return metrics, intervals, bootstrap, n_structures, failures, references.record()
 
 
 def _report(opts: RunOptions, ok: int, failed: int) -> None:
