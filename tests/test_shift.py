@@ -289,6 +289,28 @@ def test_embedded_mini_sets_match_their_manifest():
         assert dataset.name == "shift-mini (EMT labels)" and dataset.n
 
 
+def test_mptrj_statistics_match_their_manifest_and_each_other():
+    import gzip
+
+    from mlip_zoo.evaluators.data import datasets_dir
+
+    folder = datasets_dir() / "mptrj-stats"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for name, entry in manifest["files"].items():
+        assert sha256_file(folder / name) == entry["sha256"], name
+    assert manifest["source"]["license"] == "MIT"
+    by_atom = json.loads((folder / "mp-trj-element-counts-by-composition.json").read_text())
+    by_frame = json.loads((folder / "mp-trj-element-counts-by-occurrence.json").read_text())
+    with gzip.open(folder / "mp-trj-hists.json.gz", "rt") as f:
+        hists = json.load(f)
+    n_atoms = sum(v for v in by_atom.values() if v)
+    sizes = hists["n-sites"]
+    assert sum(x * y for x, y in zip(sizes["x"], sizes["y"])) == pytest.approx(n_atoms, abs=20)
+    assert sum(v or 0 for v in hists["forces"]["y"]) == 3 * n_atoms  # pooled |x|, |y|, |z| components
+    assert {k for k, v in by_atom.items() if v} == {k for k, v in by_frame.items() if v}
+    assert by_frame["O"] < sum(sizes["y"]) < sum(v for v in by_frame.values() if v)
+
+
 def test_with_cutoff_needs_the_capability():
     from mlip_zoo.zoo import load_potential
 
