@@ -217,6 +217,12 @@ def models_check(
 @app.command("validate")
 def validate(
     paths: Annotated[list[Path], typer.Argument(help="Card files (*.yaml), result files (*.json), or folders of either.")],
+    cards: Annotated[Optional[Path], typer.Option(
+        "--cards", help="Read each result's model card from DIR/<model>.yaml (a pull request's cards) instead of "
+                        "the installed ones.")] = None,
+    datasets: Annotated[Optional[list[Path]], typer.Option(
+        "--dataset", help="A dataset to re-derive results' references from (matched by sha256; repeatable). "
+                          "Embedded datasets are always used.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Validate submitted model cards and result files, for pull-request CI.
@@ -227,7 +233,7 @@ def validate(
     predictions file, and metrics and bootstrap intervals that recompute exactly from it. Imports,
     executes and unpickles nothing that was submitted.
     """
-    from mlip_zoo.leaderboard.results import recompute, result_files
+    from mlip_zoo.leaderboard.results import result_files, validate_result
     from mlip_zoo.zoo.card import read_card
     from mlip_zoo.zoo.registry import check_family
     from mlip_zoo.zoo.weights import check_local_copies
@@ -238,13 +244,14 @@ def validate(
     results = []
     for f in files:
         try:
-            if f.suffix == ".json":
-                comparison = recompute(f)
+            if f.suffix == ".json":  # what makes a result what it claims: leaderboard.results.validate_result
+                checked = validate_result(f, cards=cards, datasets=datasets or ())
+                comparison = checked.comparison
                 if not comparison.ok:
                     lines = [f"  {k}: claimed {a!r}, recomputed {b!r}" for k, a, b in comparison.differences[:10]]
                     raise CardError(f"{f}: metrics or their intervals do not follow from the predictions file:\n"
                                     + "\n".join(lines))
-                results.append({"file": str(f), "ok": True, "kind": "result"})
+                results.append({"file": str(f), "ok": True, "kind": "result", "references": checked.references})
                 continue
             card = read_card(f)
             try:
@@ -262,7 +269,8 @@ def validate(
     else:
         for r in results:
             if r["ok"]:
-                out.print(f"[green]ok[/] {_escape(r['file'])} ({r.get('key', r['kind'])})", highlight=False)
+                how = f"; references {r['references']}" if "references" in r else ""
+                out.print(f"[green]ok[/] {_escape(r['file'])} ({r.get('key', r['kind'])}{_escape(how)})", highlight=False)
             else:
                 err.print(f"[red]invalid[/] {_escape(r['error'])}", highlight=False)
         out.print(f"{sum(r['ok'] for r in results)} valid, {sum(not r['ok'] for r in results)} invalid")
