@@ -14,7 +14,7 @@ from types import ModuleType
 from mlip_zoo.errors import MissingExtraError, UnknownFamilyError
 from mlip_zoo.zoo.card import ModelCard, get_card
 from mlip_zoo.zoo.potential import Potential, resolve_device
-from mlip_zoo.zoo.weights import resolve_weights
+from mlip_zoo.zoo.weights import assert_safe_checkpoint, resolve_weights
 
 FAMILY_GROUP = "mlip_zoo.families"
 
@@ -42,12 +42,25 @@ def require_module(card: ModelCard, module: str) -> ModuleType:
             f"Install it with: pip install 'mlip-zoo[{card.family}]'") from exc
 
 
+def checkpoint_globals(family: str) -> tuple[str, ...]:
+    """Globals a family's checkpoints may reference beyond torch's safe set: its adapter module's
+    ``CHECKPOINT_GLOBALS`` (SevenNet keeps numpy arrays in its config)."""
+    check_family(family)
+    return tuple(getattr(importlib.import_module(families()[family].module), "CHECKPOINT_GLOBALS", ()))
+
+
 def load_potential(card: ModelCard | str, *, device: str = "cpu", dtype: str | None = None) -> Potential:
-    """Card (or key) -> verified weights -> the family's ``Potential`` on ``device``."""
+    """Card (or key) -> verified weights -> the family's ``Potential`` on ``device``.
+
+    Every weight file passes the one loading gate (``assert_safe_checkpoint``) before any family
+    code sees it, so no adapter can forget it."""
     if isinstance(card, str):
         card = get_card(card)
     check_family(card.family)
     files = {name: f.path for name, f in resolve_weights(card).items()}
+    allow = checkpoint_globals(card.family)
+    for path in files.values():
+        assert_safe_checkpoint(card, path, allow)
     loader = families()[card.family].load()
     return loader(card, files, device=resolve_device(device), dtype=dtype)
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from mlip_zoo.zoo.potential import CalculatorPotential
 from mlip_zoo.zoo.registry import require_module
-from mlip_zoo.zoo.weights import assert_safe_checkpoint
 
 
 def _model_dir(files: dict[str, Path]) -> Path:
@@ -24,8 +23,5 @@ def _model_dir(files: dict[str, Path]) -> Path:
 
 def load(card, files, *, device, dtype):
     pretrained = require_module(card, "diep.pretrained")
-    for name, path in files.items():
-        if name.endswith(".pt"):
-            assert_safe_checkpoint(card, path)
     calc = pretrained.make_calculator(_model_dir(files), device=device, stress=card.stress)
     return CalculatorPotential(card, calc, device=device, dtype=dtype or "float32")

@@ -1,5 +1,6 @@
 """MACE foundation models (mace-torch). A ``.model`` file is a whole pickled torch module, so
-these cards must be ``trusted: true``; mace-torch unpickles them itself.
+these cards must be ``trusted: true`` (the loading gate in ``load_potential`` refuses the file
+otherwise); mace-torch unpickles them itself.
 
 mace-torch 0.3.16 pins ``e3nn==0.4.4`` while SevenNet and others need ``e3nn>=0.5``, so MACE
 cards normally run in their own environment (zoo/envs.py). Importing ``mace`` also sets

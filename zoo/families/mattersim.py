@@ -1,5 +1,6 @@
 """MatterSim (Microsoft). Its checkpoints are unpickled by the package (weights_only=False), so the
-cards are ``trusted: true`` with the reason stated."""
+loading gate in ``load_potential`` refuses one that references more than torch's safe globals unless
+the card is ``trusted: true`` with the reason stated."""
 
 from __future__ import annotations
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from mlip_zoo.errors import CardError
 from mlip_zoo.zoo.potential import CalculatorPotential
 from mlip_zoo.zoo.registry import require_module
-from mlip_zoo.zoo.weights import assert_safe_checkpoint
 
 
 def load(card, files, *, device, dtype):
@@ -18,7 +17,6 @@ def load(card, files, *, device, dtype):
         raise CardError(f"{card.path or card.key}: options.model must name a function of "
                         f"orb_models.forcefield.pretrained, got {name!r}")
     (path,) = files.values()
-    assert_safe_checkpoint(card, path)
     precision = card.options.get("precision", "float32-high")
     orbff = build(weights_path=str(path), device=device, precision=precision)
     return CalculatorPotential(card, calculator.ORBCalculator(orbff, device=device), device=device,

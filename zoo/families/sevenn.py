@@ -1,7 +1,8 @@
 """SevenNet (Park et al., 2024), an e3nn-based equivariant network.
 
 SevenNet checkpoints keep numpy arrays in their config, so ``weights_only=True`` alone refuses
-them; we check that numpy arrays are the *only* extra globals before sevenn unpickles the file.
+them; ``CHECKPOINT_GLOBALS`` lets the loading gate (``load_potential``) accept numpy arrays as the
+*only* extra globals before sevenn unpickles the file.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import numpy as np
 from mlip_zoo.zoo.potential import CalculatorPotential
 from mlip_zoo.zoo.registry import require_module
 from mlip_zoo.zoo.ttt import Trainable
-from mlip_zoo.zoo.weights import NUMPY_ARRAY_GLOBALS, assert_safe_checkpoint
+from mlip_zoo.zoo.weights import NUMPY_ARRAY_GLOBALS
+
+CHECKPOINT_GLOBALS = NUMPY_ARRAY_GLOBALS
 
 
 class SevenNetPotential(CalculatorPotential):
@@ -61,7 +64,6 @@ class SevenNetPotential(CalculatorPotential):
 def load(card, files, *, device, dtype):
     calculator = require_module(card, "sevenn.calculator")
     (path,) = files.values()
-    assert_safe_checkpoint(card, path, allow=NUMPY_ARRAY_GLOBALS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no tensor-product accelerator" is expected on a CPU
         calc = calculator.SevenNetCalculator(model=str(path), device=device, **card.options)
