@@ -228,14 +228,16 @@ def validate(
     """Validate submitted model cards and result files, for pull-request CI.
 
     Cards: the schema (unknown fields, key pattern, file name = key, weight paths, sha256 on
-    package/URL sources, pickles need trusted: true), a known family, and sha256/size of any copy
-    of the weights already on this machine. Results: complete fields and provenance, a present
-    predictions file, and metrics and bootstrap intervals that recompute exactly from it. Imports,
-    executes and unpickles nothing that was submitted.
+    package/URL sources, pickles need trusted: true, no keyword that switches on unpickling or
+    names a file), a known family, a `family: ase` calculator on the allow-list, and sha256/size and
+    the loading gate's byte check of any copy of the weights already on this machine. Results:
+    complete fields and provenance, a present predictions file, and metrics and bootstrap intervals
+    that recompute exactly from it. Imports, executes and unpickles nothing that was submitted.
     """
     from mlip_zoo.leaderboard.results import result_files, validate_result
     from mlip_zoo.zoo.card import read_card
-    from mlip_zoo.zoo.registry import check_family
+    from mlip_zoo.zoo.families.ase_calc import calculator_class
+    from mlip_zoo.zoo.registry import check_family, checkpoint_globals
     from mlip_zoo.zoo.weights import check_local_copies
 
     files: list[Path] = []
@@ -258,7 +260,9 @@ def validate(
                 check_family(card.family)
             except MlipZooError as exc:
                 raise CardError(f"{f}: family: {exc}") from None
-            problems = check_local_copies(card)
+            if card.calculator:  # the checks `eval` makes, importing only allow-listed modules
+                calculator_class(card, import_trusted=False)
+            problems = check_local_copies(card, allow=checkpoint_globals(card.family))
             if problems:
                 raise CardError(f"{f}: " + "; ".join(problems))
             results.append({"file": str(f), "ok": True, "kind": "card", "key": card.key})

@@ -27,13 +27,31 @@ from mlip_zoo.errors import CardError, UnknownModelError
 KEY_PATTERN = r"^[a-z0-9]+(?:[.-][a-z0-9]+)*$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 CARDS_ENV = "MLIPZOO_CARDS"
+# A card is a page of metadata; anything bigger is a mistake or an attack (a 60 MB card made
+# `models list` take 32 s).
+CARD_MAX_BYTES = 256 * 1024
 
 Capability = Literal["stress", "magmom", "radius_refinement", "test_time_training", "charge_spin"]
 
-# Suffixes whose loading means full unpickling (can run arbitrary code). Torch zip checkpoints are
-# scanned for the globals they reference before loading (see weights.assert_safe_checkpoint).
+# Suffixes whose loading means full unpickling (can run arbitrary code). This only lets `validate`
+# ask for `trusted: true` early; the file itself is judged from its bytes before any loading
+# (weights.assert_safe_checkpoint), whatever its name or declared format.
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".model")
 TORCH_SUFFIXES = (".pt", ".pth", ".tar", ".ckpt")
+
+# `family: ase` imports the module a card names, and importing runs that module's code, so only
+# these modules (and their submodules) may be named: ASE's in-process numpy calculators. Not all
+# of ase.calculators: its FileIOCalculator subclasses run the shell string given as `command`, and
+# lammpslib runs LAMMPS input (which has a `shell` command). MLIPZOO_CALCULATOR_MODULES (comma-
+# separated, read when used) adds modules on one machine; a card's `trusted: true` admits its own.
+CALCULATOR_MODULES_ENV = "MLIPZOO_CALCULATOR_MODULES"
+BUILTIN_CALCULATOR_MODULES = tuple(f"ase.calculators.{m}" for m in (
+    "emt", "lj", "morse", "eam", "tersoff", "tip3p", "tip4p", "acn", "ff", "harmonic", "idealgas", "h2morse"))
+# Keywords that switch a loader to full unpickling (torch.load, numpy.load, transformers).
+DESERIALISER_KEYS = frozenset({"allow_pickle", "weights_only", "pickle_module", "pickle_load_args",
+                               "trust_remote_code"})
+# A string that could name a file: a path separator, a home directory, or a file extension.
+_PATH_LIKE = re.compile(r"[/\\]|^~|\.[A-Za-z][A-Za-z0-9_]{0,9}$")
 
 
 class _Strict(BaseModel):
@@ -107,11 +125,11 @@ class WeightFile(_Strict):
 
     @property
     def effective_format(self) -> str:
+        name = self.filename.lower()
+        if self.format == "pickle" or name.endswith(PICKLE_SUFFIXES):  # a declared format never hides a .pkl
+            return "pickle"
         if self.format:
             return self.format
-        name = self.filename.lower()
-        if name.endswith(PICKLE_SUFFIXES):
-            return "pickle"
         if name.endswith(TORCH_SUFFIXES):
             return "torch"
         if name.endswith(".safetensors"):
@@ -199,6 +217,9 @@ class ModelCard(_Strict):
             raise ValueError("family 'ase' needs calculator: 'module:Class'")
         if self.family != "ase" and (self.calculator or self.calculator_kwargs):
             raise ValueError("calculator/calculator_kwargs are only for family 'ase'")
+        if not self.trusted:
+            for field in ("calculator_kwargs", "options"):
+                _refuse_loader_switches(field, getattr(self, field))
         if isinstance(self.weights, list):
             names = [w.filename for w in self.weights]
             if len(set(names)) != len(names):
@@ -255,6 +276,51 @@ class ModelCard(_Strict):
             "training_set": list(self.training_sets),
         }
         return {k: v for k, v in out.items() if v not in (None, [], {})}
+
+
+def _refuse_loader_switches(where: str, value: Any) -> None:
+    """Keywords handed to a family's code must not reach a deserialiser: no switch that turns
+    unpickling on, and no file other than the card's ``weights`` (which are sha256-pinned and
+    judged by their bytes before loading)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if str(key).lower() in DESERIALISER_KEYS:
+                raise ValueError(
+                    f"{where}.{key}: this keyword steers how a file is deserialised and can switch on "
+                    "unpickling, which runs code; remove it (or set trusted: true with a trusted_reason)")
+            _refuse_loader_switches(f"{where}.{key}", item)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _refuse_loader_switches(f"{where}.{i}", item)
+    elif isinstance(value, str) and _PATH_LIKE.search(value):
+        raise ValueError(
+            f"{where}: {value!r} looks like a file path or URL, and a file handed to a model's code may be "
+            "unpickled; list the file under `weights` (sha256-pinned, checked before loading; family ase "
+            "passes it as options.weights_kwarg), or set trusted: true with a trusted_reason")
+
+
+def calculator_modules() -> tuple[str, ...]:
+    """Modules a ``family: ase`` card may name: ASE's built-in in-process calculators plus
+    ``MLIPZOO_CALCULATOR_MODULES`` (comma-separated), read now."""
+    extra = os.environ.get(CALCULATOR_MODULES_ENV, "")
+    return BUILTIN_CALCULATOR_MODULES + tuple(m.strip() for m in extra.split(",") if m.strip())
+
+
+def check_calculator_module(card: ModelCard) -> bool:
+    """Whether ``card.calculator``'s module is on the allow-list, decided from its name alone
+    (nothing is imported). A trusted card may name another module (False); an untrusted one
+    naming another module raises ``CardError`` naming the file, the field and the fixes."""
+    module = (card.calculator or "").partition(":")[0]
+    allowed = calculator_modules()
+    if any(module == m or module.startswith(m + ".") for m in allowed):
+        return True
+    if card.trusted:
+        return False
+    raise CardError(
+        f"{card.path or card.key}: calculator: module {module!r} is not on the calculator allow-list, "
+        f"and importing it would run its code (allowed: {', '.join(allowed)}). To fix: name one of "
+        f"those ASE calculators; or, on your own machine, add the module to {CALCULATOR_MODULES_ENV} "
+        "(comma-separated); or, once the module is reviewed, set trusted: true with a trusted_reason")
 
 
 def python_specifier(value: str) -> SpecifierSet:
@@ -315,17 +381,69 @@ def _format_validation_error(path: Path, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
+class _CardYAMLError(yaml.YAMLError):
+    """A card uses YAML the zoo refuses; the message names the line."""
+
+
+class _CardLoader(yaml.SafeLoader):
+    """YAML's safe subset, minus aliases and duplicate keys.
+
+    An alias (``*name``) repeats a node by reference, so a few lines can stand for billions of
+    values (the "billion laughs" bomb) that hang whatever walks the card. A repeated key would
+    silently keep the last value (``license: MIT`` then ``license: GPL-3.0``)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _CardYAMLError(
+                f"line {event.start_mark.line + 1}: YAML alias *{event.anchor} is not allowed in a model card "
+                "(aliases can expand exponentially); write the value out in full")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        self.flatten_mapping(node)
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _CardYAMLError(f"line {line}: duplicate key {key!r} (first set on line {seen[key]}); "
+                                         "keep one of them")
+                seen[key] = line
+            except TypeError:  # unhashable: the base constructor reports it
+                continue
+        return super().construct_mapping(node, deep)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(CARD_MAX_BYTES + 1)  # bounded even if the size changes or lies (a FIFO, /dev/zero)
+    except OSError as exc:
+        raise CardError(f"{path}: cannot read model card ({exc.strerror or exc})") from exc
+    if len(raw) > CARD_MAX_BYTES:
+        raise CardError(f"{path}: a model card may be at most {CARD_MAX_BYTES // 1024} KiB and this file is "
+                        "larger; keep long text in the paper or repository it links to")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CardError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); "
+                        "save the card as UTF-8") from None
+
+
 def read_card(path: str | Path) -> ModelCard:
     """Parse and validate one card file; every error names the file and the dotted field."""
     path = Path(path)
+    text = _read_text(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CardError(f"{path}: cannot read model card ({exc.strerror or exc})") from exc
-    try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_CardLoader)
+    except _CardYAMLError as exc:
+        raise CardError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise CardError(f"{path}: not valid YAML: {exc}") from exc
+    except RecursionError:
+        raise CardError(f"{path}: YAML nested too deeply for a model card; flatten it") from None
     if not isinstance(data, dict):
         raise CardError(f"{path}: a model card must be a YAML mapping of fields, got {type(data).__name__}")
     try:
