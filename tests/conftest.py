@@ -9,6 +9,15 @@ import pytest
 from hub_server import FakeHub
 
 
+@pytest.fixture(scope="session", autouse=True)
+def test_calculators():
+    """`family: ase` cards may import tests/fake_calcs.py, as a user allows a module of their own
+    (session-wide, so module-scoped fixtures and Dask workers see it too)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLIPZOO_CALCULATOR_MODULES", "fake_calcs")
+        yield
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path, monkeypatch):
     """Every test gets its own caches and starts offline; Hub tests point HF_ENDPOINT at loopback."""

@@ -204,7 +204,8 @@ def test_unknown_family():
 
 
 @catalogue
-def test_missing_optional_extra(card_dir):
+def test_missing_optional_extra(card_dir, monkeypatch):
+    monkeypatch.setenv("MLIPZOO_CALCULATOR_MODULES", "package_nobody_installed")  # allowed, not installed
     card = read_card(card_dir("needs-pkg", FAKE_CARD.format(key="needs-pkg", cls="X").replace(
         "fake_calcs:X", "package_nobody_installed.calc:Calculator")))
     with pytest.raises(MissingExtraError, match=r"cannot import 'package_nobody_installed.calc'.*install the package"):
