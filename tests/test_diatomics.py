@@ -178,6 +178,8 @@ def test_a_malformed_curve_is_named(tmp_path):
         json.dump({"PBE": {"H-He": {"distances": [0.5, 1.0], "energies": [1.0, 0.0], "forces": []}}}, f)
     with pytest.raises(DatasetError, match="PBE/H-He: only homonuclear"):
         list(iter_records(path))
+    plain = next(iter_records(datasets_dir() / "symmetry-mini" / "symmetry.extxyz"))
+    assert "reference dimer curves" in evaluator_for("diatomics").accepts(plain)
 
 
 def test_functional_option_picks_the_r2scan_curves():

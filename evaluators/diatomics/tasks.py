@@ -76,6 +76,12 @@ class Diatomics(Evaluator):
     def protocol(self) -> Protocol:
         return Protocol.model_validate(self.config.options)
 
+    def accepts(self, atoms: Atoms) -> str | None:
+        if "reference" not in atoms.info or "element" not in atoms.info:
+            return ("diatomics reads reference dimer curves (matbench-discovery's diatomics-dft.json.gz "
+                    "layout, a *.json.gz file), not single structures")
+        return None
+
     def run(self, potential: Potential, records: list[Atoms]) -> list[dict]:
         protocol, rows = self.protocol, []
         for atoms in records:
