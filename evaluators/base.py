@@ -79,6 +79,9 @@ class TaskConfig(BaseModel):
     # from a perfect score on it, on any CPU (see evaluators/pipeline.py). A statement about
     # reproducibility, not about any number: it stays out of the fingerprint.
     label_tolerance: dict[str, float] = {}
+    # The level of theory of the task's reference labels (eos: PBE). A model whose card names
+    # another `functional` is still scored, with a visible note that the two differ.
+    reference_functional: str | None = None
 
     @model_validator(mode="after")
     def _tolerances_name_metrics(self) -> TaskConfig:
@@ -89,7 +92,7 @@ class TaskConfig(BaseModel):
 
     def fingerprint(self) -> str:
         """What the task's numbers depend on: everything but how the work is cut and the intervals drawn."""
-        data = self.model_dump(mode="json", exclude={"bootstrap", "shard_atoms", "label_tolerance"})
+        data = self.model_dump(mode="json", exclude={"bootstrap", "shard_atoms", "label_tolerance", "reference_functional"})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

@@ -417,11 +417,6 @@ def _rederive(path: Path, record: dict[str, Any], evaluator: Evaluator, columns:
     try:
         while chunk := list(islice(records, RECORDS_PER_CHUNK)):
             submitted = list(islice(rows, len(chunk)))
-            if len(submitted) < len(chunk):
-                index, atoms = chunk[len(submitted)]
-                raise ResultError(f"{path}: the predictions end at row {index}, before record {index} of {dataset.path.name}; "
-                                  f"a result holds a row for {scope} of its dataset (a failure is a row with status "
-                                  "failed), never a selection; rerun the evaluation")
             structures = [atoms for _, atoms in chunk]
             expected = _reference_rows(evaluator, failing, structures, columns)
             redo = [j for j, row in enumerate(submitted)
@@ -430,7 +425,7 @@ def _rederive(path: Path, record: dict[str, Any], evaluator: Evaluator, columns:
                 for j, row in zip(redo, _reference_rows(evaluator, zeros, [structures[j] for j in redo], columns),
                                   strict=True):
                     expected[j] = row
-            for (index, _), row, want in zip(chunk, submitted, expected, strict=True):
+            for (index, _), row, want in zip(chunk, submitted, expected):  # the rows there are, then the gap
                 if row["id"] != want["id"]:
                     raise ResultError(f"{path}: predictions row {index} is structure {row['id']!r}, record {index} of "
                                       f"{dataset.path.name} is {want['id']!r}: rows are the dataset's records in its order; "
@@ -442,6 +437,11 @@ def _rederive(path: Path, record: dict[str, Any], evaluator: Evaluator, columns:
                                       "the evaluation")
                 if row["status"] != "ok":
                     failures.append({"id": row["id"], "reason": row["reason"]})
+            if len(submitted) < len(chunk):
+                index = chunk[len(submitted)][0]
+                raise ResultError(f"{path}: the predictions end at row {index}, before record {index} of {dataset.path.name}; "
+                                  f"a result holds a row for {scope} of its dataset (a failure is a row with status "
+                                  "failed), never a selection; rerun the evaluation")
     except MlipZooError as exc:
         if isinstance(exc, ResultError):
             raise

@@ -223,13 +223,16 @@ def _plot_data(record: dict, config: TaskConfig) -> dict[str, Any] | None:
 
 
 def _rankings(config: TaskConfig, results: dict[str, dict[str, dict]]) -> list[dict[str, Any]]:
-    """Per dataset the task was run on (results on different datasets are never ranked
-    together): the models' ranks by the headline metric on the structures they all have, the
-    rank ranges from the bootstrap, and the paired difference of every pair."""
-    groups: dict[str, dict[str, dict]] = {}
+    """Per dataset and protocol the task was run with (results on different datasets, or under
+    different task options, are never ranked together): the models' ranks by the headline metric
+    on the structures they all have, the rank ranges from the bootstrap, and the paired
+    difference of every pair."""
+    groups: dict[tuple[str, str], dict[str, dict]] = {}
     for model, by_task in results.items():
         if config.key in by_task:
-            groups.setdefault(by_task[config.key]["dataset"]["sha256"], {})[model] = by_task[config.key]
+            record = by_task[config.key]
+            key = (record["dataset"]["sha256"], record["provenance"].get("task_config_sha256", ""))
+            groups.setdefault(key, {})[model] = record
     spec = config.metrics.get(config.headline)
     if not groups or spec is None:
         return []
@@ -418,7 +421,12 @@ def build_site(results_dir: Path, out_dir: Path) -> Path:
         ranked = board.get(key, {})
         values = {t: r["metrics"].get(configs[t].headline) for t, r in ranked.items()}
         term_values = {t: ranked[t]["metrics"].get(s["metric"]) if t in ranked else None for t, s in terms.items()}
+        card = models[key]["card"]
+        functional_notes = {t: f"{card.functional} model, {configs[t].reference_functional} references"
+                            for t in ranked if card is not None and configs[t].reference_functional
+                            and card.functional != configs[t].reference_functional}
         rows.append({**models[key], "results": by_task, "board": ranked, "values": values, "term_values": term_values,
+                     "functional_notes": functional_notes,
                      "coverage": coverage.get(key, {}),
                      "ranks": {t: ranks[t][key] for t in ranked if key in ranks.get(t, {})},
                      "combined": {**combined(term_values, terms, coverage.get(key)), **combined_ci.get(key, {})}})

@@ -685,6 +685,19 @@ def _with_reference(task: str, reference: Path):
     return config.model_copy(update={"options": {**config.options, "reference": str(reference.resolve())}})
 
 
+def _with_options(task: str, options: dict):
+    """The task's protocol with a run config's option overrides (e.g. diatomics `every: 2` to
+    sub-sample the curves): recorded in the result's task-config hash, and results made under
+    different options are never ranked together."""
+    from mlip_zoo.evaluators.base import TaskConfig, load_task_config
+
+    config = load_task_config(task)
+    unknown = sorted(set(options) - set(config.options))
+    if unknown:
+        raise ConfigError(f"task {task} has no option(s) {', '.join(unknown)} (it has: {', '.join(config.options)})")
+    return TaskConfig.model_validate({**config.model_dump(), "options": {**config.options, **options}})
+
+
 def _evaluate_one(model: str, task, opts, wandb_mode: str = "offline") -> dict:
     """Evaluate, then hand the written result to the W&B sink (whose failure costs nothing local).
     ``task``: a key, or a task config adjusted for this run (``--reference``)."""
@@ -855,7 +868,8 @@ def run(
                     opts = RunOptions(out=out_dir, device=device, workers=n_workers, limit=block.get("limit"),
                                       client=client, env=env_mode, env_clusters=envs)
                     try:
-                        records.append(record := _evaluate_one(model, task, opts, wandb_mode))
+                        config = _with_options(task, block["options"]) if block.get("options") else task
+                        records.append(record := _evaluate_one(model, config, opts, wandb_mode))
                         if failed := _failed_checks(record):  # the labeller missed its own labels: a broken pipeline
                             errors.append({"model": model, "task": task, "error": "pipeline check failed: " + failed})
                     except Exception as exc:  # keep going: one broken pair must not cost the others

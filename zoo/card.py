@@ -157,6 +157,9 @@ class ModelCard(_Strict):
     paper: str | None = None
     dates: Dates = Dates()
     training_sets: list[str] = []
+    # The level of theory whose energies the model reproduces. Reference tasks compare like with
+    # like where their data allow (diatomics has r2SCAN curves) and flag the difference otherwise.
+    functional: str = "PBE"
     model_params: int | None = Field(default=None, ge=0)
     targets: Literal["E", "EF", "EFS", "EFSM"]
     elements: list[str] = []

@@ -87,13 +87,16 @@ class Diatomics(Evaluator):
         for atoms in records:
             t0 = time.perf_counter()
             element = atoms.info["element"]
-            row: dict[str, Any] = {"id": atoms.info["id"], "element": element, "functional": protocol.functional}
-            reference = atoms.info["reference"].get(protocol.functional)
+            # Like with like: an r2SCAN model (its card's `functional`) against the r2SCAN curves.
+            functional = potential.card.functional if potential.card.functional in atoms.info["reference"] \
+                else protocol.functional
+            row: dict[str, Any] = {"id": atoms.info["id"], "element": element, "functional": functional}
+            reference = atoms.info["reference"].get(functional)
             if element in protocol.skip_elements:
                 row.update(status="ok", reason=None,
                            skipped="not scored for any model (absent from the Materials Project, see the task)")
             elif reference is None:
-                row.update(status="failed", reason=f"the dataset has no {protocol.functional} curve for {row['id']}; "
+                row.update(status="failed", reason=f"the dataset has no {functional} curve for {row['id']}; "
                                                    f"it has {', '.join(atoms.info['reference'])}")
             else:
                 row.update(ref_distances=reference["distances"], ref_energies=reference["energies"],
