@@ -20,7 +20,7 @@ from mlip_zoo.evaluators.data import datasets_dir, iter_records, resolve_dataset
 from mlip_zoo.evaluators.diatomics import metrics as m
 from mlip_zoo.evaluators.diatomics.tasks import Protocol, element_metrics
 
-FOLDER = datasets_dir() / "diatomics"
+FOLDER = datasets_dir() / "diatomics-vasp"
 EMT_ELEMENTS = {"H", "C", "N", "O", "Al", "Ni", "Cu", "Pd", "Ag", "Pt", "Au"}
 NON_MP = {"Po", "At", "Rn", "Fr", "Ra"}
 PROTOCOL = Protocol()
@@ -151,7 +151,7 @@ def test_dataset_matches_its_manifest_and_reads_both_functionals():
     assert manifest["source"]["license"] == "MIT" and len(manifest["source"]["commit"]) == 40
     listed = manifest["files"]["diatomics-dft.json.gz"]
     assert sha256_file(FOLDER / "diatomics-dft.json.gz") == listed["sha256"]
-    dataset = resolve_dataset("diatomics", "diatomics-dft.json.gz")
+    dataset = resolve_dataset("diatomics-vasp", "diatomics-dft.json.gz")
     records = list(iter_records(dataset.path))
     assert len(records) == listed["n"] == dataset.n == 92
     assert [a.info["id"] for a in records[:3]] == ["H-H", "He-He", "Li-Li"] and records[-1].info["id"] == "U-U"
@@ -160,12 +160,12 @@ def test_dataset_matches_its_manifest_and_reads_both_functionals():
 
 
 def test_a_modified_copy_is_refused(tmp_path, monkeypatch):
-    shutil.copytree(FOLDER, tmp_path / "diatomics")
-    with open(tmp_path / "diatomics" / "diatomics-dft.json.gz", "ab") as f:
+    shutil.copytree(FOLDER, tmp_path / "diatomics-vasp")
+    with open(tmp_path / "diatomics-vasp" / "diatomics-dft.json.gz", "ab") as f:
         f.write(b"\0")
     monkeypatch.setattr(data_module, "datasets_dir", lambda: tmp_path)
     with pytest.raises(DatasetError, match="differs from its manifest"):
-        resolve_dataset("diatomics", "diatomics-dft.json.gz")
+        resolve_dataset("diatomics-vasp", "diatomics-dft.json.gz")
 
 
 def test_a_malformed_curve_is_named(tmp_path):
