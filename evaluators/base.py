@@ -24,6 +24,7 @@ from ase import Atoms
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mlip_zoo.errors import ConfigError, UnknownTaskError
+from mlip_zoo.zoo.card import ModelCard
 from mlip_zoo.zoo.potential import Potential
 
 # Per-row terms of ratio-of-sums metrics: dotted metric name -> (total, numel), one value per row;
@@ -143,6 +144,12 @@ class Evaluator(ABC):
         """What the per-structure work depends on. Tasks that share it (IS2RE and IS2RS share
         their relaxations) share shards, so the work runs once."""
         return f"{self.key}:{self.config.fingerprint()}"
+
+    def for_card(self, card: ModelCard) -> TaskConfig:
+        """The protocol to run for this model (called once by the runner, before the work key and
+        provenance): the config unchanged unless the task adapts to the card (ood-shift's
+        ``reference: auto``). A changed config has its own fingerprint, recorded in the result."""
+        return self.config
 
     def accepts(self, atoms: Atoms) -> str | None:
         """Why a dataset record cannot be used by this task (None when it can)."""
