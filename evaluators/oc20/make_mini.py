@@ -18,9 +18,10 @@ seed and library versions):
 - ``is2re.json``: one initial structure per system; key-value pairs ``sid``, ``split``,
   ``y_init``, ``y_relaxed`` (eV, total) and ``n_steps`` (the protocol relaxation's steps); tags
   and the FixAtoms constraint on the row; ``data.pos_relaxed`` the EMT-relaxed positions.
-- ``s2ef.json``: first, middle and last frame of every protocol relaxation, with EMT energy and
-  forces on all atoms (fixed ones included); key-value pairs ``sid``, ``fid`` (optimizer step),
-  ``split``. Single points: exact EMT evaluations of the stored positions.
+- ``s2ef.json``: first, middle and last frame of every converged protocol relaxation (path-sensitive
+  ones included: single points, exact EMT evaluations of the stored positions, reproduce anyway),
+  with EMT energy and forces on all atoms (fixed ones included); key-value pairs ``sid``, ``fid``
+  (optimizer step), ``split``.
 - ``manifest.json``: seed, relaxation protocol, drop criteria, split sizes, what
   was dropped and why, and each file's sha256.
 
@@ -37,7 +38,8 @@ end point does not depend on the path (``path_check``): its relaxation converges
 stopping rule), and ``N_JITTER`` relaxations from starts moved by ``JITTER`` Å (seeded; ten orders
 of magnitude above round-off) take the same number of steps and end within ``JITTER_ENERGY`` eV and
 ``JITTER_DISTANCE`` Å (largest atom displacement) of it, i.e. amplify a perturbation at most a
-thousandfold. Other systems are dropped, the reason printed and counted in the manifest. On the kept
+thousandfold. Other systems are dropped from is2re.json (their S2EF frames stay), the reason printed
+and counted in the manifest. On the kept
 systems EMT's relaxations agree with the labels on any machine to far below the task configs'
 ``label_tolerance`` (EwT and ADwT exactly 1).
 
@@ -263,8 +265,16 @@ def generate(out: Path, seed: int = 0, limit: int | None = None) -> dict:
             dropped.append(f"{name}: {type(exc).__name__}: {exc}")
             reasons["exploded"] = reasons.get("exploded", 0) + 1
             continue
+        if r.converged:  # single points, exact EMT evaluations: every converged relaxation gives frames
+            for step in sorted({0, r.steps // 2, r.steps}):
+                snap = initial.copy()
+                snap.positions = frames[step]
+                energy, forces = emt_label(snap)
+                snap.info = {"sid": sid, "fid": int(step), "split": split}
+                snap.calc = SinglePointCalculator(snap, energy=energy, forces=forces)
+                s2ef.append(snap)
         why = path_check(initial, r, trace, emt, PROTOCOL, np.random.default_rng([seed, 3, i]))
-        if why is not None:
+        if why is not None:  # no relaxed labels from a path-sensitive relaxation
             dropped.append(f"{name}: {why[1]}")
             reasons[why[0]] = reasons.get(why[0], 0) + 1
             continue
@@ -275,13 +285,6 @@ def generate(out: Path, seed: int = 0, limit: int | None = None) -> dict:
         frame.new_array("pos_relaxed", r.atoms.get_positions())
         is2re.append(frame)
         splits[split] = splits.get(split, 0) + 1
-        for step in sorted({0, r.steps // 2, r.steps}):
-            snap = initial.copy()
-            snap.positions = frames[step]
-            energy, forces = emt_label(snap)
-            snap.info = {"sid": sid, "fid": int(step), "split": split}
-            snap.calc = SinglePointCalculator(snap, energy=energy, forces=forces)
-            s2ef.append(snap)
 
     out.mkdir(parents=True, exist_ok=True)
     files = {name: {"sha256": ase_json_db(out / name, images, arrays), "n": len(images)}
