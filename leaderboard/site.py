@@ -205,7 +205,8 @@ def _plot_data(record: dict, config: TaskConfig) -> dict[str, Any] | None:
     if isinstance(axes, dict):  # force error per bin of each shift axis, from the metrics themselves
         out["shift"] = {axis: {"x": [b["range"] for b in d["bins"].values()],
                                "y": [b["forces_mae"] for b in d["bins"].values()],
-                               "n": [b["n"] for b in d["bins"].values()]} for axis, d in axes.items()}
+                               "n": [b["n"] for b in d["bins"].values()]}
+                        for axis, d in axes.items() if "bins" in d}  # an n/a axis (no training structures) has none
     if config.key.endswith("is2rs") and ok:
         dists = []
         for r in ok:  # per system: mean minimum-image distance over free atoms, every axis periodic (as ADwT scores it)

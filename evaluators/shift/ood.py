@@ -6,9 +6,16 @@ is the same for every model. The model's energy and forces are then scored overa
 structures in distribution on every axis vs out of distribution on at least one, per axis
 (in vs out), per bin of each axis's score, and per dataset split.
 
-The training statistics are computed once per reference file and cached (``stats``); the cache
-file and its sha256 go into the result's provenance. Rows carry the scores and OOD flags, so the
-metrics are a pure function of the predictions table.
+The reference (``options.reference``) is an embedded set (``{dataset, file}``), a path to a
+labelled file, the name of a statistics-only reference (``mptrj``: MPtrj, whose structures are not
+shipped), or ``auto``: MPtrj for a model whose card names it among its ``training_sets``, else the
+reference of the task's shipped config (resolved per model by ``for_card``, before any work).
+
+The training statistics of a set are computed once per reference file and cached (``stats``); the
+cache file and its sha256, or the statistics-only reference's files and constants, go into the
+result's provenance. Rows carry the scores and OOD flags, so the metrics are a pure function of
+the predictions table; an axis the reference cannot place structures on (null on every row) is
+reported as n/a with its reason, and "OOD on any axis" counts the available axes only.
 """
 
 from __future__ import annotations
@@ -21,13 +28,17 @@ import numpy as np
 import pyarrow as pa
 from ase import Atoms
 
-from mlip_zoo.evaluators.base import Evaluator
+from mlip_zoo.errors import ConfigError
+from mlip_zoo.evaluators.base import Evaluator, TaskConfig, load_task_config
 from mlip_zoo.evaluators.data import Dataset, free_mask, record_id, resolve_dataset, sha256_file
-from mlip_zoo.evaluators.shift.stats import AXES, StatsConfig, TrainingStats, reference_forces, training_stats
+from mlip_zoo.evaluators.shift.stats import (AXES, MPTRJ, STATISTICS_REFERENCES, UNAVAILABLE, StatisticsReference,
+                                             StatsConfig, TrainingStats, reference_forces, training_stats)
+from mlip_zoo.zoo.card import ModelCard
 from mlip_zoo.zoo.potential import Potential
 
 _VEC = pa.list_(pa.float64())
 ERRORS = ("energy_per_atom_mae", "forces_mae", "forces_cosine")
+AUTO = "auto"  # reference: MPtrj when the model was trained on it, else the task's shipped reference
 
 
 def reference_dataset(option: str | dict) -> Dataset:
@@ -35,7 +46,27 @@ def reference_dataset(option: str | dict) -> Dataset:
     set (checked against its manifest) or a path to the user's own file."""
     if isinstance(option, dict):
         return resolve_dataset(option["dataset"], option["file"])
+    if option in STATISTICS_REFERENCES or option == AUTO:
+        raise ConfigError(f"options.reference {option!r} names no training structures, which this task needs; "
+                          "give an embedded set {dataset, file} or the path of a labelled file")
     return resolve_dataset("", "", Path(option))
+
+
+def trained_on_mptrj(card: ModelCard) -> bool:
+    return any(name.strip().lower() == MPTRJ for name in card.training_sets)
+
+
+def unavailable_axes(table: pa.Table) -> dict[str, str]:
+    """Axes with no score on any row (the reference cannot place structures there) and why."""
+    out = {}
+    for axis in AXES:
+        nulls, n = table.column(f"ood_{axis}").null_count, table.num_rows
+        if n and nulls == n and axis in UNAVAILABLE:
+            out[axis] = UNAVAILABLE[axis]
+        elif nulls:
+            raise ValueError(f"ood_{axis} is null on {nulls} of {n} rows: a reference places every structure on an "
+                             f"axis{' or none' if axis in UNAVAILABLE else ''}; rerun the evaluation")
+    return out
 
 
 def bin_labels(edges: list[float]) -> list[str]:
@@ -53,27 +84,49 @@ class OODShift(Evaluator):
         *[pa.field(f"shift_{a}", pa.float64()) for a in AXES], *[pa.field(f"ood_{a}", pa.bool_()) for a in AXES],
     ])
 
-    _stats: tuple[TrainingStats, Path] | None = None
+    _stats: tuple[TrainingStats, Path] | tuple[StatisticsReference, None] | None = None
 
     @property
     def stats_config(self) -> StatsConfig:
         return StatsConfig.model_validate(self.config.options.get("stats", {}))
 
-    def training_stats(self) -> tuple[TrainingStats, Path]:
-        """The reference set's statistics and their cache file (computed on first use)."""
+    def for_card(self, card: ModelCard) -> TaskConfig:
+        """``reference: auto`` resolved for the model: MPtrj when its card's ``training_sets`` name
+        it, else the reference of the task's shipped config."""
+        if self.config.options.get("reference") != AUTO:
+            return self.config
+        reference = MPTRJ if trained_on_mptrj(card) else load_task_config(self.key).options.get("reference")
+        if reference in (AUTO, None):
+            raise ConfigError(f"configs/tasks/{self.key}.yaml: reference auto falls back to the task's own reference "
+                              f"for {card.key} (not trained on MPtrj); set options.reference there to a training set "
+                              "({dataset, file}, a path or mptrj)")
+        return self.config.model_copy(update={"options": {**self.config.options, "reference": reference}})
+
+    def training_stats(self) -> tuple[TrainingStats, Path] | tuple[StatisticsReference, None]:
+        """The reference's statistics and their cache file (computed on first use; a
+        statistics-only reference has no cache file)."""
         if self._stats is None:
-            reference = reference_dataset(self.config.options["reference"])
-            self._stats = training_stats(reference.path, self.stats_config)
+            option = self.config.options["reference"]
+            if option == AUTO:
+                raise ConfigError(f"task {self.key}: reference auto depends on the model; resolve it with "
+                                  "Evaluator.for_card(card) first (mlipzoo eval does)")
+            if isinstance(option, str) and option in STATISTICS_REFERENCES:
+                self._stats = STATISTICS_REFERENCES[option](), None
+            else:
+                self._stats = training_stats(reference_dataset(option).path, self.stats_config)
         return self._stats
 
     def work_key(self) -> str:
-        # The reference file's content decides every row's shift scores: a new file, new shards.
+        # The reference's content decides every row's shift scores: a new file, new shards.
         # (Asked on the driver before any shard runs, so workers find the statistics cached.)
         stats, _ = self.training_stats()
-        return f"{self.key}:{self.config.fingerprint()}:{stats.reference.sha256}"
+        digest = stats.digest if isinstance(stats, StatisticsReference) else stats.reference.sha256
+        return f"{self.key}:{self.config.fingerprint()}:{digest}"
 
     def provenance(self) -> dict[str, Any]:
         stats, path = self.training_stats()
+        if isinstance(stats, StatisticsReference):
+            return {"training_stats": stats.model_dump(exclude={"element_fraction"})}
         return {"training_stats": {"file": str(path), "sha256": sha256_file(path),
                                    "reference": stats.reference.model_dump(), "config": stats.config.model_dump()}}
 
@@ -109,14 +162,15 @@ class OODShift(Evaluator):
 
     def _groups(self, table: pa.Table) -> dict[str, np.ndarray]:
         """Row masks of every group a metric is reported for, keyed by its dotted prefix."""
-        cols = table.select(["split", "status", *[f"shift_{a}" for a in AXES], *[f"ood_{a}" for a in AXES]])
+        axes = [a for a in AXES if a not in unavailable_axes(table)]
+        cols = table.select(["split", "status", *[f"shift_{a}" for a in axes], *[f"ood_{a}" for a in axes]])
         data = cols.to_pydict()
         ok = np.array([s == "ok" for s in data["status"]], dtype=bool)
-        ood = {a: np.array(data[f"ood_{a}"], dtype=bool) for a in AXES}
-        any_ood = np.logical_or.reduce([ood[a] for a in AXES]) if len(ok) else np.zeros(0, bool)
-        # "id_"/"ood_": in distribution on every axis / out on at least one (flat: headline metrics)
+        ood = {a: np.array(data[f"ood_{a}"], dtype=bool) for a in axes}
+        any_ood = np.logical_or.reduce([ood[a] for a in axes]) if len(ok) and axes else np.zeros(len(ok), bool)
+        # "id_"/"ood_": in distribution on every available axis / out on at least one (flat: headline metrics)
         groups = {"": ok, "id_": ok & ~any_ood, "ood_": ok & any_ood}
-        for a in AXES:
+        for a in axes:
             groups[f"axes.{a}.id."] = ok & ~ood[a]
             groups[f"axes.{a}.ood."] = ok & ood[a]
             score = np.array(data[f"shift_{a}"], dtype=float)
@@ -158,7 +212,8 @@ class OODShift(Evaluator):
         ok = groups[""].astype(float)
         out["ood_fraction"] = (groups["ood_"].astype(float), ok)
         for a in AXES:
-            out[f"axes.{a}.ood_fraction"] = (groups[f"axes.{a}.ood."].astype(float), ok)
+            if f"axes.{a}.ood." in groups:
+                out[f"axes.{a}.ood_fraction"] = (groups[f"axes.{a}.ood."].astype(float), ok)
         return out
 
     def metrics(self, table: pa.Table) -> dict[str, Any]:
@@ -185,4 +240,6 @@ class OODShift(Evaluator):
                 put("ood_fraction", int(mask.sum()) / n_ok if n_ok else None)
             if prefix.endswith(".ood."):
                 put(prefix[:-len("ood.")] + "ood_fraction", int(mask.sum()) / n_ok if n_ok else None)
+        for axis, reason in unavailable_axes(table).items():
+            put(f"axes.{axis}", {"status": "n/a", "reason": reason})
         return result

@@ -18,6 +18,18 @@ spectrum closer to the training mean than usual is not a shift).
 
 The cache file is keyed by the reference file's sha256 and the statistics config, so a changed
 reference or radius is never served stale numbers; a corrupt cache file is recomputed.
+
+**Statistics-only references** (``StatisticsReference``; the one shipped is ``mptrj``): a training
+set known from published statistics, not structures, so the rules above, which need every training
+structure's score, cannot apply. Each axis gets a rule the statistics decide exactly:
+
+- **element**: share of the structure's atoms whose element is absent from training or below
+  ``rare_fraction`` of its atoms; out of distribution when that share is above 0;
+- **force_norm** (the force axis; the column keeps its name): share of the structure's free-atom
+  force components whose |value| lies in the training's tail, at or above the first edge of the
+  training's |force component| histogram; out of distribution when that share exceeds the
+  training's own tail share, i.e. the structure's forces are heavier-tailed than training's;
+- **connectivity**: unavailable (null score and flag), with the reason the metrics report.
 """
 
 from __future__ import annotations
@@ -33,7 +45,7 @@ import numpy as np
 from ase import Atoms
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mlip_zoo.errors import DatasetError
+from mlip_zoo.errors import ConfigError, DatasetError
 from mlip_zoo.evaluators.shift import spectra
 
 STATS_VERSION = 1
@@ -190,3 +202,99 @@ def training_stats(reference: Path, config: StatsConfig | None = None, *,
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, stats.model_dump_json(indent=1) + "\n")
     return stats, path
+
+
+# -- statistics-only references ----------------------------------------------------------------
+
+MPTRJ = "mptrj"
+MPTRJ_FOLDER = "mptrj-stats"
+MPTRJ_COUNTS = "mp-trj-element-counts-by-composition.json"  # element -> atoms over all frames
+MPTRJ_HISTS = "mp-trj-hists.json.gz"
+# MPtrj has 89 elements; at 1 % of its atoms 72 of them would count as rare. At 1e-4 (about 4,900 of
+# its 49.3 M atoms) the rare ones are He, Ne, Ar, Kr, Ac and Pa, each in a few dozen to a few
+# thousand atoms: elements a model saw too little of to have learned.
+MPTRJ_RARE_FRACTION = 1e-4
+# Axes a statistics-only reference cannot place a structure on, and why: the metrics read the
+# reason from here when a table's rows hold no score on an axis (MPtrj is the one such reference).
+UNAVAILABLE = {"connectivity": "no training structures: MPtrj is shipped as statistics only"}
+
+
+class StatisticsReference(BaseModel):
+    """A training set known only from its statistics (see module doc): scores and OOD rules that
+    those statistics decide exactly; axes in ``unavailable`` score None."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    files: dict[str, str]  # file -> sha256, as checked against the folder's manifest
+    rare_fraction: float
+    element_fraction: dict[str, float]  # share of all training atoms, per element present
+    force_edge: float  # eV/Å: |force component| at or above it lies in the training's tail
+    force_tail_share: float  # share of all training force components in that tail
+    unavailable: dict[str, str]  # axis -> why it has no score
+
+    @property
+    def digest(self) -> str:
+        """What the scores depend on: the statistics files and the constants of the rules."""
+        blob = json.dumps(self.model_dump(exclude={"element_fraction"}), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def element_shift(self, atoms: Atoms) -> float:
+        rare = [self.element_fraction.get(s, 0.0) < self.rare_fraction for s in atoms.get_chemical_symbols()]
+        return float(np.mean(rare))
+
+    def force_tail(self, forces: np.ndarray, free: np.ndarray) -> float:
+        """Share of the free atoms' force components at or above ``force_edge`` in magnitude (0
+        without a free atom: no component in the tail)."""
+        components = np.abs(np.asarray(forces, dtype=float).reshape(-1, 3)[np.asarray(free, dtype=bool)])
+        return float(np.mean(components >= self.force_edge)) if components.size else 0.0
+
+    def scores(self, atoms: Atoms, forces: np.ndarray) -> dict[str, float | None]:
+        from mlip_zoo.evaluators.data import free_mask
+
+        out: dict[str, float | None] = {"element": self.element_shift(atoms),
+                                        "force_norm": self.force_tail(forces, free_mask(atoms))}
+        return {a: None if a in self.unavailable else out[a] for a in AXES}
+
+    def is_ood(self, axis: str, score: float | None) -> bool | None:
+        if axis not in AXES:
+            raise KeyError(f"unknown shift axis {axis!r}; axes are {', '.join(AXES)}")
+        if axis in self.unavailable or score is None:
+            return None
+        return score > 0 if axis == "element" else score > self.force_tail_share
+
+
+def mptrj_stats() -> StatisticsReference:
+    """MPtrj as matbench-discovery publishes it (``configs/datasets/mptrj-stats``, each file checked
+    against its manifest): per-element atom counts, and the histogram of |force component| over
+    every atom's x, y and z. That histogram has 300 equal bins from 0 to the largest component; the
+    file rounds each bin start to 3 decimals (1.754 for the first edge), so the edge is taken as
+    the last bin end over 300 (526.156 / 300 = 1.75385 eV/Å, within 2e-6 of the true one)."""
+    import gzip
+
+    from mlip_zoo.evaluators.data import resolve_dataset
+
+    counts_file = resolve_dataset(MPTRJ_FOLDER, MPTRJ_COUNTS).path  # checks every file's sha256
+    folder = counts_file.parent
+    counts = {s: float(n) for s, n in json.loads(counts_file.read_text()).items() if n}
+    with gzip.open(folder / MPTRJ_HISTS, "rt", encoding="utf-8") as f:
+        forces = json.load(f)["forces"]
+    starts, heights = forces["x"], [y or 0.0 for y in forces["y"]]  # the last entry ends the last bin
+    if starts[0] != 0 or len(starts) < 3:
+        raise DatasetError(f"{folder / MPTRJ_HISTS}: forces histogram must start at 0 with at least 2 bins")
+    total_atoms = sum(counts.values())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return StatisticsReference(
+        name=MPTRJ, files={name: manifest["files"][name]["sha256"] for name in (MPTRJ_COUNTS, MPTRJ_HISTS)},
+        rare_fraction=MPTRJ_RARE_FRACTION, element_fraction={s: n / total_atoms for s, n in sorted(counts.items())},
+        force_edge=starts[-1] / (len(starts) - 1), force_tail_share=1.0 - heights[0] / sum(heights),
+        unavailable=dict(UNAVAILABLE))
+
+
+STATISTICS_REFERENCES = {MPTRJ: mptrj_stats}
+
+
+def statistics_reference(name: str) -> StatisticsReference:
+    if name not in STATISTICS_REFERENCES:
+        raise ConfigError(f"no statistics-only reference {name!r}; named references are "
+                          f"{', '.join(STATISTICS_REFERENCES)}")
+    return STATISTICS_REFERENCES[name]()
