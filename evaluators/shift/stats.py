@@ -45,7 +45,7 @@ import numpy as np
 from ase import Atoms
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mlip_zoo.errors import ConfigError, DatasetError
+from mlip_zoo.errors import DatasetError
 from mlip_zoo.evaluators.shift import spectra
 
 STATS_VERSION = 1
@@ -290,11 +290,4 @@ def mptrj_stats() -> StatisticsReference:
         unavailable=dict(UNAVAILABLE))
 
 
-STATISTICS_REFERENCES = {MPTRJ: mptrj_stats}
-
-
-def statistics_reference(name: str) -> StatisticsReference:
-    if name not in STATISTICS_REFERENCES:
-        raise ConfigError(f"no statistics-only reference {name!r}; named references are "
-                          f"{', '.join(STATISTICS_REFERENCES)}")
-    return STATISTICS_REFERENCES[name]()
+STATISTICS_REFERENCES = {MPTRJ: mptrj_stats}  # name -> loader (options.reference)
