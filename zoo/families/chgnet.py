@@ -27,6 +27,9 @@ class CHGNetPotential(CalculatorPotential):
 def load(card, files, *, device, dtype):
     # chgnet converts a grad-tracking volume tensor on every call; harmless, and it floods logs.
     warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True", module="chgnet")
+    # pymatgen says so for every noble-gas structure CHGNet featurises (He, Ne, Ar in eos/diatomics);
+    # CHGNet does not use the value, and the line would repeat through a whole run's output.
+    warnings.filterwarnings("ignore", message="No Pauling electronegativity", category=UserWarning)
     torch = require_module(card, "torch")
     model_mod = require_module(card, "chgnet.model")
     dynamics = require_module(card, "chgnet.model.dynamics")
