@@ -24,6 +24,8 @@ from mlip_zoo.evaluators.runner import RunOptions, evaluate
 
 from mlip_zoo.errors import DatasetError
 
+from labels import assert_reproduces_labels
+
 # ---- metrics equal the reference implementation ------------------------------------------------
 
 def test_subset_metrics_equal_matbench_discovery_1_3_1_where_the_definitions_agree():
@@ -248,12 +250,14 @@ def test_the_hull_distances_are_those_of_the_mp_like_entries():
 
 
 @pytest.mark.slow
+@pytest.mark.labels
 def test_emt_scores_perfectly_on_discovery_mini(tmp_path):
     """EMT labelled the set with the task's own protocol: F1 = 1, MAE = 0, RMSD = 0, symmetry kept."""
     opts = RunOptions(out=tmp_path, workers=2)
     discovery = evaluate("emt", "discovery", opts)
     metrics = discovery["metrics"]
     assert discovery["n_failed"] == 0
+    assert_reproduces_labels(discovery)
     for subset in ("full_test_set", "unique_prototypes", "most_stable"):
         assert metrics["subsets"][subset]["F1"] == 1.0
         assert metrics["subsets"][subset]["MAE"] < 1e-6
@@ -261,7 +265,7 @@ def test_emt_scores_perfectly_on_discovery_mini(tmp_path):
     assert metrics["DAF"] == pytest.approx(1 / metrics["subsets"]["unique_prototypes"]["TP"]
                                            * metrics["subsets"]["unique_prototypes"]["n"])
     geo = evaluate("emt", "geo-opt", opts)  # same relaxations: no second run
-    assert geo["metrics"]["rmsd"] < 1e-4
+    assert_reproduces_labels(geo)
     for label in ("symprec=1e-2", "symprec=1e-5"):
         assert geo["metrics"][label]["symmetry_match"] == 1.0
     shards = list((tmp_path / "emt" / ".shards").iterdir())

@@ -31,6 +31,7 @@ def assert_within_tolerance(task: str, dataset: dict, metrics: dict) -> None:
     assert not bad, f"{task}: {bad}"
 
 
+@pytest.mark.labels
 @pytest.mark.parametrize("pair", PAIRS)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_blas_threads_reproduce_the_labels(tmp_path, pair, threads):
@@ -42,6 +43,7 @@ def test_blas_threads_reproduce_the_labels(tmp_path, pair, threads):
             assert_within_tolerance(task, record["dataset"], record["metrics"])
 
 
+@pytest.mark.labels
 @pytest.mark.parametrize("workers", [1, 2])
 def test_one_and_two_workers_reproduce_the_labels(tmp_path, workers):
     with cluster_client(RunOptions(workers=workers)) as client:
@@ -52,6 +54,7 @@ def test_one_and_two_workers_reproduce_the_labels(tmp_path, workers):
                 assert_within_tolerance(task, record["dataset"], record["metrics"])
 
 
+@pytest.mark.labels
 @pytest.mark.parametrize("pair", PAIRS)
 def test_starts_moved_by_1e_10_angstrom_reproduce_the_labels(pair):
     tasks, limit = PAIRS[pair]
