@@ -764,6 +764,8 @@ def _summary(record: dict) -> str:
     interval = (record.get("intervals") or {}).get(config.headline)
     if interval:
         shown += f" [{interval[0]:.4g}, {interval[1]:.4g}]"
+    if labeller := record["dataset"].get("labelled_by"):  # distance to EMT's labels, not a quality measure
+        shown += f" vs {labeller}'s labels (pipeline check)"
     return f"{config.metrics[config.headline].label} = {shown}"
 
 
