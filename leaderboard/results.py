@@ -257,7 +257,7 @@ def validate_result(path: Path, *, cards: Path | None = None, datasets: Sequence
                           f"predictions {record['predictions']!r}: fix the location or the model/task fields")
     config = task_of(path, record)
     evaluator = evaluator_for(config)
-    _check_card(path, record, cards)
+    card = _check_card(path, record, cards)
     source = predictions_path(path, record)
     if record["schema_version"] >= 3:
         from mlip_zoo.zoo.weights import sha256_of
@@ -277,7 +277,7 @@ def validate_result(path: Path, *, cards: Path | None = None, datasets: Sequence
     rows = _stream_rows(file, columns, digest)
     dataset = _dataset_of(path, record, config, datasets)
     if dataset is not None:
-        failures = _rederive(path, record, evaluator, columns, dataset, rows)
+        failures = _rederive(path, record, evaluator, columns, dataset, rows, card.functional)
         how = f"re-derived from {dataset.path.name}"
     elif record["schema_version"] >= 3:
         failures = [{"id": r["id"], "reason": r["reason"]} for r in rows if r["status"] != "ok"]
@@ -298,8 +298,8 @@ def validate_result(path: Path, *, cards: Path | None = None, datasets: Sequence
     return Validation(comparison, how)
 
 
-def _check_card(path: Path, record: dict[str, Any], cards: Path | None) -> None:
-    """The result was made with the card of the model it names, as that card is now."""
+def _check_card(path: Path, record: dict[str, Any], cards: Path | None):
+    """The result was made with the card of the model it names, as that card is now; returns the card."""
     from mlip_zoo.zoo.card import get_card, read_card
 
     key = record["model"]
@@ -317,6 +317,7 @@ def _check_card(path: Path, record: dict[str, Any], cards: Path | None) -> None:
             sha and weights[name] != sha for name, sha in pinned.items()):
         raise ResultError(f"{path}: provenance.weights_sha256 {weights} does not match the weights of {key}'s card "
                           f"({pinned}); rerun the evaluation with this card")
+    return card
 
 
 def _check_schema(path: Path, source: Path, schema, evaluator: Evaluator) -> None:
@@ -379,11 +380,12 @@ class _Stub(Potential):
     dataset, through the task's own code: the reference columns, re-derived. ``fail``: every
     prediction raises (the rows of a failed structure); else zeros (which relax in no steps)."""
 
-    def __init__(self, fail: bool):
+    def __init__(self, fail: bool, functional: str):
         from mlip_zoo.zoo.card import ModelCard
 
+        # The result's functional: a task may pick its reference by it (diatomics: r2SCAN curves).
         super().__init__(ModelCard(key="reference-stub", name="reference stub", version="1", family="emt",
-                                   license="MIT", targets="EFS"))
+                                   license="MIT", targets="EFS", functional=functional))
         self.fail = fail
 
     def _predict_one(self, atoms, stress: bool):
@@ -400,7 +402,7 @@ def _reference_rows(evaluator: Evaluator, potential: Potential, records: list, c
 
 
 def _rederive(path: Path, record: dict[str, Any], evaluator: Evaluator, columns: tuple[str, ...], dataset,
-              rows: Iterator[dict[str, Any]]) -> list[dict[str, Any]]:
+              rows: Iterator[dict[str, Any]], functional: str) -> list[dict[str, Any]]:
     """Walk the dataset (its first ``limit`` records) and the predictions together: one row per
     record, same id, same reference values; returns the failed rows' ids and reasons. A failed
     row is compared with the task's row of a failed prediction, an ok one with that of a model
@@ -411,7 +413,7 @@ def _rederive(path: Path, record: dict[str, Any], evaluator: Evaluator, columns:
 
     limit = record["dataset"].get("limit")
     scope = f"its first {limit} records" if limit is not None else "every record"
-    failing, zeros = _Stub(fail=True), _Stub(fail=False)
+    failing, zeros = _Stub(fail=True, functional=functional), _Stub(fail=False, functional=functional)
     records = islice(number_records(iter_records(dataset.path)), limit)
     failures: list[dict[str, Any]] = []
     try:
