@@ -10,10 +10,14 @@ Records are yielded one at a time; nothing here holds a whole dataset in memory.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import importlib.resources
+import io
 import json
+import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +44,7 @@ def datasets_dir() -> Path:
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
+    _check_kind(path)  # a FIFO or a device would be read forever
     if path.is_dir():  # LMDB folders: hash every file, in name order
         for p in sorted(path.rglob("*")):
             if p.is_file() and not p.name.endswith("-lock"):
@@ -75,11 +80,56 @@ def resolve_dataset(default: str, default_file: str, override: str | Path | None
                    labelled_by=manifest.get("labelled_by"))
 
 
-def dataset_sha256(path: Path) -> str:
-    """What a result's numbers depend on: the file, or every file of a WBM layout."""
-    from mlip_zoo.evaluators.discovery.wbm import WbmLayout, is_wbm_layout
+def _check_kind(path: Path) -> None:
+    """A dataset is a regular file or a folder; never a FIFO, socket or device (read forever)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read the dataset ({exc.strerror or exc}); check --dataset") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise DatasetError(f"{path}: not a regular file (a FIFO, socket or device); give --dataset a dataset file, "
+                           "or a folder holding a WBM layout or a legacy OC20 LMDB")
 
+
+FORMATS = ("extxyz(.gz), an ASE db (.db/.json), .aselmdb, a legacy OC20 .lmdb (file or folder of them) with "
+           "--trust-pickle, a Matbench Discovery WBM layout (folder or *.extxyz.zip) or its diatomic curves (*.json.gz)")
+
+
+def dataset_format(path: Path) -> str:
+    """The dataset's format from the kind of path and its name, without reading its contents:
+    wbm, extxyz, aselmdb, asedb, diatomics or legacy-lmdb. Checked before anything hashes or reads."""
+    from mlip_zoo.evaluators.discovery.wbm import is_wbm_layout
+
+    _check_kind(path)
+    name = path.name.lower()
+    if path.is_dir():  # only the layouts that are folders
+        if is_wbm_layout(path):
+            return "wbm"
+        if name.endswith(".lmdb") or any(path.glob("*.lmdb")):
+            return "legacy-lmdb"
+        raise DatasetError(f"{path}: a folder, and neither a Matbench Discovery WBM layout nor a folder of legacy "
+                           f"OC20 *.lmdb files; give --dataset one dataset file instead: {FORMATS}")
     if is_wbm_layout(path):
+        return "wbm"
+    if name.endswith((".extxyz", ".xyz", ".extxyz.gz", ".xyz.gz")):
+        return "extxyz"
+    if name.endswith(".aselmdb"):
+        return "aselmdb"
+    if name.endswith((".db", ".json")):
+        return "asedb"
+    if name.endswith(".json.gz"):
+        return "diatomics"
+    if name.endswith(".lmdb"):
+        return "legacy-lmdb"
+    raise DatasetError(f"{path}: unknown dataset format; use {FORMATS}")
+
+
+def dataset_sha256(path: Path) -> str:
+    """What a result's numbers depend on: the file, or every file of a WBM layout. The path's kind
+    and format are checked first: nothing is hashed that could not be read."""
+    from mlip_zoo.evaluators.discovery.wbm import WbmLayout
+
+    if dataset_format(path) == "wbm":
         h = hashlib.sha256()
         for key, file in sorted(WbmLayout.find(path).files.items()):
             h.update(f"{key}:{sha256_file(file)}\n".encode())
@@ -89,43 +139,100 @@ def dataset_sha256(path: Path) -> str:
 
 def iter_records(path: Path, *, trust_pickle: bool = False) -> Iterator[Atoms]:
     """Yield the dataset's structures one by one, whatever the format."""
-    from mlip_zoo.evaluators.discovery.wbm import is_wbm_layout, iter_wbm
+    from mlip_zoo.evaluators.discovery.wbm import iter_wbm
 
-    name = path.name.lower()
-    if is_wbm_layout(path):  # Matbench Discovery: initial-atoms zip joined with its summary and references
+    kind = dataset_format(path)
+    if kind == "wbm":  # Matbench Discovery: initial-atoms zip joined with its summary and references
         yield from iter_wbm(path)
-    elif name.endswith((".extxyz", ".xyz", ".extxyz.gz", ".xyz.gz")):
+    elif kind == "extxyz":
         yield from _iter_extxyz(path)
-    elif name.endswith(".aselmdb"):
+    elif kind == "aselmdb":
         yield from _iter_ase_db(path, "aselmdb")
-    elif name.endswith((".db", ".json")):
+    elif kind == "asedb":
         yield from _iter_ase_db(path, None)
-    elif name.endswith(".json.gz"):  # matbench-discovery's dimer curves, read by the diatomics task's package
+    elif kind == "diatomics":  # matbench-discovery's dimer curves, read by the diatomics task's package
         from mlip_zoo.evaluators.diatomics.data import iter_diatomics
 
         yield from iter_diatomics(path)
-    elif name.endswith(".lmdb") or (path.is_dir() and any(path.glob("*.lmdb"))):
+    else:  # legacy-lmdb
         if not trust_pickle:
             raise UntrustedDataError(
                 f"{path}: a legacy OC20 LMDB stores pickled PyG objects, and unpickling can run arbitrary "
                 "code. Convert it to .aselmdb/extxyz, or pass --trust-pickle if you trust its source.")
         yield from _iter_legacy_lmdb(path)
-    else:
-        raise DatasetError(f"{path}: unknown dataset format; use extxyz(.gz), an ASE db (.db/.json), "
-                           ".aselmdb, a legacy OC20 .lmdb with --trust-pickle, a Matbench Discovery "
-                           "WBM layout (folder or *.extxyz.zip) or its diatomic curves (*.json.gz)")
+
+
+# Bounds on reading extxyz, so a small file cannot take the memory of the machine (a gzip bomb):
+# a line is at most MAX_LINE characters (real ones are < 1 kB; ase would hold a newline-free
+# stream as one string), and a .gz may decompress to at most GZIP_RATIO times its own size (or
+# GZIP_FLOOR bytes, whichever is more): extxyz compresses 3-6x, while deflate reaches ~1000x
+# only on degenerate input. Decompression is streamed, so memory stays at a line and a record.
+MAX_LINE = 4 << 20
+GZIP_RATIO = 50
+GZIP_FLOOR = 32 << 20
+
+
+class _BoundedText:
+    """Lines of an extxyz file, refusing over-long ones and a gzip stream that decompresses past its cap."""
+
+    def __init__(self, path: Path, text, raw=None, cap: int | None = None):
+        self.path, self.text, self.raw, self.cap = path, text, raw, cap
+
+    def readline(self) -> str:
+        line = self.text.readline(MAX_LINE + 1)
+        if len(line) > MAX_LINE:
+            raise DatasetError(f"{self.path}: a line longer than {MAX_LINE >> 20} MiB (no newline); not an extxyz "
+                               "file: check the file, or regenerate it")
+        if self.cap is not None and self.raw.tell() > self.cap:
+            raise DatasetError(f"{self.path}: decompresses to more than {self.cap / 2**20:.3g} MiB ({GZIP_RATIO}x its "
+                               "size): refused as a likely gzip bomb; if it is genuine, decompress it yourself "
+                               "and pass the .extxyz")
+        return line
+
+
+def _xyz_frames(f: _BoundedText) -> Iterator[Atoms]:
+    """ase's extxyz frames, read forward only: ase's own reader first scans the whole file and then
+    seeks back, which re-decompresses a .gz from its start for every frame. Same grammar: a blank
+    line ends the file; up to 3 VEC lines follow a frame's atoms."""
+    from ase.io.extxyz import XYZError, _read_xyz_frame
+
+    line = f.readline()
+    while line.strip():
+        try:
+            natoms = int(line)
+        except ValueError as exc:
+            raise XYZError(f"expected an xyz header (the number of atoms), got {line.strip()[:80]!r}") from exc
+        lines = []
+        for _ in range(1 + natoms):
+            lines.append(next_line := f.readline())
+            if not next_line:
+                raise XYZError(f"file ends inside a frame of {natoms} atoms")
+        nvec = 0
+        line = f.readline()
+        while line.lstrip().startswith("VEC"):
+            lines.append(line)
+            nvec += 1
+            if nvec > 3:
+                raise XYZError("more than 3 VECX entries")
+            line = f.readline()
+        yield _read_xyz_frame(iter(lines), natoms, nvec=nvec)
 
 
 def _iter_extxyz(path: Path) -> Iterator[Atoms]:
-    from ase.io import iread
-
-    opener = gzip.open if path.name.endswith(".gz") else open
     n_read = 0
     try:
-        with opener(path, "rt") as f:
-            for atoms in iread(f, index=":", format="extxyz"):
+        with contextlib.ExitStack() as stack:
+            if path.name.endswith(".gz"):
+                raw = stack.enter_context(gzip.open(path, "rb"))
+                cap = max(GZIP_FLOOR, GZIP_RATIO * os.path.getsize(path))
+                f = _BoundedText(path, stack.enter_context(io.TextIOWrapper(raw)), raw, cap)
+            else:
+                f = _BoundedText(path, stack.enter_context(open(path)))
+            for atoms in _xyz_frames(f):
                 n_read += 1
                 yield atoms
+    except DatasetError:
+        raise
     except (ValueError, IndexError, KeyError, OSError, EOFError) as exc:
         raise DatasetError(f"{path}: corrupt extxyz at record {n_read} (0-based): {exc}") from exc
 

@@ -381,3 +381,77 @@ def test_dask_worker_killed_mid_run(tmp_path, card_dir):
     assert outcome["record"]["metrics"] == reference["metrics"]
     assert outcome["record"]["n_structures"] == 200 and outcome["record"]["n_failed"] == 0
     shutil.rmtree(tmp_path / "killed", ignore_errors=True)
+
+
+# --- issue #21: a dataset path that is not a dataset file ------------------------------------
+
+
+@catalogue
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_dataset_that_is_a_fifo_or_device_is_refused_without_reading(tmp_path, kind):
+    import os
+
+    if kind == "fifo":
+        path = tmp_path / "pipe.extxyz"
+        os.mkfifo(path)  # opening it would block until a writer came; reading /dev/zero never ends
+    else:
+        path = Path("/dev/zero")
+    with pytest.raises(DatasetError, match=rf"{path}: not a regular file .*give --dataset a dataset file"):
+        evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path / "out", dataset=path, workers=0))
+
+
+@catalogue
+def test_dataset_folder_is_refused_before_hashing(tmp_path, monkeypatch):
+    import mlip_zoo.evaluators.data as data
+
+    folder = tmp_path / "lots-of-files"
+    folder.mkdir()
+    (folder / "a.extxyz").write_text("")
+
+    def no_hashing(path):
+        raise AssertionError(f"hashed {path} before checking what it is")
+
+    monkeypatch.setattr(data, "sha256_file", no_hashing)
+    with pytest.raises(DatasetError, match=rf"{folder}: a folder, and neither a Matbench Discovery WBM layout nor .*"
+                                           r"give --dataset one dataset file instead"):
+        evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path / "out", dataset=folder, workers=0))
+
+
+@catalogue
+def test_unknown_dataset_format_is_refused_before_hashing(tmp_path, monkeypatch):
+    import mlip_zoo.evaluators.data as data
+
+    path = tmp_path / "data.csv"
+    path.write_text("a,b\n")
+    monkeypatch.setattr(data, "sha256_file", lambda p: (_ for _ in ()).throw(AssertionError("hashed")))
+    with pytest.raises(DatasetError, match=r"data.csv: unknown dataset format; use extxyz"):
+        evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path / "out", dataset=path, workers=0))
+
+
+@catalogue
+@pytest.mark.parametrize("payload, message", [
+    (b" " * (6 << 20), r"a line longer than 4 MiB \(no newline\); not an extxyz file"),  # ase held it as one string
+    (b"1\n\nH 0 0 0\n" * 100_000, r"decompresses to more than 0.25 MiB \(50x its size\): refused as a likely gzip bomb"),
+], ids=["one-line", "tiny-frames"])
+def test_gzip_bomb_is_refused_while_streaming(tmp_path, monkeypatch, payload, message):
+    import gzip
+
+    import mlip_zoo.evaluators.data as data
+
+    monkeypatch.setattr(data, "GZIP_FLOOR", 1 << 18)  # the real floor (32 MiB) takes longer to reach
+    path = tmp_path / "bomb.extxyz.gz"
+    path.write_bytes(gzip.compress(payload, compresslevel=9))
+    assert path.stat().st_size * 50 < len(payload)
+    with pytest.raises(DatasetError, match=rf"bomb.extxyz.gz: {message}"):
+        for _ in data.iter_records(path):  # streamed: memory holds a line and a record, never the stream
+            pass
+
+
+def test_gzipped_extxyz_still_reads(tmp_path):
+    import gzip
+
+    plain = write_set(tmp_path / "d.extxyz", [label(slab(0)), label(slab(1))])
+    zipped = tmp_path / "d.extxyz.gz"
+    zipped.write_bytes(gzip.compress(plain.read_bytes()))
+    record = evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path / "out", dataset=zipped, workers=0))
+    assert record["n_structures"] == 2 and record["n_failed"] == 0
