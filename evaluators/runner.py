@@ -218,6 +218,9 @@ def _client(opts: RunOptions):
 def evaluate(model: str | ModelCard, task: str, opts: RunOptions | None = None) -> dict[str, Any]:
     """Evaluate ``model`` on ``task``; returns the result record (also written to disk)."""
     opts = opts or RunOptions()
+    if not isinstance(opts.workers, int) or opts.workers < 0:
+        raise ConfigError(f"workers (--workers) must be 0 (run in this process) or a number of Dask worker "
+                          f"processes, not {opts.workers!r}")
     started, t0 = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     card = get_card(model) if isinstance(model, str) else model
     evaluator = evaluator_for(evaluator_for(task).for_card(card))  # the protocol for this model (ood-shift: auto)

@@ -57,9 +57,13 @@ def read_result(path: Path) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise ResultError(f"{path}: a result file is a JSON object")
     version = record.get("schema_version")
-    if isinstance(version, int) and version > RESULT_SCHEMA_VERSION:
+    if isinstance(version, (int, float)) and not isinstance(version, bool) and version > RESULT_SCHEMA_VERSION:
         raise ResultError(f"{path}: written by a newer mlip-zoo (result schema {version}; this one reads up to "
-                          f"{RESULT_SCHEMA_VERSION}); upgrade mlip-zoo to read it")
+                          f"{RESULT_SCHEMA_VERSION}); upgrade mlip-zoo (reinstall it from a release or checkout "
+                          f"that writes schema {version}) to read it")
+    if "schema_version" in record and (isinstance(version, bool) or not isinstance(version, int)):
+        raise ResultError(f"{path}: schema_version must be an integer (1..{RESULT_SCHEMA_VERSION}), got {version!r}; "
+                          "the file was not written by mlip-zoo: rerun the evaluation")
     required = (REQUIRED + (("intervals",) if isinstance(version, int) and version >= 2 else ())
                 + (("predictions_sha256", "references") if isinstance(version, int) and version >= 3 else ()))
     missing = [k for k in required if k not in record]

@@ -770,7 +770,7 @@ def _summary(record: dict) -> str:
 
 
 WandbOpt = Annotated[str, typer.Option("--wandb", help="offline (write the run under OUT/wandb; `wandb sync` later), online, or disabled.")]
-WorkersOpt = Annotated[int, typer.Option(help="Dask worker processes on this machine; 0 runs in-process.")]
+WorkersOpt = Annotated[int, typer.Option(min=0, help="Dask worker processes on this machine; 0 runs in-process.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto (a GPU if torch sees one), cpu or cuda[:N].")]
 EnvOpt = Annotated[str, typer.Option("--env", help="Where a card with `requires` runs: auto (its own environment when this "
                                      "one lacks its packages), isolated (always its own), shared (always here). "
@@ -836,7 +836,7 @@ def run(
     config: Annotated[Optional[Path], typer.Argument(help="Run config YAML (default: the embedded configs/default.yaml).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Results folder (overrides the config's).")] = None,
     device: DeviceOpt = "cpu",
-    workers: Annotated[Optional[int], typer.Option(help="Dask workers (overrides the config's).")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Dask workers (overrides the config's; 0 runs in-process).")] = None,
     site: Annotated[Path, typer.Option(help="Where to build the leaderboard site at the end.")] = Path("site"),
     wandb: Annotated[Optional[str], typer.Option("--wandb", help="offline, online or disabled (overrides the config's; default offline).")] = None,
     env: Annotated[Optional[str], typer.Option("--env", help="auto, isolated or shared (overrides the config's `env`; "

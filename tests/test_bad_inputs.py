@@ -455,3 +455,60 @@ def test_gzipped_extxyz_still_reads(tmp_path):
     zipped.write_bytes(gzip.compress(plain.read_bytes()))
     record = evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path / "out", dataset=zipped, workers=0))
     assert record["n_structures"] == 2 and record["n_failed"] == 0
+
+
+@catalogue
+@pytest.mark.parametrize("command", [["eval", "emt", "oc20-s2ef"], ["run"]])
+def test_negative_workers_is_a_usage_error(tmp_path, command):
+    from typer.testing import CliRunner
+
+    from mlip_zoo.cli import app
+
+    result = CliRunner().invoke(app, [*command, "--workers", "-1", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "Invalid value for '--workers'" in result.output and "greater than or equal to 0" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@catalogue
+def test_negative_workers_through_the_api(tmp_path):
+    from mlip_zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"workers \(--workers\) must be 0 \(run in this process\) or a number .* not -1"):
+        evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path / "out", workers=-1))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def small_result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("small-result")
+    evaluate("emt", "oc20-s2ef", RunOptions(out=out, workers=0, limit=5))
+    return out / "emt" / "oc20-s2ef.json"
+
+
+@catalogue
+@pytest.mark.parametrize("version", [7, 7.0, 99])
+def test_result_from_a_newer_schema_through_validate(small_result, tmp_path, version):
+    """Never "predates": the message names the file, says a newer mlip-zoo wrote it, and how to upgrade."""
+    from typer.testing import CliRunner
+
+    from mlip_zoo.cli import app
+
+    folder = tmp_path / "emt"
+    shutil.copytree(small_result.parent, folder)
+    path = folder / "oc20-s2ef.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "schema_version": version}))
+    result = CliRunner().invoke(app, ["validate", str(path), "--json"])
+    assert result.exit_code == 1
+    (entry,) = json.loads(result.stdout)
+    assert entry["error"].startswith(f"{path}: written by a newer mlip-zoo (result schema {version}; this one reads up to")
+    assert "upgrade mlip-zoo" in entry["error"] and "predates" not in entry["error"]
+
+
+@catalogue
+@pytest.mark.parametrize("version", ["3", None, True])
+def test_result_schema_version_not_an_integer(small_result, tmp_path, version):
+    path = tmp_path / "oc20-s2ef.json"
+    path.write_text(json.dumps({**json.loads(small_result.read_text()), "schema_version": version}))
+    with pytest.raises(ResultError, match=rf"oc20-s2ef.json: schema_version must be an integer .*got {version!r}"):
+        recompute(path)
