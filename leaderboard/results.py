@@ -49,13 +49,34 @@ def result_files(results_dir: Path) -> list[Path]:
     return sorted(p for p in results_dir.glob("*/*.json") if not p.parent.name.startswith((".", "wandb")))
 
 
+MAX_DEPTH = 32  # a result is ~5 levels deep (metrics by split, intervals, provenance)
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth <= MAX_DEPTH:
+                stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def read_result(path: Path) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ResultError(f"{path}: not a readable result file ({exc})") from None
+    except RecursionError:  # json recurses per nesting level; a result file is a few levels deep
+        raise ResultError(f"{path}: JSON nested too deeply to be a result file; it was not written by "
+                          "mlip-zoo: rerun the evaluation") from None
     if not isinstance(record, dict):
         raise ResultError(f"{path}: a result file is a JSON object")
+    if _depth(record) > MAX_DEPTH:  # whatever reads it next (metrics, intervals) would recurse as deep
+        raise ResultError(f"{path}: JSON nested more than {MAX_DEPTH} levels deep, too deep to be a result file; "
+                          "it was not written by mlip-zoo: rerun the evaluation")
     version = record.get("schema_version")
     if isinstance(version, (int, float)) and not isinstance(version, bool) and version > RESULT_SCHEMA_VERSION:
         raise ResultError(f"{path}: written by a newer mlip-zoo (result schema {version}; this one reads up to "

@@ -246,6 +246,12 @@ def validate(
     results = []
     for f in files:
         try:
+            if f.suffix.lower() not in (".json", ".yaml", ".yml"):  # never opened: it could be a pickle, or huge
+                raise CardError(f"{f}: not a model card (*.yaml) or a result file (*.json); validate checks only "
+                                "those (or folders of them), and does not open any other file")
+            if not f.is_file():
+                raise CardError(f"{f}: no such file (or not a regular file); give a card (*.yaml), a result "
+                                "(*.json) or a folder of them")
             if f.suffix == ".json":  # what makes a result what it claims: leaderboard.results.validate_result
                 checked = validate_result(f, cards=cards, datasets=datasets or ())
                 comparison = checked.comparison

@@ -512,3 +512,54 @@ def test_result_schema_version_not_an_integer(small_result, tmp_path, version):
     path.write_text(json.dumps({**json.loads(small_result.read_text()), "schema_version": version}))
     with pytest.raises(ResultError, match=rf"oc20-s2ef.json: schema_version must be an integer .*got {version!r}"):
         recompute(path)
+
+
+@catalogue
+@pytest.mark.parametrize("name", ["model.pkl", "weights.pt", "notes.txt"])
+def test_validate_refuses_a_file_that_is_neither_card_nor_result(tmp_path, monkeypatch, name):
+    import pickle
+
+    from typer.testing import CliRunner
+
+    from mlip_zoo.cli import app
+
+    path = tmp_path / name
+    path.write_bytes(pickle.dumps({"x": 1}))
+    monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("unpickled"))
+    monkeypatch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("unpickled"))
+    result = CliRunner().invoke(app, ["validate", str(path), "--json"])
+    assert result.exit_code == 1
+    (entry,) = json.loads(result.stdout)
+    assert entry["error"] == (f"{path}: not a model card (*.yaml) or a result file (*.json); validate checks only "
+                              "those (or folders of them), and does not open any other file")
+
+
+@catalogue
+def test_validate_a_fifo_named_like_a_result(tmp_path):
+    import os
+
+    from typer.testing import CliRunner
+
+    from mlip_zoo.cli import app
+
+    path = tmp_path / "oc20-s2ef.json"
+    os.mkfifo(path)
+    result = CliRunner().invoke(app, ["validate", str(path), "--json"])
+    assert result.exit_code == 1 and "no such file (or not a regular file)" in json.loads(result.stdout)[0]["error"]
+
+
+@catalogue
+@pytest.mark.parametrize("where", ["whole-file", "inside-metrics"])
+def test_deeply_nested_result_json(small_result, tmp_path, where):
+    path = tmp_path / "oc20-s2ef.json"
+    if where == "whole-file":  # json itself recurses per level: RecursionError
+        path.write_text("[" * 200_000 + "]" * 200_000)
+        message = r"JSON nested too deeply to be a result file"
+    else:  # parses, but whatever walks the metrics would recurse as deep
+        nested = 0.1
+        for _ in range(900):
+            nested = {"x": nested}
+        path.write_text(json.dumps({**json.loads(small_result.read_text()), "metrics": nested}))
+        message = r"JSON nested more than 32 levels deep, too deep to be a result file"
+    with pytest.raises(ResultError, match=rf"oc20-s2ef.json: {message}; it was not written by mlip-zoo"):
+        recompute(path)
