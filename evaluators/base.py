@@ -160,6 +160,22 @@ class Evaluator(ABC):
         """One row per record, in order, matching ``schema``. A structure that fails gets
         ``status="failed"`` and a ``reason``; it never aborts the shard."""
 
+    def checked_run(self, potential: Potential, records: list[Atoms]) -> list[dict]:
+        """``run``, then a structure scored against a non-finite label of the dataset (a ``*_true``
+        column: reference energy, forces, positions...) becomes a failed structure naming it: a NaN
+        in the data costs that structure, never the run's metrics. Its row is the task's own row of
+        a failed prediction (run again with a model that refuses), so validation, which re-derives
+        failed rows that way, sees the same. The runner and validation both run tasks through here."""
+        rows = self.run(potential, records)
+        labels = [name for name in self.schema.names if name.endswith("_true")]
+        bad = {i: why for i, row in enumerate(rows)
+               if row.get("status") == "ok" and (why := _non_finite_label(row, labels))}
+        if bad:
+            redone = self.run(_Refusing(potential), [records[i] for i in bad])
+            for (i, why), row in zip(bad.items(), redone, strict=True):
+                rows[i] = {**row, "status": "failed", "reason": f"{why} (fix or drop this record of the dataset)"}
+        return rows
+
     @abstractmethod
     def metrics(self, table: pa.Table) -> dict[str, Any]:
         """Pure function of the predictions table (rows with status "ok")."""
@@ -186,6 +202,32 @@ class Evaluator(ABC):
     def metrics_from_terms(self, terms: Terms) -> dict[str, Any]:
         """``metrics()`` from ``metric_terms`` (concatenated over shards); see ``complete_terms``."""
         raise NotImplementedError(f"task {self.key} computes its metrics from the whole predictions table")
+
+
+class _Refusing(Potential):
+    """The model of a structure whose labels cannot be scored: every prediction raises."""
+
+    def __init__(self, potential: Potential):
+        super().__init__(potential.card)
+
+    def _predict_one(self, atoms, stress: bool):
+        raise ValueError("not scored: the dataset's reference label is not finite")
+
+
+def _non_finite_label(row: dict[str, Any], labels: list[str]) -> str | None:
+    """"reference energy is NaN", "reference forces hold infinite values"... or None."""
+    for name in labels:
+        value = row.get(name)
+        if value is None:
+            continue
+        values = np.asarray(value, dtype=float).ravel()
+        if np.isfinite(values).all():
+            continue
+        what = "NaN" if np.isnan(values).any() else "infinite"
+        if np.ndim(value) == 0:
+            return f"reference {name[:-5]} is {what}"
+        return f"reference {name[:-5]} hold {'NaN' if what == 'NaN' else 'infinite values'}"
+    return None
 
 
 @functools.lru_cache(maxsize=1)

@@ -101,7 +101,7 @@ def run_shard(card: ModelCard, config: TaskConfig, device: str, records: list[At
     evaluator = _evaluator(config)
     # Model packages print banners; in a worker that would land in the user's stdout (and --json).
     with contextlib.redirect_stdout(sys.stderr):
-        rows = evaluator.run(_potential(card, device, torch_threads), records)
+        rows = evaluator.checked_run(_potential(card, device, torch_threads), records)
     table = pa.Table.from_pylist(rows, schema=evaluator.schema)
     target = Path(path)
     with _writing(target):

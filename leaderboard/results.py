@@ -422,7 +422,7 @@ class _Stub(Potential):
 def _reference_rows(evaluator: Evaluator, potential: Potential, records: list, columns: tuple[str, ...]):
     import pyarrow as pa
 
-    rows = evaluator.run(potential, records)
+    rows = evaluator.checked_run(potential, records)  # as the runner ran it
     return pa.Table.from_pylist(rows, schema=evaluator.schema).select(list(columns)).to_pylist()
 
 

@@ -563,3 +563,23 @@ def test_deeply_nested_result_json(small_result, tmp_path, where):
         message = r"JSON nested more than 32 levels deep, too deep to be a result file"
     with pytest.raises(ResultError, match=rf"oc20-s2ef.json: {message}; it was not written by mlip-zoo"):
         recompute(path)
+
+
+@catalogue
+def test_non_finite_reference_labels_are_failed_structures(tmp_path):
+    """A NaN or infinite label in the dataset fails that structure, with its reason; the others are
+    scored, the result is written, and validation re-derives the same failures."""
+    from mlip_zoo.leaderboard.results import validate_result
+
+    frames = [label(slab(i)) for i in range(4)]
+    frames[1].calc.results["energy"] = float("nan")
+    frames[2].calc.results["forces"][5, 1] = float("inf")
+    data = write_set(tmp_path / "labels.extxyz", frames)
+    record = evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path / "out", dataset=data, workers=0))
+    reasons = {f["id"]: f["reason"] for f in record["failures"]}
+    assert reasons == {"s1_0": "reference energy is NaN (fix or drop this record of the dataset)",
+                       "s2_0": "reference forces hold infinite values (fix or drop this record of the dataset)"}
+    assert record["n_structures"] == 4 and record["n_failed"] == 2
+    assert record["metrics"]["energy_mae"] < 1e-9 and record["metrics"]["forces_mae"] < 1e-8
+    checked = validate_result(tmp_path / "out" / "emt" / "oc20-s2ef.json", datasets=[data])
+    assert checked.comparison.ok
