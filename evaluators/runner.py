@@ -143,6 +143,45 @@ def _writing(path: Path):
 # Driver side.
 
 
+@contextlib.contextmanager
+def output_lock(model_dir: Path, task: str):
+    """Hold ``<model_dir>/.<task>.lock`` (an flock, released if the process dies) while one
+    evaluation writes that model's shards and result; a second one is refused, naming the holder.
+    The file holds the holder's pid and host, and is removed on release. (flock is per machine:
+    on a network filesystem shared by nodes it may not exclude a run on another node.)"""
+    import fcntl
+    import socket
+
+    path = model_dir / f".{task}.lock"
+    while True:
+        with _writing(path):
+            model_dir.mkdir(parents=True, exist_ok=True)
+            f = open(path, "a+")  # noqa: SIM115 (closed below)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise OutputError(f"{path}: another evaluation of {model_dir.name} on {task} is writing to {model_dir.parent} "
+                              f"({holder}); wait for it to finish (or stop it), or choose another --out") from None
+        try:  # the file we locked may have been removed by a holder releasing it: then lock the new one
+            if os.fstat(f.fileno()).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        f.close()
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        yield path
+    finally:
+        path.unlink(missing_ok=True)  # while still holding it (see the inode check above)
+        f.close()
+
+
 def _shards(records: Iterator[Atoms], evaluator: Evaluator, shard_atoms: int, limit: int | None,
             dataset: Dataset) -> Iterator[tuple[int, list[Atoms]]]:
     """Cut the stream into shards of about ``shard_atoms`` atoms, in dataset order (deterministic,
@@ -235,53 +274,54 @@ def evaluate(model: str | ModelCard, task: str, opts: RunOptions | None = None) 
     shard_dir = work_dir(opts.out, card, evaluator, dataset, opts.limit)
     with _writing(shard_dir):
         shard_dir.mkdir(parents=True, exist_ok=True)
-    shards = _shards(iter_records(dataset.path, trust_pickle=opts.trust_pickle), evaluator, config.shard_atoms,
-                     opts.limit, dataset)
-    paths: list[Path] = []
+    with output_lock(opts.out / card.key, config.key):  # one evaluation at a time writes these files
+        shards = _shards(iter_records(dataset.path, trust_pickle=opts.trust_pickle), evaluator, config.shard_atoms,
+                         opts.limit, dataset)
+        paths: list[Path] = []
 
-    def pending() -> Iterator[tuple[list[Atoms], Path]]:
-        for index, records in shards:
-            path = shard_dir / f"shard-{index:05d}.parquet"
-            paths.append(path)
-            if shard_is_done(path):  # finished in an earlier run
-                table = pq.read_table(path, columns=["status"])
-                failed = sum(s != "ok" for s in table.column("status").to_pylist())
-                _report(opts, table.num_rows - failed, failed)
-                continue
-            yield records, path
+        def pending() -> Iterator[tuple[list[Atoms], Path]]:
+            for index, records in shards:
+                path = shard_dir / f"shard-{index:05d}.parquet"
+                paths.append(path)
+                if shard_is_done(path):  # finished in an earlier run
+                    table = pq.read_table(path, columns=["status"])
+                    failed = sum(s != "ok" for s in table.column("status").to_pylist())
+                    _report(opts, table.num_rows - failed, failed)
+                    continue
+                yield records, path
 
-    if env is None and opts.workers == 0 and not opts.scheduler and opts.cluster == "local" and opts.client is None:
-        for records, path in pending():
-            _report(opts, *run_shard(card, config, device, records, str(path)))
-    else:
-        _run_distributed(card, config, device, pending(), opts, env)
+        if env is None and opts.workers == 0 and not opts.scheduler and opts.cluster == "local" and opts.client is None:
+            for records, path in pending():
+                _report(opts, *run_shard(card, config, device, records, str(path)))
+        else:
+            _run_distributed(card, config, device, pending(), opts, env)
 
-    model_dir = opts.out / card.key
-    predictions = model_dir / f"{config.key}.parquet"
-    tmp = predictions.with_name(f".{predictions.name}.tmp")
-    with _writing(predictions):
-        try:
-            metrics, intervals, bootstrap, n_structures, failures, references = _summarize(evaluator, paths,
-                                                                                           dataset, tmp)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    record = build_result(card=card, task=config, dataset=dataset, metrics=metrics, intervals=intervals,
-                          bootstrap=bootstrap, n_structures=n_structures, failures=failures,
-                          task_inputs=evaluator.provenance(), predictions=predictions.name,
-                          predictions_sha256=sha256_of(tmp), references=references, weights=weights, started=started,
-                          wall_time_s=time.perf_counter() - t0, device=device,
-                          n_workers=opts.workers, limit=opts.limit)
-    if env is not None:  # the model ran with the environment's packages, not the driver's
-        seen = env.info()["packages"]
-        record["provenance"]["packages"] = {name: seen[name] for name in PACKAGES if name in seen}
-        record["provenance"]["environment"] = {"hash": env.hash, "requires": list(card.requires)}
-    with _writing(model_dir / f"{config.key}.json"):
-        try:
-            commit_result(model_dir / f"{config.key}.json", record, tmp)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return record
+        model_dir = opts.out / card.key
+        predictions = model_dir / f"{config.key}.parquet"
+        tmp = predictions.with_name(f".{predictions.name}.tmp")
+        with _writing(predictions):
+            try:
+                metrics, intervals, bootstrap, n_structures, failures, references = _summarize(evaluator, paths,
+                                                                                               dataset, tmp)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        record = build_result(card=card, task=config, dataset=dataset, metrics=metrics, intervals=intervals,
+                              bootstrap=bootstrap, n_structures=n_structures, failures=failures,
+                              task_inputs=evaluator.provenance(), predictions=predictions.name,
+                              predictions_sha256=sha256_of(tmp), references=references, weights=weights, started=started,
+                              wall_time_s=time.perf_counter() - t0, device=device,
+                              n_workers=opts.workers, limit=opts.limit)
+        if env is not None:  # the model ran with the environment's packages, not the driver's
+            seen = env.info()["packages"]
+            record["provenance"]["packages"] = {name: seen[name] for name in PACKAGES if name in seen}
+            record["provenance"]["environment"] = {"hash": env.hash, "requires": list(card.requires)}
+        with _writing(model_dir / f"{config.key}.json"):
+            try:
+                commit_result(model_dir / f"{config.key}.json", record, tmp)
+            finally:
+                tmp.unlink(missing_ok=True)
+        return record
 
 
 def _summarize(evaluator: Evaluator, paths: list[Path], dataset: Dataset, joined: Path

@@ -583,3 +583,50 @@ def test_non_finite_reference_labels_are_failed_structures(tmp_path):
     assert record["metrics"]["energy_mae"] < 1e-9 and record["metrics"]["forces_mae"] < 1e-8
     checked = validate_result(tmp_path / "out" / "emt" / "oc20-s2ef.json", datasets=[data])
     assert checked.comparison.ok
+
+
+@catalogue
+def test_two_evals_writing_the_same_out(tmp_path):
+    """The second evaluation into the same OUT/<model>/<task> is refused, naming the lock's holder
+    and what to do; the first one's files are untouched, and once it ends the lock is gone."""
+    import os
+
+    from mlip_zoo.evaluators.runner import output_lock
+
+    with output_lock(tmp_path / "emt", "oc20-s2ef") as lock:
+        assert lock.read_text().startswith(f"pid {os.getpid()} on ")
+        with pytest.raises(OutputError, match=rf"\.oc20-s2ef\.lock: another evaluation of emt on oc20-s2ef is writing to "
+                                              rf"{tmp_path} \(pid {os.getpid()} on .*\); wait for it to finish \(or stop "
+                                              r"it\), or choose another --out"):
+            evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path, workers=0, limit=5))
+        assert not (tmp_path / "emt" / "oc20-s2ef.json").exists()
+    assert not lock.exists()
+    record = evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path, workers=0, limit=5))
+    assert record["n_structures"] == 5 and not lock.exists()
+
+
+def test_output_lock_is_per_task(tmp_path):
+    from mlip_zoo.evaluators.runner import output_lock
+
+    with output_lock(tmp_path / "emt", "oc20-s2ef"), output_lock(tmp_path / "emt", "oc20-is2re"):
+        pass
+
+
+def test_output_lock_held_by_another_process(tmp_path):
+    """The lock holds across processes (a second `mlipzoo eval` in another shell), and a holder
+    that dies releases it."""
+    import subprocess
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from mlip_zoo.evaluators.runner import output_lock\n"
+                               f"with output_lock(Path({str(tmp_path / 'emt')!r}), 'oc20-s2ef'):\n"
+                               "    print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputError, match=rf"is writing to {tmp_path} \(pid {holder.pid} on "):
+            evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path, workers=0, limit=5))
+    finally:
+        holder.kill()  # dies holding it: the kernel releases an flock with its holder
+        holder.wait()
+    assert evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path, workers=0, limit=5))["n_structures"] == 5
