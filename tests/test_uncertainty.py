@@ -116,7 +116,7 @@ def test_result_intervals_reproduce_and_edits_are_caught(runs):
     path.write_text(json.dumps(record))
     keys = {d[0] for d in recompute(path).differences}
     assert keys == {"intervals.energy_mae", "provenance.bootstrap.seed"}
-    result = runner.invoke(app, ["validate", str(path)])
+    result = runner.invoke(app, ["validate", str(path), "--cards", str(runs["root"] / "cards")])
     assert result.exit_code == 1 and "intervals.energy_mae: claimed" in result.stderr
 
 
