@@ -237,11 +237,47 @@ def _iter_extxyz(path: Path) -> Iterator[Atoms]:
         raise DatasetError(f"{path}: corrupt extxyz at record {n_read} (0-based): {exc}") from exc
 
 
+_LMDB_MAGIC = 0xBEEFC0DE
+
+
+def _check_lmdb_whole(path: Path) -> None:
+    """LMDB memory-maps its file: a truncated one is read past its end and the process dies of
+    SIGBUS (exit 135) without a word. Its meta pages (64-bit layout: magic at byte 16, page size
+    at 40, last page and transaction id at 136) say how long it must be; check that first."""
+    import struct
+
+    metas, psize = [], 0
+    with open(path, "rb") as f:
+        for page in range(2):  # two meta pages; the one with the newer transaction is current
+            f.seek(page * psize)
+            head = f.read(152)
+            if len(head) < 152 or struct.unpack_from("<I", head, 16)[0] != _LMDB_MAGIC:
+                break
+            psize = psize or struct.unpack_from("<I", head, 40)[0]
+            metas.append(struct.unpack_from("<QQ", head, 136))
+            if psize < 512 or psize & (psize - 1):
+                return  # not a layout this check knows: leave the verdict to the backend
+    if not metas:
+        return  # not LMDB at all: the backend says so cleanly
+    need = (max(metas, key=lambda m: m[1])[0] + 1) * psize
+    if (size := path.stat().st_size) < need:
+        raise DatasetError(f"{path}: truncated LMDB file ({size} bytes; its last transaction needs {need}): "
+                           "the copy or download was cut short; fetch the file again")
+
+
 def _iter_ase_db(path: Path, kind: str | None) -> Iterator[Atoms]:
     import ase.db
 
     try:
-        db = ase.db.connect(str(path), type=kind) if kind else ase.db.connect(str(path))
+        if kind == "aselmdb":
+            from ase_db_backends.aselmdb import LMDBDatabase
+
+            _check_lmdb_whole(path)
+            # Read-only and without ASE's lock file, which would be written beside the dataset
+            # (and fail on a read-only mount).
+            db = LMDBDatabase(path, readonly=True, use_lock_file=False)
+        else:
+            db = ase.db.connect(str(path), type=kind) if kind else ase.db.connect(str(path))
         for row in db.select():
             atoms = row.toatoms(add_additional_information=True)
             # fairchem's aselmdb keeps atoms.info in row.data; flatten it next to key_value_pairs

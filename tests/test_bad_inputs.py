@@ -282,6 +282,38 @@ def test_corrupt_aselmdb(tmp_path):
         evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path / "out", dataset=path, workers=0))
 
 
+def _aselmdb(path: Path, n: int = 30) -> Path:
+    from ase_db_backends.aselmdb import LMDBDatabase
+
+    db = LMDBDatabase(path)
+    for i in range(n):
+        db.write(label(slab(i % 3)), sid=f"s{i}", data={"padding": list(range(300))})
+    del db
+    Path(f"{path}-lock").unlink(missing_ok=True)
+    return path
+
+
+@catalogue
+def test_truncated_aselmdb_is_refused_not_a_bus_error(tmp_path):
+    path = _aselmdb(tmp_path / "cut.aselmdb")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # a download cut short
+    with pytest.raises(DatasetError, match=r"cut.aselmdb: truncated LMDB file .*fetch the file again"):
+        evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path / "out", dataset=path, workers=0))
+
+
+@catalogue
+def test_aselmdb_is_read_without_writing_beside_it(tmp_path):
+    """A dataset on a read-only mount: reading writes no lock file next to it (root ignores
+    permissions here, so the test checks the folder stays as it was)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    path = _aselmdb(folder / "set.aselmdb", 6)
+    before = sorted(p.name for p in folder.iterdir())
+    record = evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path / "out", dataset=path, workers=0))
+    assert record["n_structures"] == 6 and sorted(p.name for p in folder.iterdir()) == before
+
+
 @catalogue
 def test_duplicate_structure_ids(tmp_path):
     frames = [label(slab(0)), label(slab(1))]
