@@ -248,7 +248,7 @@ def test_ood_shift_end_to_end_with_emt(train_file, tmp_path):
     config = config.model_copy(update={"options": {**config.options, "reference": str(train_file)}})
     record = evaluate("emt", config, RunOptions(out=tmp_path / "out", dataset=test, workers=0))
     m = record["metrics"]
-    assert m["forces_mae"] == 0.0 and m["energy_per_atom_mae"] == 0.0 and m["forces_cosine"] == pytest.approx(1.0)
+    assert m["forces_mae"] < 1e-9 and m["energy_per_atom_mae"] < 1e-9 and m["forces_cosine"] == pytest.approx(1.0)
     table = pa.parquet.read_table(tmp_path / "out" / "emt" / "ood-shift.parquet").to_pylist()
     by_id = {r["id"]: r for r in table}
     assert by_id["au"]["shift_element"] == 1.0 and by_id["au"]["ood_element"]
