@@ -250,7 +250,7 @@ def test_legacy_oc20_lmdb_reads_with_trust_pickle(tmp_path):
     record = evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path / "out", dataset=path, workers=0,
                                                      trust_pickle=True))
     assert record["n_structures"] == 3 and record["n_failed"] == 0
-    assert record["metrics"]["energy_mae"] == 0.0 and record["metrics"]["forces_mae"] == 0.0
+    assert record["metrics"]["energy_mae"] < 1e-9 and record["metrics"]["forces_mae"] < 1e-9  # labelled in the test
 
 
 def test_one_cluster_serves_many_evaluations(tmp_path):
