@@ -176,9 +176,18 @@ class Evaluator(ABC):
                 rows[i] = {**row, "status": "failed", "reason": f"{why} (fix or drop this record of the dataset)"}
         return rows
 
+    def reduce(self, table: pa.Table) -> pa.Table:
+        """The per-row columns this task's metrics read, from one batch of predictions (a shard).
+        Scoring (evaluators/scoring.py) reduces batch by batch and keeps only the reduced rows, so
+        a task whose rows carry per-atom arrays (forces, positions) turns them into per-row numbers
+        here and memory no longer grows with the atoms. Must keep ``id``, ``status`` and the
+        bootstrap's strata column, and return a table that ``reduce`` and ``metrics`` accept again.
+        Default: the rows as they are (tasks whose rows are already a few numbers)."""
+        return table
+
     @abstractmethod
     def metrics(self, table: pa.Table) -> dict[str, Any]:
-        """Pure function of the predictions table (rows with status "ok")."""
+        """Pure function of the predictions rows (``reduce``d or not; only rows with status "ok" count)."""
 
     def provenance(self) -> dict[str, Any]:
         """Inputs besides the dataset that this task's numbers depend on (e.g. a cached file of
@@ -193,15 +202,6 @@ class Evaluator(ABC):
         resample at once instead of calling ``metrics()`` per resample, and checks the terms
         against ``metrics()``. Metrics left out are recomputed with ``metrics()``."""
         return {}
-
-    # True when ``metric_terms`` covers every metric and ``metrics_from_terms`` rebuilds them
-    # from the terms alone: the runner then reads the shards one at a time, keeping only the
-    # per-row terms, so memory does not grow with the predictions (OC20's forces, 1M frames).
-    complete_terms: ClassVar[bool] = False
-
-    def metrics_from_terms(self, terms: Terms) -> dict[str, Any]:
-        """``metrics()`` from ``metric_terms`` (concatenated over shards); see ``complete_terms``."""
-        raise NotImplementedError(f"task {self.key} computes its metrics from the whole predictions table")
 
 
 class _Refusing(Potential):

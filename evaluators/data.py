@@ -27,6 +27,7 @@ from ase import Atoms
 from ase.constraints import FixAtoms
 
 from mlip_zoo.errors import DatasetError, UntrustedDataError
+from mlip_zoo.zoo.weights import sha256_of
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,7 @@ def sha256_file(path: Path) -> str:
                 h.update(p.relative_to(path).as_posix().encode())
                 h.update(sha256_file(p).encode())
         return h.hexdigest()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_of(path)
 
 
 def resolve_dataset(default: str, default_file: str, override: str | Path | None = None) -> Dataset:

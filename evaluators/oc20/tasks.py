@@ -121,26 +121,41 @@ def _report(terms: Terms, splits: list[str]) -> dict[str, Any]:
     return out
 
 
+REDUCED = b"mlipzoo.reduced"  # schema metadata of a table that is already a task's reduced rows
+
+
 class _OC20Task(Evaluator):
     """Every OC20 metric is a ratio of per-row sums: one set of per-row terms, computed
-    column-wise from the Arrow table, gives the metrics, the bootstrap's fast path, and lets the
-    runner summarise shard by shard (``complete_terms``)."""
+    column-wise from the Arrow table, is the task's reduced rows (``reduce``: a total and a numel
+    column per metric), gives the metrics and the bootstrap's fast path."""
 
-    complete_terms = True
+    kept = ("id", "split", "status")  # the columns reduce keeps besides the terms
 
     @abstractmethod
     def _ok_terms(self, ok: pa.Table) -> Terms:
         """Per-row terms of the task's metrics over a table of ok rows."""
 
-    def metric_terms(self, table: pa.Table) -> Terms:
-        return _by_split(table, self._ok_terms(table.filter(pc.equal(table.column("status"), "ok"))),
-                         self.config.splits)
+    def reduce(self, table: pa.Table) -> pa.Table:
+        if table.schema.metadata and REDUCED in table.schema.metadata:
+            return table
+        ok = pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False)
+        columns = {name: table.column(name) for name in self.kept}
+        for key, (total, numel) in self._ok_terms(table.filter(ok)).items():
+            for part, values in (("total", total), ("numel", numel)):
+                spread = np.zeros(table.num_rows)  # failed rows add nothing
+                spread[ok] = values
+                columns[f"{key}:{part}"] = pa.array(spread)
+        return pa.table(columns).replace_schema_metadata({REDUCED: self.key.encode()})
 
-    def metrics_from_terms(self, terms: Terms) -> dict[str, Any]:
-        return _report(terms, self.config.splits)
+    def metric_terms(self, table: pa.Table) -> Terms:
+        rows = self.reduce(table)
+        ok = pc.equal(rows.column("status"), "ok").to_numpy(zero_copy_only=False)
+        keys = [name.removesuffix(":total") for name in rows.column_names if name.endswith(":total")]
+        ok_terms = {key: (_numbers(rows, f"{key}:total")[ok], _numbers(rows, f"{key}:numel")[ok]) for key in keys}
+        return _by_split(rows, ok_terms, self.config.splits)
 
     def metrics(self, table: pa.Table) -> dict[str, Any]:
-        return self.metrics_from_terms(self.metric_terms(table))
+        return _report(self.metric_terms(table), self.config.splits)
 
 
 class S2EF(_OC20Task):
@@ -231,18 +246,22 @@ class _Relaxation(_OC20Task):
 
 
 class IS2RE(_Relaxation):
+    kept = ("id", "split", "status", "converged")
+
     def _ok_terms(self, ok: pa.Table) -> Terms:
         return m.is2re_terms(_numbers(ok, "energy_true"), _numbers(ok, "energy_pred"),
                              energy_threshold=self.config.options["energy_threshold"])
 
     def metric_terms(self, table: pa.Table) -> Terms:
-        ok = pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False).astype(float)
-        converged = pc.fill_null(table.column("converged"), False).to_numpy(zero_copy_only=False).astype(float)
-        return {**super().metric_terms(table), "converged_fraction": (converged * ok, ok)}
+        rows = self.reduce(table)
+        ok = pc.equal(rows.column("status"), "ok").to_numpy(zero_copy_only=False).astype(float)
+        converged = pc.fill_null(rows.column("converged"), False).to_numpy(zero_copy_only=False).astype(float)
+        return {**super().metric_terms(rows), "converged_fraction": (converged * ok, ok)}
 
-    def metrics_from_terms(self, terms: Terms) -> dict[str, Any]:
-        converged, ok = terms["converged_fraction"]
-        return {**super().metrics_from_terms({k: v for k, v in terms.items() if k != "converged_fraction"}),
+    def metrics(self, table: pa.Table) -> dict[str, Any]:
+        terms = self.metric_terms(table)
+        converged, ok = terms.pop("converged_fraction")
+        return {**_report(terms, self.config.splits),
                 "converged_fraction": Metric(float(converged.sum()), int(ok.sum())).value}
 
 

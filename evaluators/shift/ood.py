@@ -183,10 +183,24 @@ class OODShift(Evaluator):
             groups[f"splits.{s}."] = ok & np.array([x == s for x in data["split"]], dtype=bool)
         return groups
 
+    def reduce(self, table: pa.Table) -> pa.Table:
+        """Rows of the group columns and the per-row error terms (no per-atom arrays)."""
+        if "forces_true" not in table.column_names:
+            return table  # reduced already
+        keep = ["id", "split", "status", *[f"{p}_{a}" for a in AXES for p in ("shift", "ood")]]
+        columns = {name: table.column(name) for name in keep}
+        for name, (total, numel) in self._row_terms(table).items():
+            columns[f"{name}:total"], columns[f"{name}:numel"] = pa.array(total), pa.array(numel)
+        return pa.table(columns)
+
     def _row_terms(self, table: pa.Table) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per-row (total, numel) of each error metric over the free atoms (fixed ones, held by
         FixAtoms, are not scored, as in S2EF); zeros on failed rows."""
         n = table.num_rows
+        if "forces_true" not in table.column_names:  # reduced rows carry them
+            return {name.removesuffix(":total"): (table.column(name).to_numpy(),
+                                                  table.column(name.replace(":total", ":numel")).to_numpy())
+                    for name in table.column_names if name.endswith(":total")}
         e_abs, f_abs, f_n, cos, n_atoms = (np.zeros(n) for _ in range(5))
         data = table.select(["status", "n_atoms", "energy_true", "energy_pred", "forces_true", "forces_pred",
                              "free"]).to_pylist()
