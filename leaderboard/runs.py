@@ -92,7 +92,7 @@ def evaluate_one(model: str, task: str | TaskConfig, opts: RunOptions, wandb_mod
     total = resolve_dataset(config.dataset, config.dataset_file, opts.dataset).n
     if opts.limit is not None:
         total = min(total, opts.limit) if total is not None else opts.limit
-    ensure_env(get_card(model), opts.env, reporter)
+    _ensure_environment(get_card(model), opts.env, reporter)
     with reporter.quiet(), reporter.progress(total, f"{model} × {task}") as update:
         opts.progress = update
         record = evaluate(model, config, opts)
@@ -105,10 +105,9 @@ def evaluate_one(model: str, task: str | TaskConfig, opts: RunOptions, wandb_mod
     return record
 
 
-def ensure_env(card: ModelCard, mode: str, reporter: Reporter | None = None) -> None:
+def _ensure_environment(card: ModelCard, mode: str, reporter: Reporter) -> None:
     """Build the model's own environment first, if it needs one (pip takes a while: the reporter
     shows it)."""
-    reporter = reporter or Reporter()
     if needs_environment(card, mode) and not environment_for(card).built:
         resolve_weights(card)  # no weights, no point: fail as the evaluation would, before pip runs
         with reporter.building_environment(card) as echo:
