@@ -11,7 +11,7 @@ from mlip_zoo.cli.common import JsonOpt, emit_json, err, escape, fail, out
 from mlip_zoo.errors import MlipZooError
 
 app = typer.Typer(help="Reference datasets that are too big to ship: fetch them where the network allows.",
-                       no_args_is_help=True)
+                  no_args_is_help=True)
 
 
 def _default_data_dir() -> Path:
