@@ -155,11 +155,26 @@ def parse_record(text: str, predictions: Path | None = None) -> ResultRecord:
     try:
         record = ResultRecord.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in exc.errors()[:5])
-        raise RecordError(f"not a valid result record: {problems}") from None
+        raise RecordError(_describe(exc)) from None
     if version == 2 and predictions is not None:
         record = migrate(record, predictions)
     return record
+
+
+def _describe(exc: ValidationError) -> str:
+    """Pydantic's errors as a reader wants them: which fields are missing, which are wrong."""
+    missing: dict[str, list[str]] = {}
+    wrong = []
+    for error in exc.errors():
+        where = ".".join(map(str, error["loc"]))
+        if error["type"] == "missing":
+            *parent, leaf = map(str, error["loc"])
+            missing.setdefault(".".join(parent), []).append(leaf)
+        else:
+            wrong.append(f"{where or 'record'}: {error['msg']}")
+    parts = [f"missing field(s) {', '.join(fields)}" if not parent else f"{parent} is incomplete: missing "
+             f"{', '.join(fields)}" for parent, fields in missing.items()]
+    return "; ".join([*parts, *wrong[:5]]) + "; it was not written by this mlip-zoo: rerun the evaluation"
 
 
 def migrate(record: ResultRecord, predictions: Path) -> ResultRecord:

@@ -18,8 +18,27 @@ import yaml
 
 from mlip_zoo.errors import ConfigError, MlipZooError
 from mlip_zoo.evaluators.base import TaskConfig, evaluator_for, task_keys
+from mlip_zoo.evaluators.store import StoredResult
 from mlip_zoo.evaluators.uncertainty import percentile_interval, rank, replicates
-from mlip_zoo.leaderboard.results import read_predictions
+from mlip_zoo.leaderboard.results import reduced_rows
+
+Results = dict[str, dict[str, StoredResult]]  # {model: {task: result}}
+
+
+class _Rows:
+    """Each result's reduced rows, read once per site build however many rankings use them."""
+
+    def __init__(self):
+        self._cache: dict[tuple[str, str], Any] = {}
+
+    def __call__(self, stored: StoredResult, config: TaskConfig):
+        key = (str(stored.path), config.model_dump_json())
+        if key not in self._cache:
+            self._cache[key] = reduced_rows(stored, evaluator_for(config))
+        return self._cache[key]
+
+
+rows_of = _Rows()
 
 
 def _combined_terms() -> dict[str, dict[str, Any]]:
@@ -59,17 +78,17 @@ def combined(values: dict[str, float | None], terms: dict[str, dict],
 # Ranks with their uncertainty, from the predictions of every model on the same structures
 
 
-def _rankings(config: TaskConfig, results: dict[str, dict[str, dict]]) -> list[dict[str, Any]]:
+def _rankings(config: TaskConfig, results: Results) -> list[dict[str, Any]]:
     """Per dataset and protocol the task was run with (results on different datasets, or under
     different task options, are never ranked together): the models' ranks by the headline metric
     on the structures they all have, the rank ranges from the bootstrap, and the paired
     difference of every pair."""
-    groups: dict[tuple[str, str], dict[str, dict]] = {}
+    groups: dict[tuple[str, str], dict[str, StoredResult]] = {}
     for model, by_task in results.items():
         if config.key in by_task:
-            record = by_task[config.key]
-            key = (record["dataset"]["sha256"], record["provenance"].get("task_config_sha256", ""))
-            groups.setdefault(key, {})[model] = record
+            record = by_task[config.key].record
+            key = (record.dataset.sha256, record.provenance.task_config_sha256)
+            groups.setdefault(key, {})[model] = by_task[config.key]
     spec = config.metrics.get(config.headline)
     if not groups or spec is None:
         return []
@@ -77,9 +96,9 @@ def _rankings(config: TaskConfig, results: dict[str, dict[str, dict]]) -> list[d
     out = []
     for records in groups.values():
         tables = {}
-        for model, record in records.items():
+        for model, stored in records.items():
             try:
-                tables[model] = read_predictions(record["_path"], record, evaluator)
+                tables[model] = rows_of(stored, config)
             except MlipZooError as exc:
                 warnings.warn(f"{model} x {config.key} is left out of the ranking: {exc}", stacklevel=3)
         if not tables:
@@ -91,7 +110,7 @@ def _rankings(config: TaskConfig, results: dict[str, dict[str, dict]]) -> list[d
             warnings.warn(f"no ranking for {config.key}: {exc}", stacklevel=3)
             continue
         names = sorted(tables, key=lambda m: (ranking.rank.get(m, len(tables) + 1), m))
-        out.append({"dataset": next(iter(records.values()))["dataset"], "ranking": ranking, "models": names,
+        out.append({"dataset": next(iter(records.values())).record.dataset, "ranking": ranking, "models": names,
                     "matrix": _pair_matrix(ranking), "confidence": config.bootstrap.confidence,
                     "resamples": config.bootstrap.resamples})
     return out
@@ -120,7 +139,7 @@ def _rank_facts(groups: list[dict[str, Any]], names: dict[str, str]) -> dict[str
     return out
 
 
-def _term_replicates(results: dict[str, dict[str, dict]], terms: dict[str, dict],
+def _term_replicates(results: Results, terms: dict[str, dict],
                      configs: dict[str, TaskConfig]) -> dict[str, dict[str, list[float | None]]]:
     """{model: {task: the term's metric in each bootstrap resample of the model's own predictions}}.
 
@@ -134,10 +153,9 @@ def _term_replicates(results: dict[str, dict[str, dict]], terms: dict[str, dict]
         for model, by_task in results.items():
             if task not in by_task:
                 continue
-            record = by_task[task]
             try:
                 evaluator = evaluator or evaluator_for(config)
-                table = read_predictions(record["_path"], record, evaluator)
+                table = rows_of(by_task[task], config)
                 values = replicates(evaluator, table, config.bootstrap, keys=[spec["metric"]]).values
             except MlipZooError as exc:
                 warnings.warn(f"no combined-score interval from {model} x {task}: {exc}", stacklevel=3)

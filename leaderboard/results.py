@@ -191,8 +191,13 @@ def validate_result(path: Path, *, cards: Path | None = None, datasets: Sequence
             raise ResultError(f"{path}: predictions file {source.name} has sha256 {got}, the result committed to "
                               f"{want}: a torn pair (a write interrupted between them, or a file replaced); rerun the "
                               "evaluation")
+    import pyarrow.parquet as pq
+
+    try:
+        _check_schema(path, source, pq.read_schema(source), evaluator)  # every problem at once, named
+    except (OSError, ValueError) as exc:  # ArrowInvalid (a ValueError) on a damaged file
+        raise ResultError(f"{path}: predictions file cannot be read ({exc})") from None
     file = _open_predictions(stored, evaluator)
-    _check_schema(path, source, file.schema_arrow, evaluator)
     if record.dataset.n != record.n_structures:
         raise ResultError(f"{path}: n_structures {record.n_structures} and dataset.n {record.dataset.n} "
                           f"must both be the {file.metadata.num_rows} rows of {source.name}")

@@ -22,9 +22,10 @@ import yaml
 
 from mlip_zoo.errors import ConfigError, DatasetError
 from mlip_zoo.evaluators.base import TaskConfig, load_task_config
-from mlip_zoo.evaluators.data import resolve_dataset
 from mlip_zoo.evaluators.pipeline import label_check
-from mlip_zoo.evaluators.runner import EnvClusters, RunOptions, cluster_client, evaluate
+from mlip_zoo.evaluators.plan import make_plan
+from mlip_zoo.evaluators.record import ResultRecord
+from mlip_zoo.evaluators.runner import Clusters, RunOptions, run_plan
 from mlip_zoo.leaderboard.wandb_sink import log_run
 from mlip_zoo.zoo.card import ModelCard, get_card
 from mlip_zoo.zoo.envs import Environment, ensure_environment, environment_for, needs_environment
@@ -32,7 +33,7 @@ from mlip_zoo.zoo.weights import resolve_weights
 
 log = logging.getLogger("mlip_zoo.runs")
 
-ProgressUpdate = Callable[[int, int], None]  # (done, failed) deltas, as RunOptions.progress takes them
+ProgressUpdate = Callable[[int, int], None]  # (ok, failed) deltas, as evaluate's progress takes them
 
 
 class Reporter:
@@ -83,23 +84,26 @@ def with_options(task: str, options: dict) -> TaskConfig:
 
 
 def evaluate_one(model: str, task: str | TaskConfig, opts: RunOptions, wandb_mode: str = "offline",
-                 reporter: Reporter | None = None) -> dict:
+                 reporter: Reporter | None = None, clusters: Clusters | None = None) -> ResultRecord:
     """Evaluate, then hand the written result to the W&B sink (whose failure costs nothing local).
-    ``task``: a key, or a task config adjusted for this run (``with_reference``, ``with_options``)."""
+    ``task``: a key, or a task config adjusted for this run (``with_reference``, ``with_options``).
+    The plan (card, protocol, dataset and weights with their sha256) is resolved once, here."""
     reporter = reporter or Reporter()
-    config = task if not isinstance(task, str) else load_task_config(task)
-    task = config.key
-    total = resolve_dataset(config.dataset, config.dataset_file, opts.dataset).n
+    card = get_card(model)
+    _ensure_environment(card, opts.env, reporter)
+    plan = make_plan(card, task, opts)
+    total = plan.dataset.n
     if opts.limit is not None:
         total = min(total, opts.limit) if total is not None else opts.limit
-    _ensure_environment(get_card(model), opts.env, reporter)
-    with reporter.quiet(), reporter.progress(total, f"{model} × {task}") as update:
-        opts.progress = update
-        record = evaluate(model, config, opts)
+    with contextlib.ExitStack() as stack:
+        if clusters is None and not (opts.in_process and plan.environment is None):
+            clusters = stack.enter_context(Clusters(opts))
+        with reporter.quiet(), reporter.progress(total, f"{model} × {plan.config.key}") as update:
+            record = run_plan(plan, opts, clusters, update)
     if wandb_mode != "disabled":
         try:
             with reporter.quiet():
-                log_run(record, card=get_card(model), task_config=config, results_dir=opts.out, mode=wandb_mode)
+                log_run(record, card=card, task_config=plan.config, results_dir=opts.out, mode=wandb_mode)
         except Exception as exc:  # the result is already on disk; W&B is a copy
             reporter.warning(f"W&B logging failed for {model} × {task} ({exc}); the local result is intact")
     return record
@@ -115,9 +119,9 @@ def _ensure_environment(card: ModelCard, mode: str, reporter: Reporter) -> None:
         reporter.environment_built(card, env)
 
 
-def failed_checks(record: dict) -> str:
+def failed_checks(record: ResultRecord) -> str:
     """The pipeline checks a result fails (its model made the labels and missed them), or ""."""
-    checked = label_check(load_task_config(record["task"]), record["model"], record["dataset"], record["metrics"])
+    checked = label_check(load_task_config(record.task), record.model, record.dataset.labelled_by, record.metrics)
     return "; ".join(c.describe() for c in checked or () if not c.ok)
 
 
@@ -132,22 +136,22 @@ def read_run_config(path: Path) -> dict:
         raise ConfigError(f"{path}: cannot read run config: {exc}") from None
 
 
-def run_plan(plan: dict, *, out: Path, device: str, workers: int, wandb_mode: str, env_mode: str,
-             reporter: Reporter | None = None) -> tuple[list[dict], list[dict]]:
+def run_config(config: dict, *, out: Path, device: str, workers: int, wandb_mode: str, env_mode: str,
+               reporter: Reporter | None = None) -> tuple[list[ResultRecord], list[dict]]:
     """Every model x task of the run config's ``runs`` blocks: (records, errors). One Dask cluster
     (and one per isolated environment) serves the whole run. A failed pair becomes an error and
     the others still run; so does a result whose labeller missed its own labels."""
     reporter = reporter or Reporter()
     records, errors = [], []
-    with cluster_client(RunOptions(workers=workers)) as client, EnvClusters(RunOptions(workers=workers)) as envs:
-        for block in plan.get("runs", []):
+    with Clusters(RunOptions(workers=workers)) as clusters:
+        for block in config.get("runs", []):
             for model in block["models"]:
                 for task in block["tasks"]:
-                    opts = RunOptions(out=out, device=device, workers=workers, limit=block.get("limit"),
-                                      client=client, env=env_mode, env_clusters=envs)
+                    opts = RunOptions(out=out, device=device, workers=workers, limit=block.get("limit"), env=env_mode)
                     try:
-                        config = with_options(task, block["options"]) if block.get("options") else task
-                        records.append(record := evaluate_one(model, config, opts, wandb_mode, reporter))
+                        protocol = with_options(task, block["options"]) if block.get("options") else task
+                        records.append(record := evaluate_one(model, protocol, opts, wandb_mode, reporter,
+                                                              clusters=None if opts.in_process else clusters))
                         if failed := failed_checks(record):  # the labeller missed its own labels: a broken pipeline
                             errors.append({"model": model, "task": task, "error": "pipeline check failed: " + failed})
                     except Exception as exc:  # keep going: one broken pair must not cost the others

@@ -31,9 +31,9 @@ from markupsafe import Markup
 from mlip_zoo.errors import CardError, ConfigError, MlipZooError
 from mlip_zoo.evaluators.base import TaskConfig, load_task_config, task_keys
 from mlip_zoo.evaluators.pipeline import is_pipeline_check, label_check
-from mlip_zoo.leaderboard.ranking import (_combined_terms, _rank_facts, _rankings, _term_replicates, combined,
+from mlip_zoo.evaluators.store import ResultStore, StoredResult, read_stored
+from mlip_zoo.leaderboard.ranking import (Results, _combined_terms, _rank_facts, _rankings, _term_replicates, combined,
                                           combined_uncertainty)
-from mlip_zoo.leaderboard.results import predictions_path, read_result, result_files
 from mlip_zoo.zoo.card import ModelCard, builtin_cards_dir, load_cards
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -99,28 +99,28 @@ def _env() -> Environment:
 # Inputs
 
 
-def _load_results(results_dir: Path, configs: dict[str, TaskConfig]) -> dict[str, dict[str, dict]]:
-    """{model: {task: record}}; anything the site cannot show is skipped with a warning."""
-    results: dict[str, dict[str, dict]] = {}
-    for path in result_files(results_dir):
+def _load_results(results_dir: Path, configs: dict[str, TaskConfig]) -> Results:
+    """{model: {task: result}}; anything the site cannot show is skipped with a warning."""
+    results: Results = {}
+    for stored_path in ResultStore(results_dir).files():
         try:
-            record = read_result(path)
+            stored = read_stored(stored_path)
         except MlipZooError as exc:
             warnings.warn(f"skipped: {exc}", stacklevel=3)
             continue
-        model, task = str(record["model"]), str(record["task"])
+        path, record = stored.path, stored.record
+        model, task = record.model, record.task
         if task not in configs:
             warnings.warn(f"{path}: unknown task {task!r}; skipped", stacklevel=3)
-        elif str(record["task_version"]) != configs[task].version:
-            warnings.warn(f"{path}: {task} version {record['task_version']} is not the current "
+        elif record.task_version != configs[task].version:
+            warnings.warn(f"{path}: {task} version {record.task_version} is not the current "
                           f"{configs[task].version}; its numbers are not comparable, skipped", stacklevel=3)
         elif not SAFE_KEY.match(model):
             warnings.warn(f"{path}: model key {model!r} cannot name a page; skipped", stacklevel=3)
         else:
             if task in results.get(model, {}):
                 warnings.warn(f"{path}: a second result for {model} x {task}; this one is used", stacklevel=3)
-            record["_path"] = path
-            results.setdefault(model, {})[task] = record
+            results.setdefault(model, {})[task] = stored
     return results
 
 
@@ -144,17 +144,18 @@ def _r(a) -> list:
     return [float(f"{x:.6g}") for x in np.asarray(a, dtype=float)]
 
 
-def _plot_data(record: dict, config: TaskConfig) -> dict[str, Any] | None:
+def _plot_data(stored: StoredResult, config: TaskConfig) -> dict[str, Any] | None:
     import pyarrow.parquet as pq
 
     from mlip_zoo.evaluators.oc20.metrics import adwt_curve, min_image
 
     try:
-        path = predictions_path(record["_path"], record)
+        record = stored.record
+        path = stored.predictions
         columns = [c for c in pq.read_schema(path).names if c in PLOT_COLUMNS]  # never ids or reasons
         rows = pq.read_table(path, columns=columns).to_pylist()
     except (MlipZooError, OSError, ValueError) as exc:
-        warnings.warn(f"no plots for {record['model']} x {config.key}: {exc}", stacklevel=3)
+        warnings.warn(f"no plots for {stored.record.model} x {config.key}: {exc}", stacklevel=3)
         return None
     ok = [r for r in rows if r.get("status") == "ok"]
     secs = [r["seconds"] for r in ok if r.get("seconds") is not None]
@@ -168,7 +169,7 @@ def _plot_data(record: dict, config: TaskConfig) -> dict[str, Any] | None:
         ft, fp = np.concatenate(ft), np.concatenate(fp)
         idx = _sample(ft.size)
         out["forces"] = {"x": _r(ft[idx]), "y": _r(fp[idx])}
-    axes = record["metrics"].get("axes") if config.evaluator == "ood-shift" else None
+    axes = record.metrics.get("axes") if config.evaluator == "ood-shift" else None
     if isinstance(axes, dict):  # force error per bin of each shift axis, from the metrics themselves
         out["shift"] = {axis: {"x": [b["range"] for b in d["bins"].values()],
                                "y": [b["forces_mae"] for b in d["bins"].values()],
@@ -186,22 +187,23 @@ def _plot_data(record: dict, config: TaskConfig) -> dict[str, Any] | None:
     return out
 
 
-def _pipeline_checks(results: dict[str, dict[str, dict]], configs: dict[str, TaskConfig],
+def _pipeline_checks(results: Results, configs: dict[str, TaskConfig],
                      names: dict[str, str]) -> list[dict[str, Any]]:
     """One row per result on a set a model labelled: the labeller's tolerance checks, or for any
     other model its headline number, shown only as proof that its pipeline ran."""
     out = []
     for model, by_task in sorted(results.items()):
-        for task, record in by_task.items():
-            dataset = record["dataset"]
+        for task, stored in by_task.items():
+            record = stored.record
+            dataset = record.dataset
             if not is_pipeline_check(dataset):
                 continue
             config = configs[task]
-            checked = label_check(config, model, dataset, record["metrics"])
-            out.append({"model": model, "name": names.get(model, model), "task": task, "dataset": dataset["name"],
-                        "labelled_by": dataset.get("labelled_by"), "n": record["n_structures"],
-                        "failed": record["n_failed"], "headline": config.metrics[config.headline].label,
-                        "value": record["metrics"].get(config.headline),
+            checked = label_check(config, model, dataset.labelled_by, record.metrics)
+            out.append({"model": model, "name": names.get(model, model), "task": task, "dataset": dataset.name,
+                        "labelled_by": dataset.labelled_by, "n": record.n_structures,
+                        "failed": record.n_failed, "headline": config.metrics[config.headline].label,
+                        "value": record.metrics.get(config.headline),
                         "checks": None if checked is None else [
                             {"text": c.describe(), "ok": c.ok} for c in checked]})
     out.sort(key=lambda c: (c["checks"] is None, c["task"], c["model"]))
@@ -235,11 +237,11 @@ def build_site(results_dir: Path, out_dir: Path) -> Path:
     results = _load_results(results_dir, configs)
     # Pipeline checks (results on sets a model labelled) never feed the headline table, the ranks
     # or the combined score; they get their own section.
-    board: dict[str, dict[str, dict]] = {}
+    board: Results = {}
     for model, by_task in results.items():
-        for task, record in by_task.items():
-            if not is_pipeline_check(record["dataset"]):
-                board.setdefault(model, {})[task] = record
+        for task, stored in by_task.items():
+            if not is_pipeline_check(stored.record.dataset):
+                board.setdefault(model, {})[task] = stored
     # Headline columns: the tasks with a ranked result, in the order the combined score lists them;
     # a term no model has a result for is left out rather than marking every score partial.
     board_tasks = {t: c for t, c in configs.items() if any(t in by_task for by_task in board.values())}
@@ -251,7 +253,7 @@ def build_site(results_dir: Path, out_dir: Path) -> Path:
     names = {k: m["name"] for k, m in models.items()}
     rankings = {t: _rankings(configs[t], board) for t in tasks}
     ranks = {t: _rank_facts(groups, names) for t, groups in rankings.items()}
-    coverage = {key: {t: by_task[t]["metrics"].get(spec["coverage"]) for t, spec in terms.items()
+    coverage = {key: {t: by_task[t].record.metrics.get(spec["coverage"]) for t, spec in terms.items()
                       if spec.get("coverage") and t in by_task} for key, by_task in board.items()}
     term_reps = _term_replicates(board, terms, configs)
     confidence = min((configs[t].bootstrap.confidence for t in terms), default=0.95)
@@ -259,10 +261,11 @@ def build_site(results_dir: Path, out_dir: Path) -> Path:
 
     # Per-model headline values and combined score, for the first render (JS recomputes on change).
     rows = []
-    for key, by_task in results.items():
-        ranked = board.get(key, {})
-        values = {t: r["metrics"].get(configs[t].headline) for t, r in ranked.items()}
-        term_values = {t: ranked[t]["metrics"].get(s["metric"]) if t in ranked else None for t, s in terms.items()}
+    for key, stored_by_task in results.items():
+        by_task = {t: stored.record for t, stored in stored_by_task.items()}  # what the templates read
+        ranked = {t: stored.record for t, stored in board.get(key, {}).items()}
+        values = {t: r.metrics.get(configs[t].headline) for t, r in ranked.items()}
+        term_values = {t: ranked[t].metrics.get(s["metric"]) if t in ranked else None for t, s in terms.items()}
         card = models[key]["card"]
         functional_notes = {t: f"{card.functional} model, {configs[t].reference_functional} references"
                             for t in ranked if card is not None and configs[t].reference_functional
@@ -280,7 +283,7 @@ def build_site(results_dir: Path, out_dir: Path) -> Path:
         plots[t] = {}
         for key, by_task in results.items():
             if t in by_task and (data := _plot_data(by_task[t], configs[t])) is not None:
-                plots[t][key] = {"name": models[key]["name"], "headline": by_task[t]["metrics"].get(configs[t].headline),
+                plots[t][key] = {"name": models[key]["name"], "headline": by_task[t].record.metrics.get(configs[t].headline),
                                  **data}
 
     env = _env()
@@ -310,7 +313,7 @@ def build_site(results_dir: Path, out_dir: Path) -> Path:
                 root="../", model=r, max_failures=MAX_FAILURES, **common))
         for t, config in configs.items():
             task_rows = [r for r in rows if t in r["results"]]
-            datasets = {(d["name"], d["file"], d["sha256"]): d for d in (r["results"][t]["dataset"] for r in task_rows)}
+            datasets = {(d.name, d.file, d.sha256): d for d in (r["results"][t].dataset for r in task_rows)}
             _write(tmp / "tasks" / f"{t}.html", env.get_template("task.html.j2").render(
                 root="../", task=config, task_rows=task_rows, datasets=list(datasets.values()),
                 rankings=rankings[t], names={r["key"]: r["name"] for r in rows},

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from mlip_zoo.errors import CardError, MlipZooError
-from mlip_zoo.leaderboard.results import result_files, validate_result
+from mlip_zoo.evaluators.store import result_files
+from mlip_zoo.leaderboard.results import validate_result
 from mlip_zoo.zoo.card import read_card
 from mlip_zoo.zoo.families.ase_calc import calculator_class
 from mlip_zoo.zoo.registry import check_family, checkpoint_globals

@@ -9,8 +9,11 @@ from mlip_zoo.evaluators.pipeline import label_check
 from mlip_zoo.evaluators.record import ResultRecord
 
 
-def assert_reproduces_labels(record: ResultRecord) -> None:
-    """Every metric the task's label_tolerance names is within it of a perfect score."""
+def assert_reproduces_labels(record: ResultRecord | dict) -> None:
+    """Every metric the task's label_tolerance names is within it of a perfect score (a record,
+    or its JSON as `--json` prints it)."""
+    if isinstance(record, dict):
+        record = ResultRecord.model_validate(record)
     config = load_task_config(record.task)
     checked = label_check(config, record.model, record.dataset.labelled_by, record.metrics)
     assert checked, f"{record.task}: {record.model} did not label {record.dataset.name}"

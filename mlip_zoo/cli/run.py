@@ -65,25 +65,25 @@ def _progress_bar(total: int | None, label: str):
         yield update
 
 
-def _summary(record: dict) -> str:
-    """The headline cell of a result: its number with the interval, or its pipeline checks."""
+def _summary(record) -> str:
+    """The headline cell of a result (a ResultRecord): its number with the interval, or its pipeline checks."""
     from mlip_zoo.evaluators.base import load_task_config
     from mlip_zoo.evaluators.pipeline import label_check
     from mlip_zoo.leaderboard.runs import failed_checks
 
-    config = load_task_config(record["task"])
-    checked = label_check(config, record["model"], record["dataset"], record["metrics"])
+    config = load_task_config(record.task)
+    checked = label_check(config, record.model, record.dataset.labelled_by, record.metrics)
     if checked is not None:  # the model that made the labels: "exact within 1e-09", not a round-off figure
         if failed := failed_checks(record):
             return "[red]pipeline check FAILED[/]: " + escape(failed)
         tolerance = {f"{c.tolerance:.0e}" for c in checked}
         return f"pipeline check: {len(checked)} metrics exact within {'/'.join(sorted(tolerance))}"
-    value = record["metrics"].get(config.headline)
+    value = record.metrics.get(config.headline)
     shown = "n/a" if value is None else f"{value:.4g}"
-    interval = (record.get("intervals") or {}).get(config.headline)
+    interval = record.intervals.get(config.headline)
     if interval:
         shown += f" [{interval[0]:.4g}, {interval[1]:.4g}]"
-    if labeller := record["dataset"].get("labelled_by"):  # distance to EMT's labels, not a quality measure
+    if labeller := record.dataset.labelled_by:  # distance to EMT's labels, not a quality measure
         shown += f" vs {labeller}'s labels (pipeline check)"
     return f"{config.metrics[config.headline].label} = {shown}"
 
@@ -135,18 +135,18 @@ def eval_(
     from mlip_zoo.evaluators.runner import RunOptions
     from mlip_zoo.leaderboard.runs import evaluate_one, with_reference
 
-    opts = RunOptions(out=out_dir, dataset=dataset, device=device, workers=workers, scheduler=scheduler,
-                      cluster=cluster, cluster_config=cluster_config, limit=limit, trust_pickle=trust_pickle,
-                      env=_env_mode(env))
     try:
+        opts = RunOptions(out=out_dir, dataset=dataset, device=device, workers=workers, scheduler=scheduler,
+                          cluster=cluster, cluster_config=cluster_config, limit=limit, trust_pickle=trust_pickle,
+                          env=_env_mode(env))
         record = evaluate_one(model, with_reference(task, reference) if reference else task, opts,
                               _wandb_mode(wandb), ConsoleReporter())
     except MlipZooError as exc:
         raise fail(exc) from None
     if as_json:
-        return emit_json(record)
+        return emit_json(record.model_dump(mode="json"))
     out.print(f"[green]done[/] {model} × {task}: {_summary(record)}  "
-              f"({record['n_structures']} structures, {record['n_failed']} failed) -> "
+              f"({record.n_structures} structures, {record.n_failed} failed) -> "
               f"{escape(str(opts.out / model / (task + '.json')))}", highlight=False)
 
 
@@ -167,7 +167,7 @@ def run(
     whose packages conflict with this environment's run in their own (`mlipzoo env --help`), on
     Dask workers started from that environment's Python, kept for the whole run.
     """
-    from mlip_zoo.leaderboard.runs import default_run_config, read_run_config, run_plan
+    from mlip_zoo.leaderboard.runs import default_run_config, read_run_config, run_config
 
     path = config or default_run_config()
     try:
@@ -178,18 +178,19 @@ def run(
     n_workers = workers if workers is not None else int(plan.get("workers", 1))
     wandb_mode = _wandb_mode(wandb or plan.get("wandb", "offline"))
     env_mode = _env_mode(env or plan.get("env", "auto"))
-    records, errors = run_plan(plan, out=out_dir, device=device, workers=n_workers, wandb_mode=wandb_mode,
+    records, errors = run_config(plan, out=out_dir, device=device, workers=n_workers, wandb_mode=wandb_mode,
                                env_mode=env_mode, reporter=ConsoleReporter())
     index = build_site_or_fail(out_dir, site)
     if as_json:
-        emit_json({"results": records, "errors": errors, "site": str(index.resolve())})
+        emit_json({"results": [r.model_dump(mode="json") for r in records], "errors": errors,
+                   "site": str(index.resolve())})
     else:
         table = Table(title=f"mlip-zoo run ({path.name}) -> {out_dir}")
         for col in ("model", "task", "headline", "structures", "failed", "wall s"):
             table.add_column(col)
         for r in records:
-            table.add_row(r["model"], r["task"], _summary(r), str(r["n_structures"]), str(r["n_failed"]),
-                          f"{r['provenance']['wall_time_s']:.1f}")
+            table.add_row(r.model, r.task, _summary(r), str(r.n_structures), str(r.n_failed),
+                          f"{r.provenance.wall_time_s:.1f}")
         for e in errors:
             table.add_row(e["model"], e["task"], "[red]error[/]", "-", "-", "-")
         out.print(table)
