@@ -141,13 +141,13 @@ def parse_record(text: str, predictions: Path | None = None) -> ResultRecord:
         raise RecordError(f"JSON nested more than {MAX_DEPTH} levels deep, too deep to be a result file; it was not "
                           "written by mlip-zoo: rerun the evaluation")
     version = data.get("schema_version", 1)
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise RecordError(f"schema_version must be an integer (1..{RESULT_SCHEMA_VERSION}), got {version!r}; the file "
-                          "was not written by mlip-zoo: rerun the evaluation")
-    if version > RESULT_SCHEMA_VERSION:
+    if isinstance(version, (int, float)) and not isinstance(version, bool) and version > RESULT_SCHEMA_VERSION:
         raise RecordError(f"written by a newer mlip-zoo (result schema {version}; this one reads up to "
                           f"{RESULT_SCHEMA_VERSION}); upgrade mlip-zoo (reinstall it from a release or checkout that "
                           f"writes schema {version}) to read it")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise RecordError(f"schema_version must be an integer (1..{RESULT_SCHEMA_VERSION}), got {version!r}; the file "
+                          "was not written by mlip-zoo: rerun the evaluation")
     required = (["intervals"] if version >= 2 else []) + (["predictions_sha256", "references"] if version >= 3 else [])
     missing = [k for k in required if k not in data]
     if missing:

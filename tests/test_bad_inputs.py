@@ -662,4 +662,4 @@ def test_output_lock_held_by_another_process(tmp_path):
     finally:
         holder.kill()  # dies holding it: the kernel releases an flock with its holder
         holder.wait()
-    assert evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path, workers=0, limit=5))["n_structures"] == 5
+    assert evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path, workers=0, limit=5)).n_structures == 5

@@ -209,7 +209,7 @@ def test_existing_scheduler_is_used(tmp_path):
 
 def test_slurm_cluster_config_becomes_a_job_script(tmp_path):
     from mlip_zoo.errors import ConfigError
-    from mlip_zoo.evaluators.runner import slurm_cluster
+    from mlip_zoo.evaluators.clusters import slurm_cluster
 
     config = tmp_path / "slurm.yaml"
     config.write_text("queue: gpu-short\ncores: 4\nmemory: 16GB\nwalltime: '01:00:00'\n"

@@ -12,6 +12,7 @@ from ase.build import bulk, fcc111, molecule
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from mlip_zoo.evaluators.record import ResultRecord
 from mlip_zoo.errors import CapabilityNotSupportedError, DatasetError
 from mlip_zoo.evaluators.base import evaluator_for, load_task_config
 from mlip_zoo.evaluators.data import resolve_dataset, sha256_file
@@ -277,7 +278,7 @@ def test_cli_reference_option_swaps_the_training_set(train_file, tmp_path):
     args = ["--limit", "2", "--workers", "0", "--out", str(tmp_path / "out"), "--wandb", "disabled", "--json"]
     result = CliRunner().invoke(app, ["eval", "emt", "ood-shift", "--reference", str(train_file), *args])
     assert result.exit_code == 0, result.output
-    record = json.loads(result.stdout)
+    record = ResultRecord.model_validate_json(result.stdout)  # --json prints the record
     assert record.provenance.task_inputs["training_stats"]["reference"]["sha256"] == sha256_file(train_file)
     wrong = CliRunner().invoke(app, ["eval", "emt", "oc20-s2ef", "--reference", str(train_file), *args])
     assert wrong.exit_code != 0 and "--reference is for ood-shift and ttr" in wrong.output

@@ -12,6 +12,7 @@ import pytest
 from ase import Atoms
 from ase.constraints import FixAtoms
 
+from mlip_zoo.evaluators.record import ResultRecord
 from mlip_zoo.errors import ConfigError
 from mlip_zoo.evaluators.base import evaluator_for, load_task_config
 from mlip_zoo.evaluators.data import datasets_dir, iter_records, resolve_dataset
@@ -208,7 +209,7 @@ def test_cli_eval_emt_names_failures_and_reproduces(tmp_path):
     result = CliRunner().invoke(app, ["eval", "emt", "ood-shift-mptrj", "--workers", "0", "--out", str(out),
                                       "--wandb", "disabled", "--json"])
     assert result.exit_code == 0, result.output
-    record = json.loads(result.stdout)
+    record = ResultRecord.model_validate_json(result.stdout)  # --json prints the record
     emt_dimers = 11  # EMT's H, C, N, O, Al, Ni, Cu, Pd, Ag, Pt, Au
     assert record.n_structures == 336 and record.n_failed == 336 - 4 * emt_dimers
     assert all("which emt was not trained on" in f.reason for f in record.failures)
