@@ -27,6 +27,10 @@ from ase import Atoms
 from ase.constraints import FixAtoms
 
 from mlip_zoo.errors import DatasetError, UntrustedDataError
+# The id rule and the free-atom mask live in zoo (the zoo names structures in its errors too);
+# tasks import them from here, beside the records they apply to.
+from mlip_zoo.zoo.structures import RECORD_INDEX, free_mask, record_id  # noqa: F401
+from mlip_zoo.zoo.weights import sha256_of
 
 
 @dataclass(frozen=True)
@@ -51,10 +55,7 @@ def sha256_file(path: Path) -> str:
                 h.update(p.relative_to(path).as_posix().encode())
                 h.update(sha256_file(p).encode())
         return h.hexdigest()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_of(path)
 
 
 def resolve_dataset(default: str, default_file: str, override: str | Path | None = None) -> Dataset:
@@ -349,34 +350,9 @@ def _pyg_to_atoms(data, where: str) -> Atoms:
     return atoms
 
 
-def free_mask(atoms: Atoms) -> np.ndarray:
-    """Atoms that count for forces and positions: everything not fixed by FixAtoms."""
-    fixed = np.zeros(len(atoms), dtype=bool)
-    for c in atoms.constraints:
-        if isinstance(c, FixAtoms):
-            fixed[c.get_indices()] = True
-    return ~fixed
-
-
-# The record's place in the whole dataset, stamped by ``number_records``. Evaluators name a record
-# by its index within their shard; without this, id-less records of two shards would share ids.
-RECORD_INDEX = "mlipzoo_record_index"
-
-
 def number_records(records: Iterator[Atoms]) -> Iterator[tuple[int, Atoms]]:
     """``enumerate(records)``, stamping each record's dataset index for ``record_id``."""
     for index, atoms in enumerate(records):
         atoms.info[RECORD_INDEX] = index
         yield index, atoms
 
-
-def record_id(atoms: Atoms, index: int) -> str:
-    """A structure's id: ``sid`` (plus ``fid`` for trajectory frames), else another id key, else
-    ``#<dataset index>`` (the stamped one; ``index`` only for records that were never numbered)."""
-    info = atoms.info
-    if "sid" in info:
-        return f"{info['sid']}_{info['fid']}" if "fid" in info else str(info["sid"])
-    for key in ("id", "material_id", "structure_id"):
-        if key in info:
-            return str(info[key])
-    return f"#{info.get(RECORD_INDEX, index)}"
