@@ -29,7 +29,7 @@ from jinja2 import Environment, FileSystemLoader
 from markupsafe import Markup
 
 from mlip_zoo.errors import CardError, ConfigError, MlipZooError
-from mlip_zoo.evaluators.base import TaskConfig, load_task_config, task_keys
+from mlip_zoo.evaluators.base import Evaluator, TaskConfig, evaluator_for, load_task_config, task_keys
 from mlip_zoo.evaluators.pipeline import is_pipeline_check, label_check
 from mlip_zoo.evaluators.store import ResultStore, StoredResult, read_stored
 from mlip_zoo.leaderboard.ranking import (Results, _combined_terms, _rank_facts, _rankings, _term_replicates, combined,
@@ -38,10 +38,7 @@ from mlip_zoo.zoo.card import ModelCard, builtin_cards_dir, load_cards
 
 TEMPLATES = Path(__file__).parent / "templates"
 MARKER = ".mlipzoo-site"  # only a folder carrying this is ever replaced (never wipe a user's folder)
-MAX_POINTS = 5000  # per model and plot: keeps pages small and plotly responsive
 MAX_FAILURES = 50
-PLOT_COLUMNS = {"status", "seconds", "energy_true", "energy_pred", "forces_true", "forces_pred", "free", "pos_true",
-                "pos_pred", "cell", "pbc"}
 SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # keys become file names
 
 
@@ -136,55 +133,18 @@ def _cards() -> dict[str, ModelCard]:
 # Plot data, computed from the predictions Parquet files
 
 
-def _sample(n: int, limit: int = MAX_POINTS) -> np.ndarray:
-    return np.arange(n) if n <= limit else np.sort(np.random.default_rng(0).choice(n, limit, replace=False))
-
-
-def _r(a) -> list:
-    return [float(f"{x:.6g}") for x in np.asarray(a, dtype=float)]
-
-
-def _plot_data(stored: StoredResult, config: TaskConfig) -> dict[str, Any] | None:
+def _plot_data(stored: StoredResult, evaluator: Evaluator) -> dict[str, Any] | None:
+    """The task's plot data of one result (``Evaluator.plots``), from the columns of its predictions
+    file the task plots (never ids or reasons) and its metrics."""
     import pyarrow.parquet as pq
 
-    from mlip_zoo.evaluators.oc20.metrics import adwt_curve, min_image
-
     try:
-        record = stored.record
         path = stored.predictions
-        columns = [c for c in pq.read_schema(path).names if c in PLOT_COLUMNS]  # never ids or reasons
-        rows = pq.read_table(path, columns=columns).to_pylist()
+        columns = [c for c in pq.read_schema(path).names if c in evaluator.plot_columns]
+        return evaluator.plots(pq.read_table(path, columns=columns), stored.record.metrics)
     except (MlipZooError, OSError, ValueError) as exc:
-        warnings.warn(f"no plots for {stored.record.model} x {config.key}: {exc}", stacklevel=3)
+        warnings.warn(f"no plots for {stored.record.model} x {evaluator.key}: {exc}", stacklevel=3)
         return None
-    ok = [r for r in rows if r.get("status") == "ok"]
-    secs = [r["seconds"] for r in ok if r.get("seconds") is not None]
-    out: dict[str, Any] = {"seconds": float(np.mean(secs)) if secs else None, "n_ok": len(ok)}
-    if ok and "energy_true" in ok[0]:
-        idx = _sample(len(ok))
-        out["energy"] = {"x": _r([ok[i]["energy_true"] for i in idx]), "y": _r([ok[i]["energy_pred"] for i in idx])}
-    if ok and "forces_true" in ok[0]:
-        ft = [np.reshape(r["forces_true"], (-1, 3))[np.asarray(r["free"], bool)].ravel() for r in ok]
-        fp = [np.reshape(r["forces_pred"], (-1, 3))[np.asarray(r["free"], bool)].ravel() for r in ok]
-        ft, fp = np.concatenate(ft), np.concatenate(fp)
-        idx = _sample(ft.size)
-        out["forces"] = {"x": _r(ft[idx]), "y": _r(fp[idx])}
-    axes = record.metrics.get("axes") if config.evaluator == "ood-shift" else None
-    if isinstance(axes, dict):  # force error per bin of each shift axis, from the metrics themselves
-        out["shift"] = {axis: {"x": [b["range"] for b in d["bins"].values()],
-                               "y": [b["forces_mae"] for b in d["bins"].values()],
-                               "n": [b["n"] for b in d["bins"].values()]}
-                        for axis, d in axes.items() if "bins" in d}  # an n/a axis (no training structures) has none
-    if config.key.endswith("is2rs") and ok:
-        dists = []
-        for r in ok:  # per system: mean minimum-image distance over free atoms, every axis periodic (as ADwT scores it)
-            free = np.asarray(r["free"], bool)
-            diff = (np.reshape(r["pos_pred"], (-1, 3)) - np.reshape(r["pos_true"], (-1, 3)))[free]
-            d = np.linalg.norm(min_image(diff, np.reshape(r["cell"], (3, 3))), axis=1)
-            dists.append(float(d.mean()) if d.size else math.nan)
-        thresholds, frac = adwt_curve(dists)
-        out["adwt"] = {"x": _r(thresholds), "y": _r(frac)}
-    return out
 
 
 def _pipeline_checks(results: Results, configs: dict[str, TaskConfig],
@@ -279,12 +239,14 @@ def build_site(results_dir: Path, out_dir: Path) -> Path:
     checks = _pipeline_checks(results, configs, names)
 
     plots: dict[str, dict] = {}
+    figures: dict[str, list] = {}
     for t in tasks:
-        plots[t] = {}
+        plots[t], evaluator = {}, evaluator_for(configs[t])
         for key, by_task in results.items():
-            if t in by_task and (data := _plot_data(by_task[t], configs[t])) is not None:
+            if t in by_task and (data := _plot_data(by_task[t], evaluator)) is not None:
                 plots[t][key] = {"name": models[key]["name"], "headline": by_task[t].record.metrics.get(configs[t].headline),
                                  **data}
+        figures[t] = evaluator.figures(plots[t])
 
     env = _env()
     common = {"tasks": configs, "terms": terms, "n_results": sum(map(len, results.values())),
@@ -316,7 +278,7 @@ def build_site(results_dir: Path, out_dir: Path) -> Path:
             datasets = {(d.name, d.file, d.sha256): d for d in (r["results"][t].dataset for r in task_rows)}
             _write(tmp / "tasks" / f"{t}.html", env.get_template("task.html.j2").render(
                 root="../", task=config, task_rows=task_rows, datasets=list(datasets.values()),
-                rankings=rankings[t], names={r["key"]: r["name"] for r in rows},
+                rankings=rankings[t], names={r["key"]: r["name"] for r in rows}, figures=figures[t],
                 plot_data={"task": t, "headline": config.headline, "models": plots[t]}, **common))
         (tmp / MARKER).write_text("built by mlip_zoo.leaderboard.site; this folder is replaced on rebuild\n")
         _swap(tmp, out_dir)

@@ -68,9 +68,11 @@ class EOS(Evaluator):
         super().__init__(config)
         self._memo: dict[bytes, tuple[np.ndarray, str | None]] = {}  # row contents -> (V0, B0, B1, Δ), reason
 
+    Options = Protocol
+
     @property
     def protocol(self) -> Protocol:
-        return Protocol.model_validate(self.config.options)
+        return self.options
 
     def accepts(self, atoms: Atoms) -> str | None:
         symbols = set(atoms.get_chemical_symbols())

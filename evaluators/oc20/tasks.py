@@ -13,6 +13,7 @@ its forces and positions metrics are undefined (fairchem's EFwT raises on it).
 
 from __future__ import annotations
 
+import math
 import time
 from abc import abstractmethod
 from typing import Any
@@ -21,7 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from ase import Atoms
+from pydantic import BaseModel, ConfigDict, Field
 
+from mlip_zoo.evaluators import plots as plotting
 from mlip_zoo.evaluators.base import Evaluator, Terms
 from mlip_zoo.evaluators.data import free_mask, record_id
 from mlip_zoo.evaluators.oc20 import metrics as m
@@ -158,7 +161,23 @@ class _OC20Task(Evaluator):
         return _report(self.metric_terms(table), self.config.splits)
 
 
+class S2EFOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    energy_threshold: float = Field(gt=0)  # eV: EwT counts |error| below it
+    force_threshold: float = Field(gt=0)  # eV/Å: EFwT's force bound
+
+
+class RelaxOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    relax: RelaxProtocol
+
+
+class IS2REOptions(RelaxOptions):
+    energy_threshold: float = Field(gt=0)  # eV: EwT counts |error| below it
+
+
 class S2EF(_OC20Task):
+    Options = S2EFOptions
     schema = pa.schema([*_COMMON, pa.field("energy_true", pa.float64()), pa.field("energy_pred", pa.float64()),
                         pa.field("forces_true", _VEC), pa.field("forces_pred", _VEC),
                         pa.field("free", pa.list_(pa.bool_()))])
@@ -167,6 +186,9 @@ class S2EF(_OC20Task):
         if atoms.calc is None or "energy" not in atoms.calc.results or "forces" not in atoms.calc.results:
             return "S2EF needs reference energy and forces on every record"
         return None
+
+    def figures(self, data: dict[str, dict[str, Any]]) -> list[plotting.Figure]:
+        return [plotting.ENERGY_PARITY, plotting.FORCES_PARITY]
 
     def run(self, potential: Potential, records: list[Atoms]) -> list[dict]:
         rows = []
@@ -197,8 +219,8 @@ class S2EF(_OC20Task):
         return m.s2ef_terms(_numbers(ok, "energy_true"), _numbers(ok, "energy_pred"), forces_true.reshape(-1, 3),
                             forces_pred.reshape(-1, 3), free,
                             np.repeat(np.arange(ok.num_rows), n_atoms),
-                            energy_threshold=self.config.options["energy_threshold"],
-                            force_threshold=self.config.options["force_threshold"])
+                            energy_threshold=self.options.energy_threshold,
+                            force_threshold=self.options.force_threshold)
 
 
 class _Relaxation(_OC20Task):
@@ -209,9 +231,11 @@ class _Relaxation(_OC20Task):
                         pa.field("pbc", pa.list_(pa.bool_())), pa.field("free", pa.list_(pa.bool_())),
                         pa.field("converged", pa.bool_()), pa.field("steps", pa.int32())])
 
+    Options = RelaxOptions
+
     @property
     def protocol(self) -> RelaxProtocol:
-        return RelaxProtocol.model_validate(self.config.options["relax"])
+        return self.options.relax
 
     def work_key(self) -> str:
         # Same dataset + same relaxation protocol = same rows, whichever of IS2RE/IS2RS asks.
@@ -247,10 +271,14 @@ class _Relaxation(_OC20Task):
 
 class IS2RE(_Relaxation):
     kept = ("id", "split", "status", "converged")
+    Options = IS2REOptions
+
+    def figures(self, data: dict[str, dict[str, Any]]) -> list[plotting.Figure]:
+        return [plotting.Figure("energy", "Relaxed energy parity", unit="eV")]
 
     def _ok_terms(self, ok: pa.Table) -> Terms:
         return m.is2re_terms(_numbers(ok, "energy_true"), _numbers(ok, "energy_pred"),
-                             energy_threshold=self.config.options["energy_threshold"])
+                             energy_threshold=self.options.energy_threshold)
 
     def metric_terms(self, table: pa.Table) -> Terms:
         rows = self.reduce(table)
@@ -266,6 +294,26 @@ class IS2RE(_Relaxation):
 
 
 class IS2RS(_Relaxation):
+    plot_columns = (*plotting.PARITY_COLUMNS, "pos_true", "pos_pred", "cell")
+
+    def plots(self, table: pa.Table, metrics: dict[str, Any]) -> dict[str, Any] | None:
+        """The generic plots, and the ADwT curve: per system the mean minimum-image distance over
+        free atoms, every axis periodic (as ADwT scores it)."""
+        out = super().plots(table, metrics)
+        ok = plotting.ok_rows(table)
+        if ok:
+            dists = []
+            for r in ok:
+                free = np.asarray(r["free"], bool)
+                diff = (np.reshape(r["pos_pred"], (-1, 3)) - np.reshape(r["pos_true"], (-1, 3)))[free]
+                d = np.linalg.norm(m.min_image(diff, np.reshape(r["cell"], (3, 3))), axis=1)
+                dists.append(float(d.mean()) if d.size else math.nan)
+            thresholds, frac = m.adwt_curve(dists)
+            out["adwt"] = {"x": plotting.rounded(thresholds), "y": plotting.rounded(frac)}
+        return out
+
+    def figures(self, data: dict[str, dict[str, Any]]) -> list[plotting.Figure]:
+        return [plotting.Figure("adwt", "Distance within threshold")]
     def _ok_terms(self, ok: pa.Table) -> Terms:
         pos_true, n_true = _stacked(ok, "pos_true")
         pos_pred, n_pred = _stacked(ok, "pos_pred")
