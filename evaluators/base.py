@@ -14,7 +14,6 @@ import hashlib
 import json
 import warnings
 from abc import ABC, abstractmethod
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, get_args
 
@@ -25,6 +24,7 @@ from ase import Atoms
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mlip_zoo.errors import ConfigError, UnknownTaskError
+from mlip_zoo.plugins import Plugins
 from mlip_zoo.evaluators import plots as plotting
 from mlip_zoo.zoo.card import ModelCard
 from mlip_zoo.zoo.potential import Potential
@@ -303,26 +303,23 @@ def _known_keys(model: type[BaseModel], path: list[str]) -> list[str]:
     return list(models[0].model_fields) if len(models) == 1 else []
 
 
-@functools.lru_cache(maxsize=1)
-def _evaluator_entry_points() -> dict[str, Any]:  # scanning every installed distribution takes ~20 ms
-    return {ep.name: ep for ep in entry_points(group=EVALUATOR_GROUP)}
+TASK_CLASSES = Plugins(EVALUATOR_GROUP, "evaluator", ConfigError)
 
 
 def _evaluator_class(config: TaskConfig, required: bool = True) -> type[Evaluator] | None:
-    eps = _evaluator_entry_points()
-    if config.evaluator not in eps:
+    if config.evaluator not in TASK_CLASSES.all():
         if not required:
             return None
         raise ConfigError(f"task {config.key}: evaluator {config.evaluator!r} is not registered under the "
-                          f"{EVALUATOR_GROUP} entry points (known: {', '.join(sorted(eps))})")
-    return eps[config.evaluator].load()
+                          f"{EVALUATOR_GROUP} entry points (known: {', '.join(sorted(TASK_CLASSES.all()))})")
+    return TASK_CLASSES.load(config.evaluator)
 
 
 @functools.lru_cache(maxsize=1)
 def dataset_formats() -> tuple[DatasetFormat, ...]:
     """The dataset formats every registered task declares, in entry-point order, each once."""
     found: dict[str, DatasetFormat] = {}
-    for name, ep in _evaluator_entry_points().items():
+    for name, ep in TASK_CLASSES.all().items():
         try:
             cls = ep.load()
         except Exception as exc:  # a broken third-party task must not stop every dataset being read
