@@ -144,6 +144,9 @@ class Evaluator(ABC):
     implement ``run`` and ``metrics``."""
 
     schema: ClassVar[pa.Schema]
+    # The prediction columns that come from the dataset, not from the model (``id`` is always one):
+    # what a result's ``references`` digest covers and what validation re-derives from the dataset.
+    reference_columns: ClassVar[tuple[str, ...]] = ()
     # The typed ``options`` of the task's config (pydantic, extra="forbid"): checked when the
     # config is loaded, read as ``self.options.<name>``. ``config.options`` keeps the raw mapping,
     # which is what the task's fingerprint hashes.

@@ -9,9 +9,10 @@ environment's interpreter. ``run_shards`` submits a plan's pending shards to the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,19 @@ class Clusters:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def clusters_for(plan: Plan, opts: RunOptions, shared: Clusters | None = None) -> Iterator[Clusters | None]:
+    """Where ``plan``'s shards run, decided here only: in this process (None) for ``--workers 0``
+    and a model of this interpreter; else the run's ``shared`` clusters, or clusters of its own."""
+    if opts.in_process and plan.environment is None:
+        yield None
+    elif shared is not None:
+        yield shared
+    else:
+        with Clusters(opts) as own:
+            yield own
 
 
 def run_shards(plan: Plan, pending: Iterable[tuple[list[Atoms], Path]], clusters: Clusters, report: Report) -> None:

@@ -81,31 +81,13 @@ def card_sha256(card: ModelCard) -> str | None:
     return sha256_of(card.path) if card.path else None
 
 
-# Per task (its evaluator's entry-point name): the prediction columns that come from the dataset,
-# not from the model. ``id`` is always one. A task may declare its own as ``reference_columns``.
-REFERENCE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "oc20-s2ef": ("split", "n_atoms", "energy_true", "forces_true", "free"),
-    "oc20-is2re": ("split", "n_atoms", "energy_true", "pos_true", "cell", "pbc", "free"),
-    "oc20-is2rs": ("split", "n_atoms", "energy_true", "pos_true", "cell", "pbc", "free"),
-    "discovery": ("formula", "n_atoms", "each_true", "e_form_dft", "unique_prototype"),
-    "geo-opt": ("formula", "n_atoms", "each_true", "e_form_dft", "unique_prototype", "spg_ref", "n_ops_ref"),
-    "ood-shift": ("split", "n_atoms", "energy_true", "forces_true", "free", "shift_element", "shift_force_norm",
-                  "shift_connectivity", "ood_element", "ood_force_norm", "ood_connectivity"),
-    "ttr": ("split", "n_atoms", "energy_true", "forces_true", "free"),
-    "symmetry": ("kind", "n_atoms"),
-    "eos": ("element", "n_atoms", "v0_ref", "b0_ref", "b1_ref"),
-    "diatomics": ("element", "functional", "ref_distances", "ref_energies", "ref_forces"),
-}
-
-
 def reference_columns(evaluator) -> tuple[str, ...]:
-    """``id`` and the task's reference columns, each checked to be in its predictions schema."""
-    declared = getattr(evaluator, "reference_columns", None)
-    columns = ("id", *(declared if declared is not None else REFERENCE_COLUMNS.get(evaluator.config.evaluator, ())))
+    """``id`` and the task's ``reference_columns``, each checked to be in its predictions schema."""
+    columns = ("id", *evaluator.reference_columns)
     unknown = [c for c in columns if c not in evaluator.schema.names]
     if unknown:
         raise ValueError(f"task {evaluator.key}: reference column(s) {', '.join(unknown)} are not in its predictions "
-                         "schema; update REFERENCE_COLUMNS in evaluators/result.py")
+                         "schema; fix the task's reference_columns")
     return columns
 
 

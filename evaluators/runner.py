@@ -22,7 +22,7 @@ from ase import Atoms
 from mlip_zoo.errors import DatasetError
 from mlip_zoo.evaluators import shards
 from mlip_zoo.evaluators.base import TaskConfig
-from mlip_zoo.evaluators.clusters import Clusters, run_shards
+from mlip_zoo.evaluators.clusters import Clusters, clusters_for, run_shards
 from mlip_zoo.evaluators.plan import Plan, RunOptions, make_plan
 from mlip_zoo.evaluators.record import ResultRecord
 from mlip_zoo.evaluators.result import build_record
@@ -43,16 +43,14 @@ def evaluate(model: str | ModelCard, task: str | TaskConfig, opts: RunOptions | 
     opts = opts or RunOptions()
     started, t0 = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     plan = make_plan(model, task, opts)
-    with contextlib.ExitStack() as stack:
-        if clusters is None and not (opts.in_process and plan.environment is None):
-            clusters = stack.enter_context(Clusters(opts))
-        return run_plan(plan, opts, clusters, progress, started=started, t0=t0)
+    with clusters_for(plan, opts, clusters) as where:
+        return run_plan(plan, opts, where, progress, started=started, t0=t0)
 
 
 def run_plan(plan: Plan, opts: RunOptions, clusters: Clusters | None, progress: Progress | None = None, *,
              started: dt.datetime | None = None, t0: float | None = None) -> ResultRecord:
     """Run a resolved plan: its shards in this process (``clusters`` None) or on Dask, then score
-    and commit. Never re-resolves or re-hashes anything the plan holds."""
+    and commit. Never builds clusters, never re-resolves or re-hashes anything the plan holds."""
     started = started or dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter() if t0 is None else t0
     report = progress or (lambda ok, failed: None)

@@ -25,7 +25,8 @@ from mlip_zoo.evaluators.base import TaskConfig, load_task_config
 from mlip_zoo.evaluators.pipeline import label_check
 from mlip_zoo.evaluators.plan import make_plan
 from mlip_zoo.evaluators.record import ResultRecord
-from mlip_zoo.evaluators.runner import Clusters, RunOptions, run_plan
+from mlip_zoo.evaluators.clusters import Clusters, clusters_for
+from mlip_zoo.evaluators.runner import RunOptions, run_plan
 from mlip_zoo.leaderboard.wandb_sink import log_run
 from mlip_zoo.zoo.card import ModelCard, get_card
 from mlip_zoo.zoo.envs import Environment, ensure_environment, environment_for, needs_environment
@@ -95,11 +96,9 @@ def evaluate_one(model: str, task: str | TaskConfig, opts: RunOptions, wandb_mod
     total = plan.dataset.n
     if opts.limit is not None:
         total = min(total, opts.limit) if total is not None else opts.limit
-    with contextlib.ExitStack() as stack:
-        if clusters is None and not (opts.in_process and plan.environment is None):
-            clusters = stack.enter_context(Clusters(opts))
-        with reporter.quiet(), reporter.progress(total, f"{model} × {plan.config.key}") as update:
-            record = run_plan(plan, opts, clusters, update)
+    with clusters_for(plan, opts, clusters) as where, reporter.quiet(), \
+            reporter.progress(total, f"{model} × {plan.config.key}") as update:
+        record = run_plan(plan, opts, where, update)
     if wandb_mode != "disabled":
         try:
             with reporter.quiet():
@@ -150,8 +149,7 @@ def run_config(config: dict, *, out: Path, device: str, workers: int, wandb_mode
                     opts = RunOptions(out=out, device=device, workers=workers, limit=block.get("limit"), env=env_mode)
                     try:
                         protocol = with_options(task, block["options"]) if block.get("options") else task
-                        records.append(record := evaluate_one(model, protocol, opts, wandb_mode, reporter,
-                                                              clusters=None if opts.in_process else clusters))
+                        records.append(record := evaluate_one(model, protocol, opts, wandb_mode, reporter, clusters))
                         if failed := failed_checks(record):  # the labeller missed its own labels: a broken pipeline
                             errors.append({"model": model, "task": task, "error": "pipeline check failed: " + failed})
                     except Exception as exc:  # keep going: one broken pair must not cost the others

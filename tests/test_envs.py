@@ -172,9 +172,9 @@ def test_isolated_run_gives_what_the_shared_environment_gives(card_dir, envs_dir
     assert isolated.provenance.environment["hash"] == environment_for(card).hash
     assert 0 < isolated.n_failed < isolated.n_structures == 24
     assert isolated.failures == shared.failures and isolated.metrics == shared.metrics
-    assert near_label(isolated["metrics"]["energy_mae"], "oc20-s2ef", "energy_mae")  # EMT labelled the set
+    assert near_label(isolated.metrics["energy_mae"], "oc20-s2ef", "energy_mae")  # EMT labelled the set
     total = lambda counts: tuple(map(sum, zip(*counts)))  # noqa: E731
-    assert total(isolated_progress) == total(shared_progress) == (24 - shared["n_failed"], shared["n_failed"])
+    assert total(isolated_progress) == total(shared_progress) == (24 - shared.n_failed, shared.n_failed)
 
 
 @pytest.mark.slow

@@ -65,6 +65,8 @@ class Protocol(BaseModel):
 
 
 class Diatomics(Evaluator):
+    # the prediction columns that come from the dataset, not the model (``id`` is always one)
+    reference_columns = ("element", "functional", "ref_distances", "ref_energies", "ref_forces")
     schema = pa.schema([
         pa.field("id", pa.string()), pa.field("element", pa.string()), pa.field("functional", pa.string()),
         pa.field("status", pa.string()), pa.field("reason", pa.string()), pa.field("skipped", pa.string()),

@@ -144,6 +144,8 @@ def _floats(values: pa.ChunkedArray, keep: np.ndarray | bool = True) -> np.ndarr
 
 
 class Discovery(_WbmRelaxation):
+    # the prediction columns that come from the dataset, not the model (``id`` is always one)
+    reference_columns = ("formula", "n_atoms", "each_true", "e_form_dft", "unique_prototype")
     Options = DiscoveryOptions
 
     def metrics(self, table: pa.Table) -> dict[str, Any]:
@@ -159,6 +161,8 @@ class Discovery(_WbmRelaxation):
 
 
 class GeoOpt(_WbmRelaxation):
+    # the prediction columns that come from the dataset, not the model (``id`` is always one)
+    reference_columns = ("formula", "n_atoms", "each_true", "e_form_dft", "unique_prototype", "spg_ref", "n_ops_ref")
     def accepts(self, atoms: Atoms) -> str | None:
         return super().accepts(atoms) or (
             None if "dft_relaxed" in atoms.info else

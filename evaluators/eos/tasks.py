@@ -57,6 +57,8 @@ class Scores:
 
 
 class EOS(Evaluator):
+    # the prediction columns that come from the dataset, not the model (``id`` is always one)
+    reference_columns = ("element", "n_atoms", "v0_ref", "b0_ref", "b1_ref")
     schema = pa.schema([
         pa.field("id", pa.string()), pa.field("element", pa.string()), pa.field("n_atoms", pa.int32()),
         pa.field("volumes", _VEC), pa.field("energies", _VEC),  # per atom: Å³, eV

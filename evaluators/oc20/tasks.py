@@ -177,6 +177,8 @@ class IS2REOptions(RelaxOptions):
 
 
 class S2EF(_OC20Task):
+    # the prediction columns that come from the dataset, not the model (``id`` is always one)
+    reference_columns = ("split", "n_atoms", "energy_true", "forces_true", "free")
     Options = S2EFOptions
     schema = pa.schema([*_COMMON, pa.field("energy_true", pa.float64()), pa.field("energy_pred", pa.float64()),
                         pa.field("forces_true", _VEC), pa.field("forces_pred", _VEC),
@@ -225,6 +227,8 @@ class S2EF(_OC20Task):
 
 class _Relaxation(_OC20Task):
     """Relax each initial structure with the model; rows carry energy and positions."""
+    # the prediction columns that come from the dataset, not the model (``id`` is always one)
+    reference_columns = ("split", "n_atoms", "energy_true", "pos_true", "cell", "pbc", "free")
 
     schema = pa.schema([*_COMMON, pa.field("energy_true", pa.float64()), pa.field("energy_pred", pa.float64()),
                         pa.field("pos_true", _VEC), pa.field("pos_pred", _VEC), pa.field("cell", _VEC),

@@ -104,6 +104,9 @@ def bin_labels(edges: list[float]) -> list[str]:
 
 
 class OODShift(Evaluator):
+    # the prediction columns that come from the dataset, not the model (``id`` is always one)
+    reference_columns = ("split", "n_atoms", "energy_true", "forces_true", "free", "shift_element", "shift_force_norm",
+                         "shift_connectivity", "ood_element", "ood_force_norm", "ood_connectivity")
     Options = OODShiftOptions
     schema = pa.schema([
         pa.field("id", pa.string()), pa.field("split", pa.string()), pa.field("n_atoms", pa.int32()),

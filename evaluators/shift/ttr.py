@@ -73,6 +73,8 @@ def _method_fields(method: str) -> list[pa.Field]:
 
 
 class TTR(Evaluator):
+    # the prediction columns that come from the dataset, not the model (``id`` is always one)
+    reference_columns = ("split", "n_atoms", "energy_true", "forces_true", "free")
     schema = pa.schema([
         pa.field("id", pa.string()), pa.field("split", pa.string()), pa.field("n_atoms", pa.int32()),
         pa.field("status", pa.string()), pa.field("reason", pa.string()), pa.field("seconds", pa.float64()),

@@ -42,6 +42,8 @@ class SymmetryOptions(BaseModel):
 
 
 class Symmetry(Evaluator):
+    # the prediction columns that come from the dataset, not the model (``id`` is always one)
+    reference_columns = ("kind", "n_atoms")
     schema = pa.schema([
         pa.field("id", pa.string()), pa.field("kind", pa.string()), pa.field("n_atoms", pa.int32()),
         pa.field("status", pa.string()), pa.field("reason", pa.string()), pa.field("seconds", pa.float64()),
