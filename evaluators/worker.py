@@ -16,9 +16,9 @@ from mlip_zoo.evaluators.plan import Plan
 _POTENTIALS: dict[tuple[str, str, str | None], Any] = {}
 
 
-def _potential(plan: Plan, torch_threads: int | None):
-    card = plan.card
-    key = (card.key, plan.device, str(card.path))
+def _potential(card, device: str, torch_threads: int | None):
+    """The model, loaded once per worker process and reused for every shard it runs."""
+    key = (card.key, device, str(card.path))
     if key not in _POTENTIALS:
         if torch_threads:
             try:
@@ -29,7 +29,7 @@ def _potential(plan: Plan, torch_threads: int | None):
                 pass
         from mlip_zoo.zoo.registry import load_potential
 
-        _POTENTIALS[key] = load_potential(card, device=plan.device)
+        _POTENTIALS[key] = load_potential(card, device=device)
     return _POTENTIALS[key]
 
 
@@ -40,7 +40,7 @@ def run_shard(plan: Plan, records: list[Atoms], path: str, torch_threads: int | 
     evaluator = plan.evaluator
     # Model packages print banners; in a worker that would land in the user's stdout (and --json).
     with contextlib.redirect_stdout(sys.stderr):
-        rows = evaluator.checked_run(_potential(plan, torch_threads), records)
+        rows = evaluator.checked_run(_potential(plan.card, plan.device, torch_threads), records)
     shards.write(Path(path), pa.Table.from_pylist(rows, schema=evaluator.schema))
     n_failed = sum(r["status"] != "ok" for r in rows)
     return len(rows) - n_failed, n_failed
