@@ -19,6 +19,9 @@ from mlip_zoo.errors import CardError
 from mlip_zoo.zoo.potential import CalculatorPotential
 from mlip_zoo.zoo.registry import require_module
 
+# Imported when the card's environment is built (zoo/envs.py), so a broken install fails there.
+IMPORTS = ("orb_models.forcefield.pretrained", "orb_models.forcefield.calculator")
+
 _DTYPES = {"float32-high": "float32", "float32-highest": "float32", "float64": "float64"}
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 from mlip_zoo.zoo.potential import CalculatorPotential
 from mlip_zoo.zoo.registry import require_module
 
+# Imported when the card's environment is built (zoo/envs.py), so a broken install fails there.
+IMPORTS = ("pet_mad.calculator",)
+
 
 def load(card, files, *, device, dtype):
     calculator = require_module(card, "pet_mad.calculator")

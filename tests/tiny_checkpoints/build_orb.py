@@ -1,7 +1,7 @@
 """A tiny orb-v3 conservative model, saved as orb's published checkpoints are: a state dict
 (orb-models loads it with torch.load(weights_only=True) into an architecture built in code).
 
-usage: python orb.py OUT.ckpt UNSAFE.ckpt   (UNSAFE: the whole module pickled, for the loading gate)
+usage: python build_orb.py OUT.ckpt UNSAFE.ckpt   (UNSAFE: the whole module pickled, for the loading gate)
 """
 
 import json
