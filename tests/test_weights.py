@@ -245,6 +245,21 @@ def test_hub_only_card_in_the_zoo_fails_clearly_offline():
         resolve_weights(get_card("tdn"))
 
 
+@pytest.mark.parametrize("key", ["mace-mpa-0-medium", "orb-v3-conservative-inf-mpa", "mattersim-v1-1m",
+                                 "mattersim-v1-5m"])
+def test_url_only_cards_in_the_zoo_are_real_cards_that_say_how_to_fetch(key):
+    """Published without a checksum, these cards carry their URL and no sha256: the first fetch
+    pins it (trust on first use). Offline they say what is needed."""
+    card = get_card(key)
+    (wf,) = card.weight_files
+    assert card.available and wf.sha256 is None and wf.mirrors and not wf.hf_repo
+    url = wf.mirrors[0].url
+    assert url.startswith("https://") and url.endswith(wf.filename)
+    with pytest.raises(WeightsNotAvailableError, match=rf"{key}.*network needed(.|\n)*URL {url}: "
+                                                       rf"(.|\n)*`mlipzoo models fetch {key}`"):
+        resolve_weights(card)
+
+
 @pytest.fixture
 def fake_package(tmp_path, monkeypatch):
     """An importable package holding a weights file, like chgnet or sevenn ship theirs."""

@@ -205,6 +205,9 @@ def _resolve_one(card: ModelCard, wf: WeightFile, locked: dict[str, str], networ
 
     if not network:
         tried.add("network", "not tried (offline: HF_HUB_OFFLINE or MLIPZOO_OFFLINE is set)")
+        for m in wf.mirrors:  # where it would come from, e.g. to copy it in by hand
+            if isinstance(m, UrlMirror):
+                tried.add(f"URL {m.url}", "not tried (offline)")
     else:
         for source, path in _downloads(card, wf, revision, tried):
             found = _verify(card, wf, path, expected, source, tried)
