@@ -89,7 +89,7 @@ FAMILIES = {
 
 
 @pytest.fixture
-def test_envs(monkeypatch):
+def family_envs(monkeypatch):
     root = Path(os.environ.get("MLIPZOO_TEST_ENVS") or Path.home() / ".cache" / "mlip-zoo" / "test-envs")
     monkeypatch.setenv("MLIPZOO_ENVS", str(root))
     # Fixed, so an edit elsewhere in mlip-zoo does not rebuild every family's environment (the
@@ -168,7 +168,7 @@ def url_server():
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_family_loads_a_tiny_checkpoint_of_its_own_format(name, card_dir, test_envs, fake_hub, url_server,
+def test_family_loads_a_tiny_checkpoint_of_its_own_format(name, card_dir, family_envs, fake_hub, url_server,
                                                          tmp_path, monkeypatch):
     spec = FAMILIES[name]
     spec = Family(**{**spec.__dict__, "options": dict(spec.options)})
