@@ -66,9 +66,10 @@ FAMILIES = {
                   # energy resolves by finite differences; in float64 every check is sharp.
                   options={"architecture": "orb_v3_conservative_architecture", "precision": "float64"},
                   checks=("translation", "permutation", "supercell", "finite_difference"),
-                  # supercell: forces 5e-4 relative (1e-6 eV/Å) on bulk-cu-fcc alone (a 7.2 x 3.6 x
-                  # 3.6 Å cell), with the neighbour cap lifted too; energies agree to 4e-10 and the
-                  # other cells to 1e-14. Inside orb (one model object serves both cells), not round-off.
+                  # supercell: forces 5e-4 relative (1e-6 eV/Å), energy/atom 4e-10, on bulk-cu-fcc
+                  # alone (a 7.2 x 3.6 x 3.6 Å cell; the other cells agree to 1e-14). Both graphs have
+                  # the same 78 edges per atom, with either edge method and the neighbour cap lifted:
+                  # it comes from inside orb's model (one object serves both cells), not round-off.
                   tolerances=Tolerances(supercell=1e-3)),
     # fairchem v2 (UMA, eSEN): a pickled MLIPInferenceCheckpoint that hydra rebuilds, so trusted.
     "fairchem-v2": Family("fairchem", "uma-s-1p1", "tiny-uma.pt", "hub",
