@@ -115,10 +115,11 @@ class WeightFile(_Strict):
     def _sources(self) -> WeightFile:
         if not self.hf_repo and not self.mirrors:
             raise ValueError("needs a source: set hf_repo (with revision) or add a mirror")
-        if self.mirrors and not self.sha256:
-            # A Hub file can be pinned by its first download (weights.lock); a package copy or a
-            # URL has no such anchor, so without a sha256 nothing would tell a swapped file apart.
-            raise ValueError("sha256 is required when the file has a package or URL mirror")
+        if any(isinstance(m, PackageMirror) for m in self.mirrors) and not self.sha256:
+            # A Hub or URL file can be pinned by its first download (weights.lock, trust on first
+            # use); a package copy has no download to pin, so only the card can tell it apart.
+            raise ValueError("sha256 is required when the file has a package mirror (a Hub or URL source "
+                             "without one is pinned in weights.lock by `mlipzoo models fetch`)")
         if self.hf_repo and not self.revision:
             raise ValueError("hf_repo needs a revision (a commit sha, or a branch that the lock pins)")
         return self

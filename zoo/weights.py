@@ -13,6 +13,7 @@ Settings are read from the environment when used, never at import:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -158,6 +159,19 @@ class ResolvedFile:
     path: Path
     sha256: str
     source: str  # "hub-cache", "hub", "url-cache", "url", "package"
+    url: str | None = None  # the URL a "url" download came from
+    pinned: dict | None = None  # the lock entry this resolution wrote (trust on first use), else None
+
+    def pin_message(self, card: ModelCard) -> str | None:
+        """What a first download pinned, and how to make the pin part of the card."""
+        if not self.pinned:
+            return None
+        where = f"from {self.pinned['url']}" if "url" in self.pinned else \
+            f"at commit {self.pinned.get('revision', '?')}"
+        return (f"pinned {card.key}/{self.filename} {where}: sha256 {self.sha256} in {lock_path(card)} "
+                f"(trust on first use: later loads verify against it and refuse changed bytes). To make it "
+                f"part of the card, add `sha256: {self.sha256}` to this file's entry in "
+                f"{card.path or 'the card'} and commit it (or commit {LOCK_NAME}).")
 
 
 class _Attempts:
@@ -168,6 +182,12 @@ class _Attempts:
 
     def add(self, source: str, outcome: str) -> None:
         self.lines.append(f"  - {source}: {outcome}")
+
+
+def _today() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).date().isoformat()
 
 
 def resolve_weights(card: ModelCard, *, allow_network: bool | None = None) -> dict[str, ResolvedFile]:
@@ -191,12 +211,17 @@ def _resolve_one(card: ModelCard, wf: WeightFile, locked: dict[str, str], networ
     tried = _Attempts()
 
     for source, path in _local_copies(card, wf, revision, tried):
+        if expected is None and source == "url-cache":
+            continue  # nothing vouches for it (its pin was removed): download and pin afresh
         found = _verify(card, wf, path, expected, source, tried)
         if found:
             return _pin(card, wf, found, locked)
 
     if not network:
         tried.add("network", "not tried (offline: HF_HUB_OFFLINE or MLIPZOO_OFFLINE is set)")
+        for m in wf.mirrors:  # where it would come from, e.g. to copy it in by hand
+            if isinstance(m, UrlMirror):
+                tried.add(f"URL {m.url}", "not tried (offline)")
     else:
         for source, path in _downloads(card, wf, revision, tried):
             found = _verify(card, wf, path, expected, source, tried)
@@ -246,36 +271,54 @@ def _downloads(card: ModelCard, wf: WeightFile, revision: str | None, tried: _At
         if isinstance(m, UrlMirror):
             path = _url_download(m.url, _url_cache_path(card, wf), tried)
             if path:
-                yield "url", path
+                yield f"url {m.url}", path
 
 
 def _verify(card, wf, path: Path, expected: str | None, source: str, tried: _Attempts) -> ResolvedFile | None:
     digest = sha256_of(path)
+    url = source.removeprefix("url ") if source.startswith("url ") else None
     if expected is None or digest == expected:
+        if url:  # a verified download enters the URL cache only now (see _url_download)
+            final = path.with_name(path.name.removesuffix(".download"))
+            os.replace(path, final)
+            return ResolvedFile(wf.filename, final, digest, "url", url=url)
         return ResolvedFile(wf.filename, path, digest, source)
+    pinned_by = "the card" if wf.sha256 else f"the pin in {lock_path(card)}"
     reason = (f"{card.key}/{wf.filename} from {source} ({path}) has sha256 {digest}, "
-              f"expected {expected}")
+              f"expected {expected} ({pinned_by})")
     if source == "package":
         tried.add(f"package copy {path}", f"REFUSED: sha256 {digest} != {expected} (reinstall the package)")
     else:
         dest = quarantine(path, reason)
         tried.add(source, f"REFUSED: sha256 {digest} != {expected}; moved to {dest}")
-    if source in ("hub", "url"):
+    if source == "hub" or url:
         # A fresh download that does not match is tampering or a moved revision: stop, don't guess.
-        raise ChecksumMismatchError(reason + f"; the file was quarantined in {dest.parent} and not loaded. "
-                                    "If the upstream file legitimately changed, update sha256 in the card.")
+        if url and not wf.sha256:
+            fix = (f"If the publisher really replaced the file, review the new one, then delete this file's "
+                   f"entry for {card.key} in {lock_path(card)} and fetch again to pin it.")
+        else:
+            fix = "If the upstream file legitimately changed, update sha256 in the card."
+        raise ChecksumMismatchError(
+            f"{card.key}/{wf.filename}: the bytes served by {url or source} changed: sha256 {digest}, but "
+            f"{pinned_by} says {expected}. The new file was quarantined as {dest} and not loaded"
+            + ("; the verified copy already cached, if any, is untouched" if url else "") + f". {fix}")
     return None
 
 
 def _pin(card: ModelCard, wf: WeightFile, found: ResolvedFile, locked: dict[str, str]) -> ResolvedFile:
-    """Record the hash (and Hub commit) of a file the card could not pin itself."""
+    """Record the hash (and Hub commit, or URL and date) of a file the card could not pin itself."""
     entry = {"sha256": found.sha256}
     if found.source.startswith("hub"):
         commit = _commit_of_snapshot(found.path)
         if commit:
             entry["revision"] = commit
+    elif found.source == "url" and not locked.get("sha256"):
+        entry["url"] = found.url
     if not wf.sha256 and entry != {k: locked.get(k) for k in entry}:
+        if "url" in entry:
+            entry["pinned"] = _today()  # when trust was given, for whoever reviews the lock
         _write_lock(card, wf.filename, entry)
+        return dataclasses.replace(found, pinned=entry)
     return found
 
 
@@ -323,13 +366,16 @@ def _url_cache_path(card: ModelCard, wf: WeightFile) -> Path:
 
 
 def _url_download(url: str, dest: Path, tried: _Attempts) -> Path | None:
+    """Download to ``<dest>.download`` beside the cache; ``_verify`` moves it to ``dest`` only once
+    its hash is right, so a changed upstream file can never replace a verified cached copy."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
+    tmp, done = dest.with_name(dest.name + ".part"), dest.with_name(dest.name + ".download")
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+        request = urllib.request.Request(url, headers={"User-Agent": "mlip-zoo"})
+        with urllib.request.urlopen(request, timeout=60) as response, open(tmp, "wb") as f:
             shutil.copyfileobj(response, f)
-        os.replace(tmp, dest)
-        return dest
+        os.replace(tmp, done)
+        return done
     except (urllib.error.URLError, OSError) as exc:
         tmp.unlink(missing_ok=True)
         tried.add(f"URL {url}", f"failed: {getattr(exc, 'reason', exc)}")
