@@ -12,7 +12,8 @@ from conftest import sha256
 
 from mlip_zoo.errors import ChecksumMismatchError, UntrustedCheckpointError, WeightsNotAvailableError
 from mlip_zoo.zoo.card import get_card, read_card
-from mlip_zoo.zoo.weights import assert_safe_checkpoint, resolve_weights
+from mlip_zoo.zoo.checkpoints import assert_safe_checkpoint
+from mlip_zoo.zoo.weights import resolve_weights
 
 COMMIT = "a" * 40
 PAYLOAD = b"pretend weights \x00\x01\x02" * 1000
