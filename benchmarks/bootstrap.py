@@ -51,7 +51,7 @@ def main() -> None:
     settings = evaluator.config.bootstrap
     # The task as the bootstrap sees it without a fast path: every resample calls metrics().
     slow = SimpleNamespace(key=evaluator.key, config=evaluator.config,
-                           metrics=evaluator.metrics, metric_terms=lambda table: {})
+                           metrics=evaluator.metrics, metric_terms=lambda table: {}, resampler=lambda table: None)
 
     t0 = time.perf_counter()
     metrics = evaluator.metrics(table)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, get_args
 
@@ -243,6 +244,13 @@ class Evaluator(ABC):
         """Inputs besides the dataset that this task's numbers depend on (e.g. a cached file of
         training statistics: its path and sha256), recorded as ``provenance.task_inputs``."""
         return {}
+
+    def resampler(self, table: pa.Table) -> Callable[[np.ndarray], dict[str, np.ndarray]] | None:
+        """Optional fast path for the bootstrap of metrics that are not ratios of sums: a function
+        from a count matrix ``(resamples, rows)`` (how often each row is drawn) to each metric's
+        value in every resample (dotted keys; NaN where undefined), computed with matrix products
+        rather than one ``metrics()`` call per resample. Checked against ``metrics()``."""
+        return None
 
     def metric_terms(self, table: pa.Table) -> Terms:
         """Optional fast path for the bootstrap. For metrics that are a ratio of sums over rows,

@@ -26,8 +26,10 @@ differs by exactly 0 in every resample.
 
 Speed: a task whose metrics are ratios of sums over rows can declare per-row terms
 (``Evaluator.metric_terms``); then all resamples are ``W @ total / W @ numel`` at once, checked
-against ``metrics()`` on the full table and on one resample. Other metrics call ``metrics()``
-once per resample.
+against ``metrics()`` on the full table and on one resample. A task whose metrics are other
+functions of weighted sums (F1, DAF, RMSE, R2, a most-stable-N subset from one sort and cumulative
+counts) can give ``Evaluator.resampler``: every resample of a chunk from its count matrix, checked
+the same way. Other metrics call ``metrics()`` once per resample.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from mlip_zoo.errors import DatasetError, MetricError
 from mlip_zoo.evaluators.base import BootstrapSettings, Evaluator, Terms
 from mlip_zoo.evaluators.result import flatten_metrics
 
-MAX_CELLS = 160_000  # resamples x rows per count matrix: bounds memory on large tables (WBM: 257k rows)
+MAX_CELLS = 4_000_000  # resamples x rows per count matrix (48 MB with its float copy): WBM gets 15 a chunk
 TERMS_RTOL = 1e-9  # fast path vs metrics(): the same sums in another order
 
 
@@ -189,6 +191,7 @@ def replicates(evaluator: Evaluator, table: pa.Table, settings: BootstrapSetting
     point = flatten_metrics(evaluator.metrics(table) if metrics is None else metrics)
     wanted = [k for k, v in point.items() if is_estimate(v) and (keys is None or k in keys)]
     fast = _checked_terms(evaluator, evaluator.metric_terms(table), n_rows, point, wanted)
+    vector = evaluator.resampler(table)  # every resample of a chunk at once, from its count matrix
     slow = [k for k in wanted if k not in fast]
     values = {k: np.full(settings.resamples, np.nan) for k in wanted}
     start = 0
@@ -203,13 +206,40 @@ def replicates(evaluator: Evaluator, table: pa.Table, settings: BootstrapSetting
                     raise MetricError(f"task {evaluator.key}: on a resample, metric_terms gives {key} = "
                                       f"{values[key][0]!r} but metrics() gives {drawn.get(key)!r}: {key} is not a "
                                       "ratio of per-row sums; leave it out of metric_terms")
-        if slow:
+        if vector is not None and slow:
+            chunk = vector(counts)
+            if start == 0:
+                slow = _checked_resampler(evaluator, table, counts[0], chunk, slow, point)
+            for key in list(chunk):
+                if key in values and key not in fast:
+                    values[key][start:start + len(counts)] = chunk[key]
+            rest = [k for k in slow if k not in chunk]
+        else:
+            rest = slow
+        if rest:
             for j, row in enumerate(counts):
                 drawn = _metrics_or_undefined(evaluator, table.take(_rows_of(row)))
-                for key in slow:
+                for key in rest:
                     values[key][start + j] = _number(drawn.get(key))
         start += len(counts)
     return Replicates(point, values, settings)
+
+
+def _checked_resampler(evaluator: Evaluator, table: pa.Table, counts: np.ndarray, chunk: dict[str, np.ndarray],
+                       slow: list[str], point: dict[str, Any]) -> list[str]:
+    """The task's vectorised resamples must give what ``metrics()`` gives on the full table (all
+    counts 1) and on the chunk's first resample; returns ``slow``, unchanged, once both agree."""
+    whole = evaluator.resampler(table)(np.ones((1, table.num_rows), dtype=np.int32))
+    drawn = _metrics_or_undefined(evaluator, table.take(_rows_of(counts)))
+    for key in chunk:
+        if key not in slow:
+            continue
+        for got, want, where in ((whole[key][0], point.get(key), "the full table"),
+                                 (chunk[key][0], drawn.get(key), "a resample")):
+            if not _close(float(got), _number(want)):
+                raise MetricError(f"task {evaluator.key}: on {where}, its resampler gives {key} = {got!r} but "
+                                  f"metrics() gives {want!r}; fix the task's resampler")
+    return slow
 
 
 def nest(metrics: Mapping[str, Any], flat: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -33,13 +33,17 @@ def s2ef_batches(n_frames: int, atoms: int = 70, per_group: int = 29, seed: int 
         free = np.ones((k, atoms), bool)
         free[:, : atoms // 4] = False
         energy_true = rng.normal(-300.0, 20.0, k)
+        def lists(values: np.ndarray) -> pa.ListArray:  # one list per row, built without Python loops
+            offsets = pa.array(np.arange(k + 1, dtype=np.int32) * values.shape[1])
+            return pa.ListArray.from_arrays(offsets, pa.array(values.ravel()))
+
         yield pa.Table.from_pydict({
             "id": [f"frame-{start + i}" for i in range(k)],
             "split": ["id" if (start + i) % 3 else "ood" for i in range(k)],
-            "n_atoms": pa.array([atoms] * k, pa.int32()), "status": ["ok"] * k, "reason": [None] * k,
+            "n_atoms": pa.array([atoms] * k, pa.int32()), "status": ["ok"] * k, "reason": pa.nulls(k, pa.string()),
             "seconds": rng.uniform(0.01, 0.02, k),
             "energy_true": energy_true, "energy_pred": energy_true + rng.normal(0.0, 0.1, k),
-            "forces_true": list(forces_true), "forces_pred": list(forces_pred), "free": list(free),
+            "forces_true": lists(forces_true), "forces_pred": lists(forces_pred), "free": lists(free),
         }, schema=evaluator.schema)
 
 

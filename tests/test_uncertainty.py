@@ -188,7 +188,7 @@ def _without_fast_path(evaluator):
     from types import SimpleNamespace
 
     return SimpleNamespace(key=evaluator.key, config=evaluator.config,
-                           metrics=evaluator.metrics, metric_terms=lambda table: {})
+                           metrics=evaluator.metrics, metric_terms=lambda table: {}, resampler=lambda table: None)
 
 
 @pytest.mark.parametrize(("task", "noise"), [
@@ -322,3 +322,28 @@ def test_percentile_interval_needs_half_the_resamples_defined():
     assert u.percentile_interval(values, 0.9) == pytest.approx(np.percentile(np.arange(60.0), [5, 95]).tolist())
     assert u.percentile_interval(np.r_[np.arange(40.0), np.full(60, np.nan)], 0.9) is None
     assert u.is_estimate(0.5) and not u.is_estimate(3) and not u.is_estimate(True) and not u.is_estimate(float("nan"))
+
+
+def test_discovery_resampler_equals_metrics_on_every_resample():
+    """Discovery's vectorised resamples (F1, DAF, RMSE, R2, the most-stable subset from one sort
+    and cumulative counts) give, resample by resample, what metrics() gives on the drawn rows:
+    ties in each_pred, failed rows, a NaN label and a most-stable cut inside a run of copies."""
+    rng = np.random.default_rng(5)
+    n = 300
+    evaluator = evaluator_for("discovery")
+    each_true = rng.normal(0.05, 0.1, n)
+    each_true[7] = np.nan
+    e_form_dft = rng.normal(-1.0, 0.5, n)
+    e_form_pred = np.round(e_form_dft + rng.normal(0.0, 0.05, n), 2)  # rounding makes ties
+    status = np.where(rng.random(n) < 0.05, "failed", "ok")
+    table = pa.table({"id": [f"r{i}" for i in range(n)], "status": status, "converged": rng.random(n) < 0.9,
+                      "each_true": each_true, "e_form_pred": np.where(status == "ok", e_form_pred, np.nan),
+                      "e_form_dft": e_form_dft, "unique_prototype": rng.random(n) < 0.7})
+    config = evaluator.config.model_copy(update={"options": {**evaluator.config.options, "most_stable_n": 40}})
+    evaluator = evaluator_for(config)
+    settings = BootstrapSettings(resamples=200, seed=11)
+    fast, reference = u.replicates(evaluator, table, settings), u.replicates(_without_fast_path(evaluator), table,
+                                                                             settings)
+    assert set(fast.values) == set(reference.values) and "subsets.most_stable.F1" in fast.values
+    for key, values in fast.values.items():
+        np.testing.assert_allclose(values, reference.values[key], rtol=1e-9, atol=1e-12, err_msg=key)

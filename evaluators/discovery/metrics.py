@@ -166,3 +166,84 @@ def geo_opt_metrics(rmsd, failed, spg_pred, spg_ref, ops_pred, ops_ref) -> dict[
             "n": n,
         }
     return out
+
+
+# ---- every bootstrap resample at once ---------------------------------------------------------
+
+# Per-row columns whose weighted sums give every metric of ``stable_metrics``.
+_SUMS = ("tp", "fn", "fp", "tn", "n_ok", "abs", "sq", "y", "y2")
+
+
+def _row_sums(each_true: np.ndarray, each_pred: np.ndarray) -> np.ndarray:
+    """``(rows, len(_SUMS))``: what each row adds to each sum."""
+    stable, unstable = each_true <= STABILITY_THRESHOLD, each_true > STABILITY_THRESHOLD
+    called = each_pred <= STABILITY_THRESHOLD  # False for NaN, as in stable_metrics
+    ok = ~(np.isnan(each_true) | np.isnan(each_pred))
+    err = np.where(ok, each_true - each_pred, 0.0)
+    y = np.where(ok, each_true, 0.0)
+    return np.column_stack([stable & called, stable & ~called, unstable & called, unstable & ~called, ok,
+                            np.abs(err), err * err, y, y * y]).astype(float)
+
+
+def _ratio_v(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def _from_sums(sums: np.ndarray, prevalence: np.ndarray | None) -> dict[str, np.ndarray]:
+    """``stable_metrics`` (same definitions and guards) of every resample from its weighted sums."""
+    tp, fn, fp, tn, n_ok, sum_abs, sum_sq, sum_y, sum_y2 = sums.T
+    precision, recall = _ratio_v(tp, tp + fp), _ratio_v(tp, tp + fn)
+    prevalence = _ratio_v(tp + fn, tp + fn + fp + tn) if prevalence is None else prevalence
+    both = precision + recall
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(both > 0, 2 * (precision * recall) / np.where(both > 0, both, 1.0), np.nan)
+        spread = sum_y2 - sum_y * sum_y / np.where(n_ok > 0, n_ok, 1.0)
+        r2 = np.where(n_ok < 2, np.nan, np.where(sum_sq == 0, 1.0, np.where(
+            spread != 0, 1 - sum_sq / np.where(spread != 0, spread, 1.0), 0.0)))
+    return {"F1": f1, "DAF": _ratio_v(precision, prevalence), "Precision": precision, "Recall": recall,
+            "Accuracy": _ratio_v(tp + tn, tp + fn + fp + tn), "TPR": recall, "FPR": _ratio_v(fp, fp + tn),
+            "TNR": _ratio_v(tn, fp + tn), "FNR": _ratio_v(fn, tp + fn), "MAE": _ratio_v(sum_abs, n_ok),
+            "RMSE": np.sqrt(_ratio_v(sum_sq, n_ok)), "R2": r2}
+
+
+class DiscoveryResampler:
+    """``discovery_metrics`` of every resample of a count matrix ``(resamples, rows)``, per subset,
+    from matrix products: the per-row sums are laid out once, a chunk of resamples is one product.
+
+    The most-stable subset takes, in the order ``subsets`` sorts the unique prototypes (by
+    each_pred, ties in row order, NaN last; a drawn row's copies are adjacent), the first
+    ``most_stable_n`` drawn copies: one sort for all resamples, then a cumulative count per
+    resample over as many sorted rows as it takes to reach ``most_stable_n``."""
+
+    def __init__(self, each_true, e_form_pred, e_form_dft, unique, most_stable_n: int):
+        each_true = np.asarray(each_true, float)
+        each_pred = each_true + np.asarray(e_form_pred, float) - np.asarray(e_form_dft, float)
+        self.unique = np.asarray(unique, bool)
+        self.n_most = most_stable_n
+        sums = _row_sums(each_true, each_pred)
+        stable_unique = self.unique & (each_true <= STABILITY_THRESHOLD)
+        # full set | unique prototypes | the two counts of the unique prevalence (DAF's denominator)
+        self.by_row = np.column_stack([sums, sums * self.unique[:, None], self.unique, stable_unique])
+        uniq_idx = np.flatnonzero(self.unique)
+        values = each_pred[uniq_idx]
+        self.order = uniq_idx[np.lexsort((values, np.isnan(values)))]
+        self.sorted_sums = sums[self.order]
+
+    def __call__(self, counts: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+        W = counts.astype(float)
+        k = len(_SUMS)
+        totals = W @ self.by_row
+        uniq_prevalence = _ratio_v(totals[:, 2 * k + 1], totals[:, 2 * k])
+        prefix = min(self.order.size, 2 * self.n_most + 64)  # enough for almost every resample
+        while True:
+            drawn = W[:, self.order[:prefix]]
+            reached = drawn.sum(axis=1) >= self.n_most
+            if reached.all() or prefix == self.order.size:
+                break
+            prefix = min(self.order.size, 2 * prefix)
+        before = np.cumsum(drawn, axis=1) - drawn
+        taken = np.clip(self.n_most - before, 0.0, drawn)
+        return {"full_test_set": _from_sums(totals[:, :k], None),
+                "unique_prototypes": _from_sums(totals[:, k:2 * k], uniq_prevalence),
+                "most_stable": _from_sums(taken @ self.sorted_sums[:prefix], uniq_prevalence)}

@@ -152,6 +152,26 @@ class Discovery(_WbmRelaxation):
         """The columns the metrics read; the relaxed structures (positions, cell) stay in the file."""
         return table.select(["id", "status", "converged", "each_true", "e_form_pred", "e_form_dft", "unique_prototype"])
 
+    def resampler(self, table: pa.Table):
+        ok = pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False)
+        converged = pc.fill_null(table.column("converged"), False).to_numpy(zero_copy_only=False)
+        by_subsets = m.DiscoveryResampler(
+            _floats(table.column("each_true")), _floats(table.column("e_form_pred"), ok),
+            _floats(table.column("e_form_dft")), table.column("unique_prototype").to_numpy(zero_copy_only=False),
+            self.options.most_stable_n)
+        converged_ok, ok = (converged & ok).astype(float), ok.astype(float)
+        headline = self.options.headline_subset
+
+        def resampled(counts: np.ndarray) -> dict[str, np.ndarray]:
+            by_subset = by_subsets(counts)
+            out = {f"subsets.{name}.{key}": v for name, values in by_subset.items() for key, v in values.items()}
+            out.update(by_subset[headline])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out["converged_fraction"] = (counts @ converged_ok) / (counts @ ok)
+            return out
+
+        return resampled
+
     def metrics(self, table: pa.Table) -> dict[str, Any]:
         ok = pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False)
         converged = pc.fill_null(table.column("converged"), False).to_numpy(zero_copy_only=False)
