@@ -30,6 +30,7 @@ from ase import Atoms
 
 from mlip_zoo.errors import ConfigError, DatasetError, EnvError, OutputError
 from mlip_zoo.evaluators.base import Evaluator, TaskConfig, evaluator_for
+from mlip_zoo.evaluators.cluster_faults import capacity, cluster_failure, keep_jobs
 from mlip_zoo.evaluators.data import Dataset, iter_records, number_records, record_id, resolve_dataset
 from mlip_zoo.evaluators.result import (PACKAGES, ReferenceDigest, build_result, card_sha256, commit_result,
                                         reference_columns)
@@ -245,7 +246,7 @@ def _client(opts: RunOptions):
         return Client(opts.scheduler), None
     if opts.cluster == "slurm":
         cluster, jobs = slurm_cluster(opts.cluster_config)
-        cluster.scale(jobs=jobs)
+        keep_jobs(cluster, jobs)  # a cancelled or timed-out job is replaced
         return Client(cluster), cluster
     if opts.cluster != "local":
         raise ConfigError(f"unknown --cluster {opts.cluster!r}: use local or slurm")
@@ -372,20 +373,27 @@ def _run_distributed(card, config, device, pending, opts: RunOptions, env: Envir
         client, cluster = (opts.env_clusters or own).client(env), own
     else:
         client, cluster = (opts.client, None) if opts.client is not None else _client(opts)
+    shard_dir = None
     try:
         n_workers = max(1, len(client.scheduler_info().get("workers", {})) or opts.workers)
         threads = (opts.torch_threads or max(1, (os.cpu_count() or 1) // n_workers)
                    if opts.cluster == "local" and not opts.scheduler else None)
         card_future = client.scatter(card, broadcast=True)
         in_flight = as_completed()
-        limit = 2 * n_workers  # bounded: never the whole dataset in memory or in flight
         for records, path in pending:
+            shard_dir = path.parent
             in_flight.add(client.submit(run_shard, card_future, config, device, records, str(path), threads,
                                         pure=False))
-            while in_flight.count() >= limit:
+            # Bounded: never the whole dataset in memory or in flight. Recounted as SLURM jobs connect.
+            while in_flight.count() >= 2 * capacity(client):
                 _report(opts, *next(in_flight).result())
         for future in in_flight:
             _report(opts, *future.result())
+    except Exception as exc:  # a lost scheduler or a worker-killing shard: say so, not a traceback
+        failure = cluster_failure(exc, client, shard_dir, opts.scheduler)
+        if failure is None:
+            raise
+        raise failure from None
     finally:
         if env is not None:
             if cluster is not None:
@@ -449,7 +457,7 @@ class EnvClusters:
                 f"workers from {env.python}), or --env shared if that interpreter has the model's packages")
         if opts.cluster == "slurm":
             cluster, jobs = slurm_cluster(opts.cluster_config, python=str(env.python))
-            cluster.scale(jobs=jobs)
+            keep_jobs(cluster, jobs)
             return Client(cluster), cluster
         if opts.cluster != "local":
             raise ConfigError(f"unknown --cluster {opts.cluster!r}: use local or slurm")

@@ -847,6 +847,9 @@ def run(
     wandb: Annotated[Optional[str], typer.Option("--wandb", help="offline, online or disabled (overrides the config's; default offline).")] = None,
     env: Annotated[Optional[str], typer.Option("--env", help="auto, isolated or shared (overrides the config's `env`; "
                                                "default auto): where models with `requires` run.")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="Address of a running Dask scheduler to use.")] = None,
+    cluster: Annotated[str, typer.Option(help="local, or slurm (via dask-jobqueue; needs --cluster-config).")] = "local",
+    cluster_config: Annotated[Optional[Path], typer.Option(help="YAML of SLURMCluster arguments (+ jobs: N).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The main job: every model x task listed in the run config, a summary table, then the site.
@@ -857,6 +860,7 @@ def run(
     """
     import yaml
 
+    from mlip_zoo.errors import ClusterError
     from mlip_zoo.evaluators.runner import EnvClusters, RunOptions, cluster_client
 
     path = config or Path(str(__import__("importlib.resources").resources.files("mlip_zoo.configs") / "default.yaml"))
@@ -869,17 +873,21 @@ def run(
     wandb_mode = _wandb_mode(wandb or plan.get("wandb", "offline"))
     env_mode = _env_mode(env or plan.get("env", "auto"))
     records, errors = [], []
-    with cluster_client(RunOptions(workers=n_workers)) as client, EnvClusters(RunOptions(workers=n_workers)) as envs:
+    where = {"scheduler": scheduler, "cluster": cluster, "cluster_config": cluster_config}
+    with cluster_client(RunOptions(workers=n_workers, **where)) as client, \
+            EnvClusters(RunOptions(workers=n_workers, **where)) as envs:
         for block in plan.get("runs", []):
             for model in block["models"]:
                 for task in block["tasks"]:
                     opts = RunOptions(out=out_dir, device=device, workers=n_workers, limit=block.get("limit"),
-                                      client=client, env=env_mode, env_clusters=envs)
+                                      client=client, env=env_mode, env_clusters=envs, **where)
                     try:
                         config = _with_options(task, block["options"]) if block.get("options") else task
                         records.append(record := _evaluate_one(model, config, opts, wandb_mode))
                         if failed := _failed_checks(record):  # the labeller missed its own labels: a broken pipeline
                             errors.append({"model": model, "task": task, "error": "pipeline check failed: " + failed})
+                    except ClusterError as exc:  # the cluster is gone: every other pair would fail the same way
+                        raise _fail(exc) from None
                     except Exception as exc:  # keep going: one broken pair must not cost the others
                         errors.append({"model": model, "task": task, "error": f"{type(exc).__name__}: {exc}"})
                         err.print(f"[red]failed[/] {model} × {task}: {_escape(str(exc))}", highlight=False)

@@ -77,3 +77,17 @@ class NoisyEMT(EMT):
             self.results["free_energy"] += shift
         self.results["forces"] = self.results["forces"] + self.force_noise * rng.standard_normal(
             self.results["forces"].shape)
+
+
+class WitnessEMT(EMT):
+    """EMT that notes, once per process, which Python runs it and in which SLURM job: a line
+    ``<sys.executable> <SLURM_JOB_ID or ->`` appended to the file named by $MLIPZOO_TEST_WITNESS."""
+
+    def __init__(self, **kwargs):
+        import os
+        import sys
+
+        super().__init__(**kwargs)
+        if os.environ.get("MLIPZOO_TEST_WITNESS"):
+            with open(os.environ["MLIPZOO_TEST_WITNESS"], "a") as f:
+                f.write(f"{sys.executable} {os.environ.get('SLURM_JOB_ID', '-')}\n")

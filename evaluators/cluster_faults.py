@@ -1,0 +1,79 @@
+"""What a distributed evaluation does when its cluster loses part of itself.
+
+- A lost **worker** (SIGKILL, OOM, a node gone) costs nothing: Dask reruns its shard elsewhere, and
+  a shard is written only whole (see runner.run_shard), so the metrics are those of an undisturbed run.
+- A lost **SLURM job** (``scancel``, walltime, preemption) is submitted again: without that, a run
+  whose jobs have all gone would wait for workers forever.
+- A lost **scheduler**, or a shard that killed every worker it ran on, ends the run with a
+  ``ClusterError`` that names it and says that finished shards are kept and a rerun resumes.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import CancelledError
+from pathlib import Path
+from typing import Any
+
+from mlip_zoo.errors import ClusterError
+
+KEEP_JOBS_EVERY_MS = 5_000
+
+
+def keep_jobs(cluster: Any, jobs: int) -> None:
+    """Scale a dask-jobqueue cluster to ``jobs`` now and again every few seconds, so a job that
+    ended early is replaced. (Dask forgets a lost worker's job after
+    ``distributed.deploy.lost-worker-timeout``, 15 s by default; rescaling then submits a new one.
+    ``adapt`` would not: its target equals its plan, so it sees nothing to do.)"""
+    from tornado.ioloop import PeriodicCallback
+
+    cluster.scale(jobs=jobs)
+    rescale = PeriodicCallback(lambda: cluster.scale(jobs=jobs), KEEP_JOBS_EVERY_MS)
+    cluster.periodic_callbacks["mlipzoo-keep-jobs"] = rescale  # stopped when the cluster closes
+    cluster.loop.add_callback(rescale.start)
+
+
+def capacity(client: Any) -> int:
+    """Workers to keep busy: those connected, or those a cluster has asked for and that have not
+    connected yet (SLURM jobs still in the queue), whichever is more."""
+    connected = len(client.scheduler_info().get("workers", {}))
+    planned = len(getattr(client.cluster, "plan", None) or ())
+    return max(1, connected, planned)
+
+
+def scheduler_address(client: Any, fallback: str | None = None) -> str:
+    cluster = getattr(client, "cluster", None)
+    for address in (fallback, getattr(cluster, "scheduler_address", None),
+                    getattr(getattr(client, "scheduler", None), "address", None)):
+        if address:
+            return str(address)
+    return "the Dask scheduler"
+
+
+def cluster_failure(exc: BaseException, client: Any, shard_dir: Path | None,
+                    address: str | None = None) -> ClusterError | None:
+    """The ClusterError ``exc`` means, or None if it is not the cluster's doing."""
+    from distributed.scheduler import KilledWorker
+
+    kept = _kept(shard_dir)
+    if isinstance(exc, KilledWorker):
+        task = exc.args[0] if exc.args else "a shard"
+        return ClusterError(
+            f"shard task {task} killed every Dask worker that ran it (Dask gives up after "
+            f"distributed.scheduler.allowed-failures). A worker usually dies like this when a shard needs more "
+            f"memory than it has: lower the task's shard_atoms, or give workers more memory. {kept}")
+    lost = isinstance(exc, CancelledError) and "scheduler-connection-lost" in str(getattr(exc, "reason", exc))
+    if lost or getattr(client, "status", "running") not in ("running", "connecting", "newly-created"):
+        return ClusterError(
+            f"lost the connection to the Dask scheduler at {scheduler_address(client, address)}. {kept} "
+            f"Start the scheduler and its workers again (or point --scheduler at a new one) and rerun the same "
+            f"command: it resumes from the finished shards")
+    return None
+
+
+def _kept(shard_dir: Path | None) -> str:
+    if shard_dir is None:
+        return "Finished shards are kept."
+    from mlip_zoo.evaluators.runner import shard_is_done
+
+    done = sum(shard_is_done(p) for p in sorted(shard_dir.glob("shard-*.parquet")))
+    return f"{done} finished shard(s) are kept in {shard_dir}."
