@@ -19,17 +19,55 @@ from mlip_zoo.errors import ClusterError
 KEEP_JOBS_EVERY_MS = 5_000
 
 
-def keep_jobs(cluster: Any, jobs: int) -> None:
+def keep_jobs(cluster: Any, jobs: int, config: Path | None = None) -> None:
     """Scale a dask-jobqueue cluster to ``jobs`` now and again every few seconds, so a job that
     ended early is replaced. (Dask forgets a lost worker's job after
     ``distributed.deploy.lost-worker-timeout``, 15 s by default; rescaling then submits a new one.
-    ``adapt`` would not: its target equals its plan, so it sees nothing to do.)"""
+    ``adapt`` would not: its target equals its plan, so it sees nothing to do.) First, SLURM is
+    asked whether it would run the job at all, so a bad partition or memory request is an error
+    now rather than a log line per resubmission and a run that waits for workers forever."""
     from tornado.ioloop import PeriodicCallback
 
+    if jobs > 0:
+        try:
+            _check_submission(cluster, config)
+        except BaseException:
+            cluster.close()
+            raise
     cluster.scale(jobs=jobs)
     rescale = PeriodicCallback(lambda: cluster.scale(jobs=jobs), KEEP_JOBS_EVERY_MS)
     cluster.periodic_callbacks["mlipzoo-keep-jobs"] = rescale  # stopped when the cluster closes
     cluster.loop.add_callback(rescale.start)
+
+
+def _check_submission(cluster: Any, config: Path | None) -> None:
+    """``sbatch --test-only`` on the worker job script: SLURM validates it without queueing it."""
+    import os
+    import shlex
+    import subprocess
+    import tempfile
+
+    from mlip_zoo.errors import ConfigError
+
+    where = f"{config}: " if config else ""
+    submit = shlex.split(cluster.job_cls.submit_command)
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as f:
+        f.write(cluster.job_script())
+    try:
+        proc = subprocess.run([*submit, "--test-only", f.name], capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise ConfigError(f"{where}{submit[0]} not found: run --cluster slurm on a machine that submits SLURM jobs "
+                          "(a login node), with SLURM's commands on PATH") from None
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"{where}`{submit[0]} --test-only` did not answer in 60 s: is slurmctld reachable "
+                          "(`sinfo`)?") from None
+    finally:
+        os.unlink(f.name)
+    if proc.returncode != 0:
+        said = " ".join((proc.stderr or proc.stdout).split())
+        raise ConfigError(f"{where}SLURM would not run the Dask worker job: `{submit[0]} --test-only` says: {said}. "
+                          "Fix the queue (partition), account, cores, memory or walltime in the cluster config, "
+                          "and check that `sinfo` works here")
 
 
 def capacity(client: Any) -> int:

@@ -246,7 +246,7 @@ def _client(opts: RunOptions):
         return Client(opts.scheduler), None
     if opts.cluster == "slurm":
         cluster, jobs = slurm_cluster(opts.cluster_config)
-        keep_jobs(cluster, jobs)  # a cancelled or timed-out job is replaced
+        keep_jobs(cluster, jobs, opts.cluster_config)  # checked with SLURM first; a cancelled job is replaced
         return Client(cluster), cluster
     if opts.cluster != "local":
         raise ConfigError(f"unknown --cluster {opts.cluster!r}: use local or slurm")
@@ -378,11 +378,12 @@ def _run_distributed(card, config, device, pending, opts: RunOptions, env: Envir
         n_workers = max(1, len(client.scheduler_info().get("workers", {})) or opts.workers)
         threads = (opts.torch_threads or max(1, (os.cpu_count() or 1) // n_workers)
                    if opts.cluster == "local" and not opts.scheduler else None)
-        card_future = client.scatter(card, broadcast=True)
+        # The card goes with each shard (~2 kB, as the task config does): scattering it first would
+        # need a connected worker, and SLURM jobs may still be waiting in the queue.
         in_flight = as_completed()
         for records, path in pending:
             shard_dir = path.parent
-            in_flight.add(client.submit(run_shard, card_future, config, device, records, str(path), threads,
+            in_flight.add(client.submit(run_shard, card, config, device, records, str(path), threads,
                                         pure=False))
             # Bounded: never the whole dataset in memory or in flight. Recounted as SLURM jobs connect.
             while in_flight.count() >= 2 * capacity(client):
@@ -457,7 +458,7 @@ class EnvClusters:
                 f"workers from {env.python}), or --env shared if that interpreter has the model's packages")
         if opts.cluster == "slurm":
             cluster, jobs = slurm_cluster(opts.cluster_config, python=str(env.python))
-            keep_jobs(cluster, jobs)
+            keep_jobs(cluster, jobs, opts.cluster_config)
             return Client(cluster), cluster
         if opts.cluster != "local":
             raise ConfigError(f"unknown --cluster {opts.cluster!r}: use local or slurm")
