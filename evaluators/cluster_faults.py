@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,19 @@ from typing import Any
 from mlip_zoo.errors import ClusterError
 
 KEEP_JOBS_EVERY_MS = 5_000
+
+
+class _LostSchedulerLogs(logging.Filter):
+    """Drop what Dask's client logs while it fails to reconnect to a lost scheduler (a traceback
+    or a "Failed to reconnect" line): the run reports the loss itself, as a ClusterError that
+    says what was kept and what to do."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, (OSError, CancelledError, asyncio.CancelledError)) or "reconnect" in str(record.msg))
+
+
+logging.getLogger("distributed.client").addFilter(_LostSchedulerLogs())
 
 
 def keep_jobs(cluster: Any, jobs: int, config: Path | None = None) -> None:
@@ -99,7 +114,11 @@ def cluster_failure(exc: BaseException, client: Any, shard_dir: Path | None,
             f"shard task {task} killed every Dask worker that ran it (Dask gives up after "
             f"distributed.scheduler.allowed-failures). A worker usually dies like this when a shard needs more "
             f"memory than it has: lower the task's shard_atoms, or give workers more memory. {kept}")
-    lost = isinstance(exc, CancelledError) and "scheduler-connection-lost" in str(getattr(exc, "reason", exc))
+    from distributed.comm.core import CommClosedError
+
+    # Cancelled by the client when it lost the scheduler, or a request cut off as it went away.
+    lost = (isinstance(exc, CancelledError) and "scheduler-connection-lost" in str(getattr(exc, "reason", exc))
+            or isinstance(exc, CommClosedError))
     if lost or getattr(client, "status", "running") not in ("running", "connecting", "newly-created"):
         return ClusterError(
             f"lost the connection to the Dask scheduler at {scheduler_address(client, address)}. {kept} "
