@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import Any
@@ -109,9 +110,12 @@ def cluster_failure(exc: BaseException, client: Any, shard_dir: Path | None,
 
     kept = _kept(shard_dir)
     if isinstance(exc, KilledWorker):
-        task = exc.args[0] if exc.args else "a shard"
+        task = str(exc.args[0]) if exc.args else ""
+        named = re.match(r"run_shard-(shard-\d+\.parquet)-", task)  # the runner's task keys name the shard file
+        what = (f"shard {shard_dir / named[1] if shard_dir else named[1]}" if named
+                else f"shard task {task or '(unnamed)'}")
         return ClusterError(
-            f"shard task {task} killed every Dask worker that ran it (Dask gives up after "
+            f"{what} killed every Dask worker that ran it (Dask gives up after "
             f"distributed.scheduler.allowed-failures). A worker usually dies like this when a shard needs more "
             f"memory than it has: lower the task's shard_atoms, or give workers more memory. {kept}")
     from distributed.comm.core import CommClosedError

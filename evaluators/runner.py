@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,7 +385,7 @@ def _run_distributed(card, config, device, pending, opts: RunOptions, env: Envir
         for records, path in pending:
             shard_dir = path.parent
             in_flight.add(client.submit(run_shard, card, config, device, records, str(path), threads,
-                                        pure=False))
+                                        key=f"run_shard-{path.name}-{uuid.uuid4().hex[:8]}"))  # names the shard
             # Bounded: never the whole dataset in memory or in flight. Recounted as SLURM jobs connect.
             while in_flight.count() >= 2 * capacity(client):
                 _report(opts, *next(in_flight).result())

@@ -91,3 +91,15 @@ class WitnessEMT(EMT):
         if os.environ.get("MLIPZOO_TEST_WITNESS"):
             with open(os.environ["MLIPZOO_TEST_WITNESS"], "a") as f:
                 f.write(f"{sys.executable} {os.environ.get('SLURM_JOB_ID', '-')}\n")
+
+
+class LethalEMT(EMT):
+    """EMT that kills the whole process (as the kernel's OOM killer would) on structures whose
+    info has ``explode`` set."""
+
+    def calculate(self, atoms=None, *args, **kwargs):
+        import os
+
+        if atoms is not None and atoms.info.get("explode"):
+            os._exit(137)
+        super().calculate(atoms, *args, **kwargs)

@@ -240,6 +240,36 @@ def test_lost_scheduler_is_a_clear_error_and_the_rerun_resumes(dask_cluster, slo
     assert {p: p.stat().st_mtime_ns for p in kept} == stamps  # resumed: finished shards were not redone
 
 
+def test_a_shard_that_kills_its_workers_is_a_clear_error(base_env, tmp_path):
+    """A structure that takes its worker process down (an OOM kill, a segfault) every time: Dask
+    retries the shard on fresh workers, then gives up; the command says which shard and what to do."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    frames = []
+    for i in range(4):
+        atoms = bulk("Cu", "fcc", a=3.6 + 0.01 * i) * 2
+        atoms.info.update({"sid": f"cu{i}", "fid": 0, "split": "id", "explode": i == 2})
+        atoms.calc = EMT()
+        atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
+        frames.append(atoms)
+    write(tmp_path / "set.extxyz", frames, format="extxyz")
+    (tmp_path / "cards").mkdir()
+    (tmp_path / "cards" / "lethal-emt.yaml").write_text(textwrap.dedent(SLOW_CARD).replace(
+        "slow-emt", "lethal-emt").replace("SlowEMT", "LethalEMT").replace("calculator_kwargs: {delay: 0.05}\n", ""))
+    env = {**base_env, "MLIPZOO_CARDS": str(tmp_path / "cards"),
+           "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1"}  # give up after two deaths, not four
+    proc = mlipzoo("eval", "lethal-emt", "oc20-s2ef", "--dataset", tmp_path / "set.extxyz", "--workers", 1,
+                   "--out", tmp_path / "out", "--wandb", "disabled", env=env, check=False, timeout=240)
+    message = " ".join(proc.stderr.split())
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    (shard,) = (tmp_path / "out" / "lethal-emt" / ".shards").glob("*/")
+    assert f"error: shard {shard / 'shard-00000.parquet'} killed every Dask worker that ran it" in message, message
+    assert "lower the task's shard_atoms, or give workers more memory" in message
+
+
 # ---------------------------------------------------------------------------------------------
 # A real single-node SLURM.
 
