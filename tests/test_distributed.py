@@ -325,8 +325,14 @@ class QueueWatch:
         self._thread.join()
 
 
-def new_jobs(slurm: LocalSlurm, before: set[str]) -> list[dict[str, str]]:
-    return [j for j in slurm.finished() if j["id"] not in before]
+def new_jobs(slurm: LocalSlurm, before: set[str], at_least: int) -> list[dict[str, str]]:
+    """Jobs that ended since ``before``, once ``at_least`` of them have: slurmctld logs a job when
+    its processes are gone, a moment after the run cancelled it."""
+    deadline = time.monotonic() + 60
+    while len(jobs := [j for j in slurm.finished() if j["id"] not in before]) < at_least:
+        assert time.monotonic() < deadline, f"only {len(jobs)} of {at_least} jobs ended: {jobs}\n{slurm.logs()}"
+        time.sleep(0.2)
+    return jobs
 
 
 def test_eval_on_slurm_runs_jobs_with_the_numbers_of_a_local_run(slurm, slurm_env, tmp_path):
@@ -338,7 +344,7 @@ def test_eval_on_slurm_runs_jobs_with_the_numbers_of_a_local_run(slurm, slurm_en
         on_slurm = json.loads(mlipzoo(*args, "--cluster", "slurm", "--cluster-config", config,
                                       "--out", tmp_path / "slurm", env=slurm_env).stdout)
     same_numbers(on_slurm, local)
-    jobs = new_jobs(slurm, before)
+    jobs = new_jobs(slurm, before, 2)
     # Two worker jobs ran on this node and were cancelled when the run closed its cluster.
     assert len(jobs) == 2 and all(j["name"] == "dask-worker" and j["nodes"] == slurm.host for j in jobs), jobs
     assert {j["id"] for j in jobs} <= set(watch.seen)
@@ -360,7 +366,7 @@ def test_run_plan_on_slurm_gives_the_numbers_of_a_local_run(slurm, slurm_env, tm
         assert (a["model"], a["task"]) == (b["model"], b["task"])
         same_numbers(a, b)
     # One cluster for the whole plan: its two jobs served both tasks.
-    jobs = new_jobs(slurm, before)
+    jobs = new_jobs(slurm, before, 2)
     assert len(jobs) == 2 and all(j["name"] == "dask-worker" for j in jobs), jobs
 
 
@@ -369,18 +375,18 @@ def test_scancelled_job_is_replaced_and_costs_no_result(slurm, slurm_env, slow_r
     out = tmp_path / "out"
     # Dask forgets a lost worker after this long; then the runner submits a job in its place.
     env = {**slurm_env, "DASK_DISTRIBUTED__DEPLOY__LOST_WORKER_TIMEOUT": "1s"}
-    before = {j["id"] for j in slurm.finished()}
+    before = {j["id"] for j in slurm.finished()} | {j["id"] for j in slurm.queue()}
     proc = start_mlipzoo("eval", "slow-emt", "oc20-s2ef", "--limit", LIMIT, "--cluster", "slurm",
                          "--cluster-config", config, "--out", out, "--wandb", "disabled", "--json", env=env)
     wait_for_shards(out, 2, proc)
-    running = [j for j in slurm.queue() if j["name"] == "dask-worker" and j["state"] == "RUNNING"]
+    running = [j for j in slurm.queue() if j["state"] == "RUNNING" and j["id"] not in before]
     assert len(running) == 1, running  # the run's only job: without a replacement it could never finish
     slurm.run("scancel", running[0]["id"])
     assert proc.poll() is None, "the run finished before its job could be cancelled"
     code, stdout, stderr = finish(proc)
     assert code == 0, stderr[-4000:]
     same_numbers(json.loads(stdout), slow_reference)
-    jobs = {j["id"]: j for j in new_jobs(slurm, before)}
+    jobs = {j["id"]: j for j in new_jobs(slurm, before, 2)}  # the cancelled one and its replacement
     assert jobs[running[0]["id"]]["state"] == "CANCELLED"
     assert any(int(i) > int(running[0]["id"]) for i in jobs), jobs  # a job submitted after the cancellation
 
