@@ -46,11 +46,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _node_facts() -> tuple[int, int]:
-    """CPUs and memory (MB) as slurmd itself sees them, so the node registers as healthy."""
+def _node_facts() -> dict[str, str]:
+    """The node's topology and memory as slurmd itself reports them (`slurmd -C`), so the node
+    registers as healthy: a config that promises more than slurmd finds gets the node drained."""
     out = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, check=True).stdout
-    facts = dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
-    return int(facts["CPUs"]), int(facts["RealMemory"])
+    facts = dict(kv.split("=", 1) for kv in out.splitlines()[0].split() if "=" in kv)
+    facts.pop("NodeName", None)
+    facts["RealMemory"] = str(int(int(facts["RealMemory"]) * 0.9))  # headroom: never "Low RealMemory"
+    return facts
 
 
 class LocalSlurm:
@@ -76,9 +79,7 @@ class LocalSlurm:
         key = self.root / "munge" / "munge.key"
         key.write_bytes(os.urandom(1024))
         os.chmod(key, 0o400)
-        cpus, memory = _node_facts()
-        self.cpus = cpus
-        self.conf.write_text(self._config(cpus, memory))
+        self.conf.write_text(self._config(_node_facts()))
         try:
             self._spawn("munged", ["munged", "--foreground", "--force", f"--socket={self.socket}",
                                    f"--key-file={key}", f"--pid-file={self.root / 'munge' / 'munged.pid'}",
@@ -146,7 +147,7 @@ class LocalSlurm:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _config(self, cpus: int, memory: int) -> str:
+    def _config(self, node: dict[str, str]) -> str:
         r = self.root
         return f"""\
 # Written by tests/slurm_local.py: one node, localhost, no cgroups, nothing outside {r}
@@ -180,7 +181,7 @@ ReturnToService=2
 KillWait=5
 MinJobAge=300
 DefMemPerCPU=1000
-NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN
+NodeName={self.host} NodeAddr=127.0.0.1 {" ".join(f"{k}={v}" for k, v in node.items())} State=UNKNOWN
 PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
 """
 
