@@ -50,7 +50,7 @@ def main() -> None:
     evaluator = evaluator_for(args.task)
     settings = evaluator.config.bootstrap
     # The task as the bootstrap sees it without a fast path: every resample calls metrics().
-    slow = SimpleNamespace(key=evaluator.key, config=evaluator.config, complete_terms=False,
+    slow = SimpleNamespace(key=evaluator.key, config=evaluator.config,
                            metrics=evaluator.metrics, metric_terms=lambda table: {})
 
     t0 = time.perf_counter()

@@ -24,24 +24,24 @@ from mlip_zoo.evaluators.oc20.tasks import S2EF
 def rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-# Peak RSS at the end of each phase: streaming shards (up to the runner's first read of a shard's
-# metric terms), then the metrics (terms of every shard and the values from them), then the rest
-# (bootstrap intervals, joined predictions file, result record).
+# Peak RSS at the end of each phase: streaming shards (up to scoring's first reduced shard), then
+# the metrics (from the reduced rows of every shard), then the rest (bootstrap intervals, joined
+# predictions file, result record).
 marks = {}
-terms, from_terms = S2EF.metric_terms, S2EF.metrics_from_terms
-def first_terms(self, table):
+reduce, metrics = S2EF.reduce, S2EF.metrics
+def first_reduce(self, table):
     marks.setdefault("after_shards", rss())
-    return terms(self, table)
-def first_from_terms(self, t):
-    out = from_terms(self, t)
+    return reduce(self, table)
+def first_metrics(self, rows):
+    out = metrics(self, rows)
     marks.setdefault("after_metrics", rss())
     return out
-S2EF.metric_terms, S2EF.metrics_from_terms = first_terms, first_from_terms
+S2EF.reduce, S2EF.metrics = first_reduce, first_metrics
 t0 = time.perf_counter()
 record = runner.evaluate("emt", "oc20-s2ef", runner.RunOptions(out=Path(sys.argv[2]), dataset=Path(sys.argv[1]),
                                                                workers=0))
 print(json.dumps({"peak_rss_mib": rss(), **marks, "seconds": time.perf_counter() - t0,
-                  "n": record["n_structures"], "energy_mae": record["metrics"]["energy_mae"]}))
+                  "n": record.n_structures, "energy_mae": record.metrics["energy_mae"]}))
 """
 
 

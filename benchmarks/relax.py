@@ -25,7 +25,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from cells import make_cells
 from mlip_zoo.evaluators.relax import RelaxProtocol, relax_many
-from mlip_zoo.evaluators.runner import RunOptions, _client, _potential
+from mlip_zoo.evaluators.clusters import Clusters
+from mlip_zoo.evaluators.plan import RunOptions
+from mlip_zoo.evaluators.worker import _potential
 from mlip_zoo.zoo import get_card, load_potential
 from mlip_zoo.zoo.weights import resolve_weights
 
@@ -73,15 +75,12 @@ def harness(card, cells, workers: int, shard_atoms: int, batch_size: int | None
     if workers == 0:
         rows = [row for s in shards for row in relax_shard(card, "cpu", s, None, batch_size)]
     else:
-        client, cluster = _client(RunOptions(workers=workers))
-        try:
+        with Clusters(RunOptions(workers=workers)) as clusters:
+            client = clusters.client()
             threads = max(1, (os.cpu_count() or 1) // workers)  # as the runner sets them
             futures = [client.submit(relax_shard, card, "cpu", s, threads, batch_size, pure=False)
                        for s in shards]
             rows = [row for f in futures for row in f.result()]
-        finally:
-            client.close()
-            cluster.close()
     return [e for e, _ in rows], [c for _, c in rows]
 
 

@@ -12,10 +12,10 @@ import difflib
 import functools
 import hashlib
 import json
+import warnings
 from abc import ABC, abstractmethod
-from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -24,8 +24,13 @@ from ase import Atoms
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mlip_zoo.errors import ConfigError, UnknownTaskError
+from mlip_zoo.plugins import Plugins
+from mlip_zoo.evaluators import plots as plotting
 from mlip_zoo.zoo.card import ModelCard
 from mlip_zoo.zoo.potential import Potential
+
+if TYPE_CHECKING:
+    from mlip_zoo.evaluators.data import DatasetFormat
 
 # Per-row terms of ratio-of-sums metrics: dotted metric name -> (total, numel), one value per row;
 # the metric is sum(total) / sum(numel) (see Evaluator.metric_terms).
@@ -104,6 +109,8 @@ def tasks_dir() -> Path:
 
 
 def load_task_config(key: str) -> TaskConfig:
+    """The task's config from configs/tasks/<key>.yaml, its ``options`` checked against the task's
+    ``Options`` model (an unknown or mistyped key is refused here, naming the file)."""
     path = tasks_dir() / f"{key}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in tasks_dir().glob("*.yaml"))
@@ -117,6 +124,8 @@ def load_task_config(key: str) -> TaskConfig:
         raise ConfigError(f"{path}: invalid task config: {exc}") from None
     if config.key != key:
         raise ConfigError(f"{path}: key {config.key!r} must match the file name")
+    if (cls := _evaluator_class(config, required=False)) is not None:  # unregistered: evaluator_for says so
+        cls.check_options(config, where=str(path))
     return config
 
 
@@ -124,13 +133,43 @@ def task_keys() -> list[str]:
     return sorted(p.stem for p in tasks_dir().glob("*.yaml"))
 
 
+class NoOptions(BaseModel):
+    """The options of a task that has none."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 class Evaluator(ABC):
-    """A task. Subclasses set ``schema`` and implement ``run`` and ``metrics``."""
+    """A task. Subclasses set ``schema`` (and ``Options`` when the task has options) and
+    implement ``run`` and ``metrics``."""
 
     schema: ClassVar[pa.Schema]
+    # The prediction columns that come from the dataset, not from the model (``id`` is always one):
+    # what a result's ``references`` digest covers and what validation re-derives from the dataset.
+    reference_columns: ClassVar[tuple[str, ...]] = ()
+    # The typed ``options`` of the task's config (pydantic, extra="forbid"): checked when the
+    # config is loaded, read as ``self.options.<name>``. ``config.options`` keeps the raw mapping,
+    # which is what the task's fingerprint hashes.
+    Options: ClassVar[type[BaseModel]] = NoOptions
+    # Dataset layouts this task's package reads beyond the generic ones (evaluators/data.py
+    # consults every registered task's, so a dataset path is read the same whatever the task).
+    formats: ClassVar[tuple[DatasetFormat, ...]] = ()
+    # Columns of the predictions file ``plots`` reads (the site reads no others).
+    plot_columns: ClassVar[tuple[str, ...]] = plotting.PARITY_COLUMNS
 
     def __init__(self, config: TaskConfig):
         self.config = config
+        self.options = self.check_options(config)
+
+    @classmethod
+    def check_options(cls, config: TaskConfig, where: str | None = None) -> BaseModel:
+        """``config.options`` as this task's ``Options``; ConfigError naming ``where`` (the file,
+        else the task), each bad key and the keys known at its level."""
+        try:
+            return cls.Options.model_validate(config.options)
+        except ValidationError as exc:
+            problems = "; ".join(_option_problem(cls.Options, err) for err in exc.errors())
+            raise ConfigError(f"{where or f'task {config.key}'}: invalid options: {problems}") from None
 
     @property
     def key(self) -> str:
@@ -176,9 +215,29 @@ class Evaluator(ABC):
                 rows[i] = {**row, "status": "failed", "reason": f"{why} (fix or drop this record of the dataset)"}
         return rows
 
+    def reduce(self, table: pa.Table) -> pa.Table:
+        """The per-row columns this task's metrics read, from one batch of predictions (a shard).
+        Scoring (evaluators/scoring.py) reduces batch by batch and keeps only the reduced rows, so
+        a task whose rows carry per-atom arrays (forces, positions) turns them into per-row numbers
+        here and memory no longer grows with the atoms. Must keep ``id``, ``status`` and the
+        bootstrap's strata column, and return a table that ``reduce`` and ``metrics`` accept again.
+        Default: the rows as they are (tasks whose rows are already a few numbers)."""
+        return table
+
     @abstractmethod
     def metrics(self, table: pa.Table) -> dict[str, Any]:
-        """Pure function of the predictions table (rows with status "ok")."""
+        """Pure function of the predictions rows (``reduce``d or not; only rows with status "ok" count)."""
+
+    def plots(self, table: pa.Table, metrics: dict[str, Any]) -> dict[str, Any] | None:
+        """Plot data of one model's result for the task page (JSON, drawn by the site's site.js),
+        from its predictions (``plot_columns`` of them) and metrics: by default mean seconds per
+        structure, and energy and force parity from the columns present. None: nothing to plot."""
+        return plotting.parity_plots(table)
+
+    def figures(self, data: dict[str, dict[str, Any]]) -> list[plotting.Figure]:
+        """The figures of the task page, given every model's ``plots`` data (model -> data); the
+        speed-vs-accuracy figure every page has is not listed."""
+        return []
 
     def provenance(self) -> dict[str, Any]:
         """Inputs besides the dataset that this task's numbers depend on (e.g. a cached file of
@@ -193,15 +252,6 @@ class Evaluator(ABC):
         resample at once instead of calling ``metrics()`` per resample, and checks the terms
         against ``metrics()``. Metrics left out are recomputed with ``metrics()``."""
         return {}
-
-    # True when ``metric_terms`` covers every metric and ``metrics_from_terms`` rebuilds them
-    # from the terms alone: the runner then reads the shards one at a time, keeping only the
-    # per-row terms, so memory does not grow with the predictions (OC20's forces, 1M frames).
-    complete_terms: ClassVar[bool] = False
-
-    def metrics_from_terms(self, terms: Terms) -> dict[str, Any]:
-        """``metrics()`` from ``metric_terms`` (concatenated over shards); see ``complete_terms``."""
-        raise NotImplementedError(f"task {self.key} computes its metrics from the whole predictions table")
 
 
 class _Refusing(Potential):
@@ -230,15 +280,62 @@ def _non_finite_label(row: dict[str, Any], labels: list[str]) -> str | None:
     return None
 
 
+def _option_problem(model: type[BaseModel], error: Any) -> str:
+    """One pydantic error as ``options.<dotted key>: <why>``, with the keys known where it sits."""
+    loc = [str(part) for part in error["loc"]]
+    where = ".".join(["options", *loc])
+    if error["type"] != "extra_forbidden":
+        return f"{where}: {error['msg']}"
+    known = _known_keys(model, loc[:-1])
+    return f"{where}: unknown key" + (f" (known: {', '.join(known)})" if known else " (this task takes no options)")
+
+
+def _known_keys(model: type[BaseModel], path: list[str]) -> list[str]:
+    """The field names of the pydantic model found by following ``path`` (field names, and the
+    class names pydantic puts in the path of a union's member) from ``model``."""
+    models = [model]
+    for name in path:
+        if named := [m for m in models if m.__name__ == name]:
+            models = named
+            continue
+        fields = [f for m in models if (f := m.model_fields.get(name)) is not None]
+        models = [c for f in fields for c in (f.annotation, *get_args(f.annotation))
+                  if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not models:
+            return []
+    return list(models[0].model_fields) if len(models) == 1 else []
+
+
+TASK_CLASSES = Plugins(EVALUATOR_GROUP, "evaluator", ConfigError)
+
+
+def _evaluator_class(config: TaskConfig, required: bool = True) -> type[Evaluator] | None:
+    if config.evaluator not in TASK_CLASSES.all():
+        if not required:
+            return None
+        raise ConfigError(f"task {config.key}: evaluator {config.evaluator!r} is not registered under the "
+                          f"{EVALUATOR_GROUP} entry points (known: {', '.join(sorted(TASK_CLASSES.all()))})")
+    return TASK_CLASSES.load(config.evaluator)
+
+
 @functools.lru_cache(maxsize=1)
-def _evaluator_entry_points() -> dict[str, Any]:  # scanning every installed distribution takes ~20 ms
-    return {ep.name: ep for ep in entry_points(group=EVALUATOR_GROUP)}
+def dataset_formats() -> tuple[DatasetFormat, ...]:
+    """The dataset formats every registered task declares, in entry-point order, each once."""
+    found: dict[str, DatasetFormat] = {}
+    for name, ep in TASK_CLASSES.all().items():
+        try:
+            cls = ep.load()
+        except Exception as exc:  # a broken third-party task must not stop every dataset being read
+            warnings.warn(f"evaluator {name!r} ({ep.value}) cannot be imported, so its dataset formats are not "
+                          f"read: {type(exc).__name__}: {exc}", stacklevel=2)
+            continue
+        for fmt in getattr(cls, "formats", ()):
+            found.setdefault(fmt.name, fmt)
+    return tuple(found.values())
 
 
 def evaluator_for(task: str | TaskConfig) -> Evaluator:
+    """The task's evaluator; its options are checked here too, so a run config's overrides are
+    refused on the driver, before any work."""
     config = load_task_config(task) if isinstance(task, str) else task
-    eps = _evaluator_entry_points()
-    if config.evaluator not in eps:
-        raise ConfigError(f"task {config.key}: evaluator {config.evaluator!r} is not registered under the "
-                        f"{EVALUATOR_GROUP} entry points (known: {', '.join(sorted(eps))})")
-    return eps[config.evaluator].load()(config)
+    return _evaluator_class(config)(config)

@@ -1,7 +1,7 @@
 """What a distributed evaluation does when its cluster loses part of itself.
 
 - A lost **worker** (SIGKILL, OOM, a node gone) costs nothing: Dask reruns its shard elsewhere, and
-  a shard is written only whole (see runner.run_shard), so the metrics are those of an undisturbed run.
+  a shard is written only whole (see shards.write), so the metrics are those of an undisturbed run.
 - A lost **SLURM job** (``scancel``, walltime, preemption) is submitted again: without that, a run
   whose jobs have all gone would wait for workers forever.
 - A lost **scheduler**, or a shard that killed every worker it ran on, ends the run with a
@@ -134,7 +134,7 @@ def cluster_failure(exc: BaseException, client: Any, shard_dir: Path | None,
 def _kept(shard_dir: Path | None) -> str:
     if shard_dir is None:
         return "Finished shards are kept."
-    from mlip_zoo.evaluators.runner import shard_is_done
+    from mlip_zoo.evaluators.shards import is_done
 
-    done = sum(shard_is_done(p) for p in sorted(shard_dir.glob("shard-*.parquet")))
+    done = sum(is_done(p) for p in sorted(shard_dir.glob("shard-*.parquet")))
     return f"{done} finished shard(s) are kept in {shard_dir}."

@@ -3,7 +3,9 @@
 - extxyz (optionally gzipped): ``info`` carries ids and labels, ``move_mask`` the fixed atoms;
 - ASE databases (``.db``, ``.json``) and fairchem v2's ``.aselmdb`` (through ase-db-backends);
 - OC20's legacy LMDB of pickled PyG ``Data`` objects, only with ``trust_pickle=True``, because
-  unpickling can run arbitrary code.
+  unpickling can run arbitrary code;
+- the layouts a task's own package reads (``DatasetFormat``: Matbench Discovery's WBM folders,
+  its dimer curves), which tasks declare as ``Evaluator.formats``; they are consulted first.
 
 Records are yielded one at a time; nothing here holds a whole dataset in memory.
 """
@@ -18,7 +20,7 @@ import io
 import json
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,10 @@ from ase import Atoms
 from ase.constraints import FixAtoms
 
 from mlip_zoo.errors import DatasetError, UntrustedDataError
+# The id rule and the free-atom mask live in zoo (the zoo names structures in its errors too);
+# tasks import them from here, beside the records they apply to.
+from mlip_zoo.zoo.structures import RECORD_INDEX, free_mask, record_id  # noqa: F401
+from mlip_zoo.zoo.weights import sha256_of
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,26 @@ class Dataset:
     sha256: str
     n: int | None = None
     labelled_by: str | None = None  # the model key whose outputs are the labels (a pipeline check)
+
+
+@dataclass(frozen=True)
+class DatasetFormat:
+    """A dataset layout a task's package reads: recognised from the path alone (never its
+    contents, so nothing is hashed or read that could not be), read as a stream of records, and
+    hashed as a whole. Tasks declare theirs as ``Evaluator.formats``."""
+
+    name: str  # what ``dataset_format`` returns
+    description: str  # listed when a path is in no known format
+    matches: Callable[[Path], bool]  # given a regular file or a folder
+    read: Callable[[Path], Iterator[Atoms]]
+    sha256: Callable[[Path], str] | None = None  # what results depend on; default: ``sha256_file``
+    folder: str | None = None  # how a folder in this format is named; None: files only
+
+
+def _task_formats() -> tuple[DatasetFormat, ...]:
+    from mlip_zoo.evaluators.base import dataset_formats
+
+    return dataset_formats()
 
 
 def datasets_dir() -> Path:
@@ -51,10 +77,7 @@ def sha256_file(path: Path) -> str:
                 h.update(p.relative_to(path).as_posix().encode())
                 h.update(sha256_file(p).encode())
         return h.hexdigest()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_of(path)
 
 
 def resolve_dataset(default: str, default_file: str, override: str | Path | None = None) -> Dataset:
@@ -87,73 +110,70 @@ def _check_kind(path: Path) -> None:
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read the dataset ({exc.strerror or exc}); check --dataset") from None
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        folders = " or ".join([*(f.folder for f in _task_formats() if f.folder), "a legacy OC20 LMDB"])
         raise DatasetError(f"{path}: not a regular file (a FIFO, socket or device); give --dataset a dataset file, "
-                           "or a folder holding a WBM layout or a legacy OC20 LMDB")
+                           f"or a folder holding {folders}")
 
 
-FORMATS = ("extxyz(.gz), an ASE db (.db/.json), .aselmdb, a legacy OC20 .lmdb (file or folder of them) with "
-           "--trust-pickle, a Matbench Discovery WBM layout (folder or *.extxyz.zip) or its diatomic curves (*.json.gz)")
+GENERIC_FORMATS = ("extxyz(.gz), an ASE db (.db/.json), .aselmdb, a legacy OC20 .lmdb (file or folder of them) with "
+                   "--trust-pickle")
+
+
+def _formats_hint() -> str:
+    """Every readable format, for the message of a path in none of them."""
+    named = [GENERIC_FORMATS, *(f.description for f in _task_formats())]
+    return ", ".join(named[:-1]) + " or " + named[-1] if len(named) > 1 else named[0]
+
+
+def _task_format(kind: str) -> DatasetFormat | None:
+    return next((f for f in _task_formats() if f.name == kind), None)
 
 
 def dataset_format(path: Path) -> str:
-    """The dataset's format from the kind of path and its name, without reading its contents:
-    wbm, extxyz, aselmdb, asedb, diatomics or legacy-lmdb. Checked before anything hashes or reads."""
-    from mlip_zoo.evaluators.discovery.wbm import is_wbm_layout
-
+    """The dataset's format from the kind of path and its name, without reading its contents: a
+    task's format (``Evaluator.formats``: wbm, diatomics...), else extxyz, aselmdb, asedb or
+    legacy-lmdb. Checked before anything hashes or reads."""
     _check_kind(path)
     name = path.name.lower()
+    if (task_format := next((f for f in _task_formats() if f.matches(path)), None)) is not None:
+        return task_format.name
     if path.is_dir():  # only the layouts that are folders
-        if is_wbm_layout(path):
-            return "wbm"
         if name.endswith(".lmdb") or any(path.glob("*.lmdb")):
             return "legacy-lmdb"
-        raise DatasetError(f"{path}: a folder, and neither a Matbench Discovery WBM layout nor a folder of legacy "
-                           f"OC20 *.lmdb files; give --dataset one dataset file instead: {FORMATS}")
-    if is_wbm_layout(path):
-        return "wbm"
+        folders = " nor ".join([*(f.folder for f in _task_formats() if f.folder), "a folder of legacy OC20 *.lmdb files"])
+        raise DatasetError(f"{path}: a folder, and neither {folders}; give --dataset one dataset file instead: "
+                           f"{_formats_hint()}")
     if name.endswith((".extxyz", ".xyz", ".extxyz.gz", ".xyz.gz")):
         return "extxyz"
     if name.endswith(".aselmdb"):
         return "aselmdb"
     if name.endswith((".db", ".json")):
         return "asedb"
-    if name.endswith(".json.gz"):
-        return "diatomics"
     if name.endswith(".lmdb"):
         return "legacy-lmdb"
-    raise DatasetError(f"{path}: unknown dataset format; use {FORMATS}")
+    raise DatasetError(f"{path}: unknown dataset format; use {_formats_hint()}")
 
 
 def dataset_sha256(path: Path) -> str:
-    """What a result's numbers depend on: the file, or every file of a WBM layout. The path's kind
-    and format are checked first: nothing is hashed that could not be read."""
-    from mlip_zoo.evaluators.discovery.wbm import WbmLayout
-
-    if dataset_format(path) == "wbm":
-        h = hashlib.sha256()
-        for key, file in sorted(WbmLayout.find(path).files.items()):
-            h.update(f"{key}:{sha256_file(file)}\n".encode())
-        return h.hexdigest()
+    """What a result's numbers depend on: the file, or what its format says (every file of a WBM
+    layout). The path's kind and format are checked first: nothing is hashed that could not be read."""
+    task_format = _task_format(dataset_format(path))
+    if task_format is not None and task_format.sha256 is not None:
+        return task_format.sha256(path)
     return sha256_file(path)
 
 
 def iter_records(path: Path, *, trust_pickle: bool = False) -> Iterator[Atoms]:
     """Yield the dataset's structures one by one, whatever the format."""
-    from mlip_zoo.evaluators.discovery.wbm import iter_wbm
-
     kind = dataset_format(path)
-    if kind == "wbm":  # Matbench Discovery: initial-atoms zip joined with its summary and references
-        yield from iter_wbm(path)
+    if (task_format := _task_format(kind)) is not None:
+        yield from task_format.read(path)
     elif kind == "extxyz":
         yield from _iter_extxyz(path)
     elif kind == "aselmdb":
         yield from _iter_ase_db(path, "aselmdb")
     elif kind == "asedb":
         yield from _iter_ase_db(path, None)
-    elif kind == "diatomics":  # matbench-discovery's dimer curves, read by the diatomics task's package
-        from mlip_zoo.evaluators.diatomics.data import iter_diatomics
-
-        yield from iter_diatomics(path)
     else:  # legacy-lmdb
         if not trust_pickle:
             raise UntrustedDataError(
@@ -349,34 +369,9 @@ def _pyg_to_atoms(data, where: str) -> Atoms:
     return atoms
 
 
-def free_mask(atoms: Atoms) -> np.ndarray:
-    """Atoms that count for forces and positions: everything not fixed by FixAtoms."""
-    fixed = np.zeros(len(atoms), dtype=bool)
-    for c in atoms.constraints:
-        if isinstance(c, FixAtoms):
-            fixed[c.get_indices()] = True
-    return ~fixed
-
-
-# The record's place in the whole dataset, stamped by ``number_records``. Evaluators name a record
-# by its index within their shard; without this, id-less records of two shards would share ids.
-RECORD_INDEX = "mlipzoo_record_index"
-
-
 def number_records(records: Iterator[Atoms]) -> Iterator[tuple[int, Atoms]]:
     """``enumerate(records)``, stamping each record's dataset index for ``record_id``."""
     for index, atoms in enumerate(records):
         atoms.info[RECORD_INDEX] = index
         yield index, atoms
 
-
-def record_id(atoms: Atoms, index: int) -> str:
-    """A structure's id: ``sid`` (plus ``fid`` for trajectory frames), else another id key, else
-    ``#<dataset index>`` (the stamped one; ``index`` only for records that were never numbered)."""
-    info = atoms.info
-    if "sid" in info:
-        return f"{info['sid']}_{info['fid']}" if "fid" in info else str(info["sid"])
-    for key in ("id", "material_id", "structure_id"):
-        if key in info:
-            return str(info[key])
-    return f"#{info.get(RECORD_INDEX, index)}"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlip_zoo.evaluators.base import TaskConfig
+from mlip_zoo.evaluators.record import DatasetRef
 
 
 @dataclass(frozen=True)
@@ -32,17 +33,16 @@ class CheckedMetric:
         return f"{self.metric}: {self.value} is not within {self.tolerance:.0e} of {self.target:g}"
 
 
-def is_pipeline_check(dataset: dict[str, Any] | None) -> bool:
+def is_pipeline_check(dataset: DatasetRef) -> bool:
     """Results on a dataset some model labelled are pipeline checks, never a ranking."""
-    dataset = dataset or {}
     # Results written before datasets named their labeller say so only in the set's label.
-    return bool(dataset.get("labelled_by")) or "(EMT labels)" in str(dataset.get("name", ""))
+    return bool(dataset.labelled_by) or "(EMT labels)" in dataset.name
 
 
-def label_check(config: TaskConfig, model: str, dataset: dict[str, Any] | None,
+def label_check(config: TaskConfig, model: str, labelled_by: str | None,
                 metrics: dict[str, Any]) -> list[CheckedMetric] | None:
-    """The task's tolerance checks when ``model`` labelled ``dataset``; None otherwise."""
-    if not dataset or dataset.get("labelled_by") != model or not config.label_tolerance:
+    """The task's tolerance checks when ``model`` made the labels (``labelled_by``); None otherwise."""
+    if labelled_by != model or not config.label_tolerance:
         return None
     out = []
     for metric, tolerance in config.label_tolerance.items():

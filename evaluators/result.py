@@ -1,4 +1,5 @@
-"""The result record a run produces (``<out>/<model>/<task>.json``) and its provenance."""
+"""What a result records besides its numbers: provenance (code, packages, hardware) and the
+digest of its reference columns; ``build_record`` assembles the ResultRecord of a run."""
 
 from __future__ import annotations
 
@@ -9,19 +10,14 @@ import importlib.metadata
 import json
 import os
 import platform
-import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
+from mlip_zoo.evaluators.record import DatasetRef, Failure, Provenance, References, ResultRecord
 from mlip_zoo.zoo.card import ModelCard
-from mlip_zoo.zoo.weights import atomic_write_text, sha256_of
+from mlip_zoo.zoo.weights import sha256_of
 
-# 2: every metric carries a bootstrap interval (``intervals``, mirroring ``metrics``), and
-# ``provenance.bootstrap`` records how they were drawn.
-# 3: ``predictions_sha256`` (the predictions file the record commits to) and ``references``
-# (``{columns, sha256}``: a digest of every row's id and reference values, see ReferenceDigest).
-RESULT_SCHEMA_VERSION = 3
 # Versions worth recording next to every number: they change answers.
 PACKAGES = ("mlip-zoo", "ase", "numpy", "torch", "e3nn", "chgnet", "sevenn", "diep", "tblite", "mace-torch",
             "orb-models", "mattersim", "fairchem-core", "pet-mad", "pymatgen", "dask", "distributed", "pyarrow")
@@ -85,31 +81,13 @@ def card_sha256(card: ModelCard) -> str | None:
     return sha256_of(card.path) if card.path else None
 
 
-# Per task (its evaluator's entry-point name): the prediction columns that come from the dataset,
-# not from the model. ``id`` is always one. A task may declare its own as ``reference_columns``.
-REFERENCE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "oc20-s2ef": ("split", "n_atoms", "energy_true", "forces_true", "free"),
-    "oc20-is2re": ("split", "n_atoms", "energy_true", "pos_true", "cell", "pbc", "free"),
-    "oc20-is2rs": ("split", "n_atoms", "energy_true", "pos_true", "cell", "pbc", "free"),
-    "discovery": ("formula", "n_atoms", "each_true", "e_form_dft", "unique_prototype"),
-    "geo-opt": ("formula", "n_atoms", "each_true", "e_form_dft", "unique_prototype", "spg_ref", "n_ops_ref"),
-    "ood-shift": ("split", "n_atoms", "energy_true", "forces_true", "free", "shift_element", "shift_force_norm",
-                  "shift_connectivity", "ood_element", "ood_force_norm", "ood_connectivity"),
-    "ttr": ("split", "n_atoms", "energy_true", "forces_true", "free"),
-    "symmetry": ("kind", "n_atoms"),
-    "eos": ("element", "n_atoms", "v0_ref", "b0_ref", "b1_ref"),
-    "diatomics": ("element", "functional", "ref_distances", "ref_energies", "ref_forces"),
-}
-
-
 def reference_columns(evaluator) -> tuple[str, ...]:
-    """``id`` and the task's reference columns, each checked to be in its predictions schema."""
-    declared = getattr(evaluator, "reference_columns", None)
-    columns = ("id", *(declared if declared is not None else REFERENCE_COLUMNS.get(evaluator.config.evaluator, ())))
+    """``id`` and the task's ``reference_columns``, each checked to be in its predictions schema."""
+    columns = ("id", *evaluator.reference_columns)
     unknown = [c for c in columns if c not in evaluator.schema.names]
     if unknown:
         raise ValueError(f"task {evaluator.key}: reference column(s) {', '.join(unknown)} are not in its predictions "
-                         "schema; update REFERENCE_COLUMNS in evaluators/result.py")
+                         "schema; fix the task's reference_columns")
     return columns
 
 
@@ -133,77 +111,27 @@ class ReferenceDigest:
         return {"columns": list(self.columns), "sha256": self._sha.hexdigest()}
 
 
-def build_result(*, card: ModelCard, task, dataset, metrics: dict, intervals: dict, bootstrap: dict,
-                 n_structures: int, failures: list[dict], task_inputs: dict[str, Any], predictions: str,
-                 predictions_sha256: str, references: dict[str, Any], weights: dict[str, str],
-                 started: dt.datetime, wall_time_s: float, device: str, n_workers: int, limit: int | None
-                 ) -> dict[str, Any]:
-    """The result record; ``failures`` holds ``{"id", "reason"}`` of every structure that failed and
-    ``task_inputs`` the task's ``Evaluator.provenance()``."""
-    return {
-        "schema_version": RESULT_SCHEMA_VERSION,
-        "model": card.key,
-        "task": task.key,
-        "task_version": task.version,
-        "dataset": {"name": dataset.name, "file": dataset.path.name, "sha256": dataset.sha256,
-                    "n": n_structures, "limit": limit,
-                    **({"labelled_by": dataset.labelled_by} if dataset.labelled_by else {})},
-        "metrics": metrics,
-        "intervals": intervals,
-        "n_structures": n_structures,
-        "n_failed": len(failures),
-        "failures": failures,
-        "predictions": predictions,
-        "predictions_sha256": predictions_sha256,
-        "references": references,
-        "provenance": {
-            "card_sha256": card_sha256(card),
-            "weights_sha256": weights,
-            "task_config_sha256": task.fingerprint(),
-            "code_version": code_version(),
-            "packages": package_versions(),
-            "hardware": hardware(n_workers, device),
-            "started": started.isoformat(timespec="seconds"),
-            "wall_time_s": round(wall_time_s, 3),
-            "device": device,
-            "bootstrap": bootstrap,
-            **({"task_inputs": task_inputs} if task_inputs else {}),
-        },
-    }
-
-
-def write_result(path: Path, record: dict) -> None:
-    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=False, allow_nan=False) + "\n")
-
-
-def pending_predictions(target: Path, sha256: str) -> Path:
-    """Where predictions with this sha256 wait to become ``target`` (see ``commit_result``)."""
-    return target.with_name(f".{target.name}.{sha256}")
-
-
-def commit_result(path: Path, record: dict, predictions: Path) -> None:
-    """Write a result and its predictions as one: ``predictions`` (a finished file) is first moved
-    to its pending name, then the record, which names the predictions' sha256, replaces ``path``:
-    that replace is the commit point. Last, the pending file becomes ``record["predictions"]``.
-    Interrupted before the commit, the old pair stands; after it, readers take the pending file
-    (``leaderboard.results.predictions_path``) and the next write finishes the move."""
-    target = path.parent / record["predictions"]
-    finish_commit(path)
-    pending = pending_predictions(target, record["predictions_sha256"])
-    os.replace(predictions, pending)
-    write_result(path, record)
-    os.replace(pending, target)
-    for stale in path.parent.glob(f".{target.name}.*"):  # pending files of writes that never committed
-        if re.fullmatch(r"[0-9a-f]{64}", stale.name.rsplit(".", 1)[1]):
-            stale.unlink(missing_ok=True)
-
-
-def finish_commit(path: Path) -> None:
-    """Finish the move of a committed record's predictions (a write interrupted after its commit)."""
-    try:
-        record = json.loads(path.read_text())
-        pending = pending_predictions(path.parent / record["predictions"], record["predictions_sha256"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return  # no committed record of schema 3 here: nothing to finish
-    if pending.is_file():
-        os.replace(pending, pending.parent / record["predictions"])
+def build_record(*, plan, metrics: dict, intervals: dict, bootstrap: dict, n_structures: int,
+                 failures: list[dict], predictions_sha256: str, references: dict[str, Any], started: dt.datetime,
+                 wall_time_s: float, n_workers: int) -> ResultRecord:
+    """The record of one run of ``plan`` (evaluators/plan.py); ``failures`` holds ``{"id", "reason"}``
+    of every structure that failed."""
+    card, task, dataset, env = plan.card, plan.config, plan.dataset, plan.environment
+    packages = package_versions()
+    if env is not None:  # the model ran with the environment's packages, not the driver's
+        seen = env.info()["packages"]
+        packages = {name: seen[name] for name in PACKAGES if name in seen}
+    task_inputs = plan.evaluator.provenance()
+    return ResultRecord(
+        model=card.key, task=task.key, task_version=task.version,
+        dataset=DatasetRef(name=dataset.name, file=dataset.path.name, sha256=dataset.sha256, n=n_structures,
+                           limit=plan.limit, labelled_by=dataset.labelled_by),
+        metrics=metrics, intervals=intervals, n_structures=n_structures, n_failed=len(failures),
+        failures=[Failure(**f) for f in failures], predictions=f"{task.key}.parquet",
+        predictions_sha256=predictions_sha256, references=References(**references),
+        provenance=Provenance(
+            card_sha256=card_sha256(card), weights_sha256=dict(plan.weights), task_config_sha256=task.fingerprint(),
+            code_version=code_version(), packages=packages, hardware=hardware(n_workers, plan.device),
+            started=started.isoformat(timespec="seconds"), wall_time_s=round(wall_time_s, 3), device=plan.device,
+            bootstrap=bootstrap, task_inputs=task_inputs or None,
+            environment={"hash": env.hash, "requires": list(card.requires)} if env is not None else None))

@@ -154,26 +154,6 @@ def _ratio(total: np.ndarray, numel: np.ndarray) -> np.ndarray:
         return np.where(numel > 0, total / np.where(numel > 0, numel, 1.0), np.nan)
 
 
-def concat_terms(parts: Sequence[tuple[Terms, int]]) -> Terms:
-    """The per-row terms of consecutive tables (shards, given as ``(terms, n_rows)``) as those of
-    the whole table; a metric one part lacks (a split it has no row of) is zero on its rows. The
-    parts' dicts are emptied on the way, so memory peaks near one copy of the terms."""
-    keys = dict.fromkeys(k for terms, _ in parts for k in terms)
-    out: Terms = {}
-    joined: dict[tuple[int, ...], tuple[list, np.ndarray]] = {}  # numel arrays shared by metrics stay shared
-
-    def join(pieces: list) -> np.ndarray:
-        ids = tuple(id(p) for p in pieces)
-        if ids not in joined:  # the pieces are kept with the result, so their ids stay theirs
-            joined[ids] = (pieces, np.concatenate([np.asarray(p, dtype=float) for p in pieces]))
-        return joined[ids][1]
-
-    for key in keys:  # popped as they are joined: a key's shard copies go as its whole arrays come
-        pieces = [terms.pop(key, (np.zeros(n), np.zeros(n))) for terms, n in parts]
-        out[key] = (np.concatenate([np.asarray(t, dtype=float) for t, _ in pieces]), join([c for _, c in pieces]))
-    return out
-
-
 def _checked_terms(evaluator: Evaluator, terms: Terms, n_rows: int, point: dict[str, Any], keys: list[str]
                    ) -> Terms:
     """The evaluator's fast-path terms for ``keys``, checked against the full-table metrics."""
@@ -193,37 +173,30 @@ def _checked_terms(evaluator: Evaluator, terms: Terms, n_rows: int, point: dict[
     return out
 
 
-def replicates(evaluator: Evaluator, table: pa.Table | None, settings: BootstrapSettings | None = None, *,
+def replicates(evaluator: Evaluator, table: pa.Table, settings: BootstrapSettings | None = None, *,
                strata: np.ndarray | None = None, keys: Sequence[str] | None = None,
-               metrics: dict[str, Any] | None = None, terms: Terms | None = None) -> Replicates:
+               metrics: dict[str, Any] | None = None) -> Replicates:
     """Every estimate's value in each resample of ``table``'s rows (``keys`` limits which).
 
-    ``strata`` overrides the table's own strata column (paired comparisons pass one table's
-    labels to both, so both draw the same rows); ``metrics`` is ``evaluator.metrics(table)``
-    when the caller has it already. A task with ``complete_terms`` can be resampled without its
-    table (``table=None``): pass its concatenated ``terms``, ``metrics`` and ``strata``."""
+    ``table`` is the predictions or their reduced rows (evaluators/scoring.py); ``strata``
+    overrides the table's own strata column (paired comparisons pass one table's labels to both,
+    so both draw the same rows); ``metrics`` is ``evaluator.metrics(table)`` when the caller has
+    it already."""
     settings = settings or evaluator.config.bootstrap
-    if table is None:
-        if terms is None or metrics is None or not evaluator.complete_terms:
-            raise ValueError("resampling without the table needs a complete_terms task, its terms and metrics")
-        n_rows = len(next(iter(terms.values()))[0]) if terms else 0
-    else:
-        n_rows = table.num_rows
-        if strata is None:
-            strata = strata_labels(table, settings)
+    n_rows = table.num_rows
+    if strata is None:
+        strata = strata_labels(table, settings)
     point = flatten_metrics(evaluator.metrics(table) if metrics is None else metrics)
     wanted = [k for k, v in point.items() if is_estimate(v) and (keys is None or k in keys)]
-    fast = _checked_terms(evaluator, evaluator.metric_terms(table) if terms is None else terms, n_rows, point, wanted)
+    fast = _checked_terms(evaluator, evaluator.metric_terms(table), n_rows, point, wanted)
     slow = [k for k in wanted if k not in fast]
-    if slow and table is None:
-        raise MetricError(f"task {evaluator.key}: complete_terms is set but metric_terms lacks {', '.join(slow)}")
     values = {k: np.full(settings.resamples, np.nan) for k in wanted}
     start = 0
     for counts in resample_counts(n_rows, settings, strata):
         weights = counts.astype(float)
         for key, (total, numel) in fast.items():
             values[key][start:start + len(counts)] = _ratio(weights @ total, weights @ numel)
-        if fast and start == 0 and table is not None:  # the fast path must also agree with metrics() under duplication
+        if fast and start == 0:  # the fast path must also agree with metrics() under duplication
             drawn = _metrics_or_undefined(evaluator, table.take(_rows_of(counts[0])))
             for key in fast:
                 if not _close(values[key][0], _number(drawn.get(key))):
@@ -245,14 +218,13 @@ def nest(metrics: Mapping[str, Any], flat: Mapping[str, Any], prefix: str = "") 
             for k, v in metrics.items()}
 
 
-def intervals(evaluator: Evaluator, table: pa.Table | None, metrics: dict[str, Any],
-              settings: BootstrapSettings | None = None, *, terms: Terms | None = None,
-              strata: np.ndarray | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def intervals(evaluator: Evaluator, table: pa.Table, metrics: dict[str, Any],
+              settings: BootstrapSettings | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(intervals, bootstrap)`` for a result file whose ``metrics = evaluator.metrics(table)``:
     intervals mirror ``metrics`` with ``[lo, hi]`` (or None) at every leaf; bootstrap records
     the settings and, per metric, how many resamples were undefined."""
     settings = settings or evaluator.config.bootstrap
-    reps = replicates(evaluator, table, settings, metrics=metrics, terms=terms, strata=strata)
+    reps = replicates(evaluator, table, settings, metrics=metrics)
     flat = {k: reps.interval(k) for k in reps.values}
     return nest(metrics, flat), {**record_of(settings), "undefined": reps.undefined()}
 

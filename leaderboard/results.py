@@ -19,98 +19,24 @@ import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mlip_zoo.errors import ConfigError, DatasetError, MlipZooError
-from mlip_zoo.evaluators import uncertainty
+from mlip_zoo.evaluators import scoring, uncertainty
 from mlip_zoo.evaluators.base import Evaluator, TaskConfig, evaluator_for, load_task_config
-from mlip_zoo.evaluators.result import (RESULT_SCHEMA_VERSION, ReferenceDigest, card_sha256, flatten_metrics,
-                                        pending_predictions, reference_columns, reference_key)
+from mlip_zoo.evaluators.record import ResultRecord
+from mlip_zoo.evaluators.result import ReferenceDigest, card_sha256, flatten_metrics, reference_columns, reference_key
+from mlip_zoo.evaluators.store import ResultError, StoredResult, predictions_file, read_record, read_stored
 from mlip_zoo.zoo.potential import Potential
 
-REQUIRED = ("schema_version", "model", "task", "task_version", "dataset", "metrics", "n_structures", "n_failed",
-            "failures", "predictions", "provenance")
-REQUIRED_PROVENANCE = ("card_sha256", "weights_sha256", "task_config_sha256", "code_version", "packages",
-                       "hardware", "started", "wall_time_s", "device")
+__all__ = ["ResultError", "compare", "recompute", "validate_result"]
+
 REL_TOL = 1e-12  # recomputation runs the same code on the same numbers; allow only round-off
 ROWS_PER_BATCH = 256  # predictions are streamed: memory holds a batch of rows, never the whole table
 RECORDS_PER_CHUNK = 64  # dataset records re-derived at a time
-
-
-class ResultError(MlipZooError, ValueError):
-    """A result file is malformed, incomplete, or its numbers do not follow from its predictions."""
-
-
-def result_files(results_dir: Path) -> list[Path]:
-    """``<results>/<model>/<task>.json``, skipping shard and W&B folders."""
-    return sorted(p for p in results_dir.glob("*/*.json") if not p.parent.name.startswith((".", "wandb")))
-
-
-MAX_DEPTH = 32  # a result is ~5 levels deep (metrics by split, intervals, provenance)
-
-
-def _depth(value: Any) -> int:
-    """How deeply lists and objects nest, without recursion."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (dict, list)):
-            deepest = max(deepest, depth)
-            if depth <= MAX_DEPTH:
-                stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
-    return deepest
-
-
-def read_result(path: Path) -> dict[str, Any]:
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ResultError(f"{path}: not a readable result file ({exc})") from None
-    except RecursionError:  # json recurses per nesting level; a result file is a few levels deep
-        raise ResultError(f"{path}: JSON nested too deeply to be a result file; it was not written by "
-                          "mlip-zoo: rerun the evaluation") from None
-    if not isinstance(record, dict):
-        raise ResultError(f"{path}: a result file is a JSON object")
-    if _depth(record) > MAX_DEPTH:  # whatever reads it next (metrics, intervals) would recurse as deep
-        raise ResultError(f"{path}: JSON nested more than {MAX_DEPTH} levels deep, too deep to be a result file; "
-                          "it was not written by mlip-zoo: rerun the evaluation")
-    version = record.get("schema_version")
-    if isinstance(version, (int, float)) and not isinstance(version, bool) and version > RESULT_SCHEMA_VERSION:
-        raise ResultError(f"{path}: written by a newer mlip-zoo (result schema {version}; this one reads up to "
-                          f"{RESULT_SCHEMA_VERSION}); upgrade mlip-zoo (reinstall it from a release or checkout "
-                          f"that writes schema {version}) to read it")
-    if "schema_version" in record and (isinstance(version, bool) or not isinstance(version, int)):
-        raise ResultError(f"{path}: schema_version must be an integer (1..{RESULT_SCHEMA_VERSION}), got {version!r}; "
-                          "the file was not written by mlip-zoo: rerun the evaluation")
-    required = (REQUIRED + (("intervals",) if isinstance(version, int) and version >= 2 else ())
-                + (("predictions_sha256", "references") if isinstance(version, int) and version >= 3 else ()))
-    missing = [k for k in required if k not in record]
-    if missing:
-        raise ResultError(f"{path}: missing field(s) {', '.join(missing)}")
-    missing = [k for k in REQUIRED_PROVENANCE if k not in record["provenance"]]
-    if missing:
-        raise ResultError(f"{path}: provenance is incomplete: missing {', '.join(missing)}")
-    return record
-
-
-def predictions_path(path: Path, record: dict[str, Any]) -> Path:
-    rel = PurePosixPath(str(record["predictions"]))
-    if rel.is_absolute() or ".." in rel.parts:
-        raise ResultError(f"{path}: predictions must be a file beside the result, got {record['predictions']!r}")
-    target = path.parent / rel
-    sha = record.get("predictions_sha256")
-    if _is_sha256(sha) and (pending := pending_predictions(target, sha)).is_file():
-        return pending  # committed, its move not finished (see result.commit_result)
-    if not target.is_file():
-        raise ResultError(f"{path}: predictions file {target} is missing; every number must be recomputable")
-    return target
-
-
-def _is_sha256(value: Any) -> bool:
-    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 @dataclass
@@ -140,121 +66,93 @@ def _differences(claimed: dict[str, Any], again: dict[str, Any], prefix: str = "
             if not _same(claimed.get(k), again.get(k))]
 
 
-def task_of(path: Path, record: dict[str, Any]) -> TaskConfig:
+def task_of(path: Path, record: ResultRecord) -> TaskConfig:
     """The current protocol of the task a result names; an older task version is an error."""
     try:
-        config = load_task_config(record["task"])
+        config = load_task_config(record.task)
     except MlipZooError as exc:
         raise ResultError(f"{path}: {exc}") from None
-    if config.version != record["task_version"]:
-        raise ResultError(f"{path}: result is for {record['task']} version {record['task_version']}, this mlip-zoo "
+    if config.version != record.task_version:
+        raise ResultError(f"{path}: result is for {record.task} version {record.task_version}, this mlip-zoo "
                           f"implements version {config.version}; rerun the evaluation")
     return config
 
 
-def read_predictions(path: Path, record: dict[str, Any], evaluator: Evaluator):
-    """The predictions table a result points to, checked against the task's columns and the
-    result's structure count."""
+def _open_predictions(stored: StoredResult, evaluator: Evaluator):
+    """The predictions file of a result, opened (not read), checked against the task's columns
+    and the result's structure count."""
     import pyarrow.parquet as pq
 
+    path, record = stored.path, stored.record
     try:
-        table = pq.read_table(predictions_path(path, record))
-    except (OSError, ValueError) as exc:  # pyarrow raises ArrowInvalid (a ValueError) on a damaged file
+        file = pq.ParquetFile(stored.predictions)
+    except (OSError, ValueError) as exc:  # ArrowInvalid (a ValueError) on a damaged file
         raise ResultError(f"{path}: predictions file cannot be read ({exc})") from None
-    missing = [c for c in evaluator.schema.names if c not in table.column_names]
+    missing = [c for c in evaluator.schema.names if c not in file.schema_arrow.names]
     if missing:
         raise ResultError(f"{path}: predictions lack column(s) {', '.join(missing)}")
-    if table.num_rows != record["n_structures"]:
-        raise ResultError(f"{path}: claims {record['n_structures']} structures, predictions hold {table.num_rows}")
-    return table
+    if file.metadata.num_rows != record.n_structures:
+        raise ResultError(f"{path}: claims {record.n_structures} structures, predictions hold {file.metadata.num_rows}")
+    return file
+
+
+def reduced_rows(stored: StoredResult, evaluator: Evaluator):
+    """A result's predictions as its task's reduced rows (evaluators/scoring.py), read one row
+    group at a time: what rankings and paired comparisons resample."""
+    _open_predictions(stored, evaluator)
+    try:
+        return scoring.reduced_predictions(evaluator, stored.predictions)
+    except (OSError, ValueError) as exc:
+        raise ResultError(f"{stored.path}: predictions file cannot be read ({exc})") from None
 
 
 def recompute(path: Path) -> Comparison:
     """Recompute a result's metrics and their bootstrap intervals (with the task's current
-    bootstrap settings) from its predictions file with this mlip-zoo's evaluator."""
-    record = read_result(path)
-    if not isinstance(record["schema_version"], int) or record["schema_version"] < 2:
-        raise ResultError(f"{path}: result schema {record['schema_version']} predates confidence intervals "
-                          f"(schema {RESULT_SCHEMA_VERSION}); rerun the evaluation to get them")
+    bootstrap settings) from its predictions file with this mlip-zoo's evaluator, through the one
+    scoring path the runner used, a row group (a shard) at a time."""
+    stored = read_stored(path)
+    record = stored.record
+    if record.schema_version < 2:
+        raise ResultError(f"{path}: result schema {record.schema_version} predates confidence intervals; rerun the "
+                          "evaluation to get them")
     config = task_of(path, record)
     evaluator = evaluator_for(config)
-    try:
-        if evaluator.complete_terms:  # shard by shard, as the runner summarised it: memory holds per-row terms
-            metrics, intervals, bootstrap = _recompute_from_terms(path, record, evaluator)
-        else:
-            table = read_predictions(path, record, evaluator)
-            metrics = evaluator.metrics(table)
-            intervals, bootstrap = uncertainty.intervals(evaluator, table, metrics, config.bootstrap)
-        recomputed = json.loads(json.dumps(metrics))
-    except ResultError:
-        raise
-    except (ConfigError, DatasetError, ValueError, KeyError, TypeError) as exc:
-        raise ResultError(f"{path}: metrics cannot be recomputed from the predictions ({exc})") from None
-    diffs = (_differences(record["metrics"], recomputed)
-             + _differences(record["intervals"], intervals, "intervals.")
-             + _differences(record["provenance"].get("bootstrap") or {}, bootstrap, "provenance.bootstrap."))
-    return Comparison(path, record["metrics"], recomputed, diffs, intervals)
-
-
-def _recompute_from_terms(path: Path, record: dict[str, Any], evaluator: Evaluator):
-    file = _open_predictions(path, record)
-    missing = [c for c in evaluator.schema.names if c not in file.schema_arrow.names]
-    if missing:
-        raise ResultError(f"{path}: predictions lack column(s) {', '.join(missing)}")
-    if file.metadata.num_rows != record["n_structures"]:
-        raise ResultError(f"{path}: claims {record['n_structures']} structures, predictions hold "
-                          f"{file.metadata.num_rows}")
+    file = _open_predictions(stored, evaluator)
     if not file.metadata.num_rows:
         raise ResultError(f"{path}: the predictions file holds no rows")
-    parts, strata, settings = [], [], evaluator.config.bootstrap
-    for i in range(file.num_row_groups):  # the row groups are the run's shards
-        group = file.read_row_group(i)
-        parts.append((evaluator.metric_terms(group), group.num_rows))
-        strata.append(uncertainty.strata_labels(group, settings))
-    terms = uncertainty.concat_terms(parts)
-    metrics = evaluator.metrics_from_terms(terms)
-    intervals, bootstrap = uncertainty.intervals(evaluator, None, metrics, settings, terms=terms,
-                                                 strata=None if strata[0] is None else np.concatenate(strata))
-    return metrics, intervals, bootstrap
-
-
-def _open_predictions(path: Path, record: dict[str, Any]):
-    import pyarrow.parquet as pq
-
-    source = predictions_path(path, record)
     try:
-        return pq.ParquetFile(source)
-    except (OSError, ValueError) as exc:  # ArrowInvalid (a ValueError) on a damaged file
-        raise ResultError(f"{path}: predictions file cannot be read ({exc})") from None
-
-
-def read_with_predictions(path: Path):
-    """``(record, task config, evaluator, predictions table)`` of a result file."""
-    record = read_result(path)
-    config = task_of(path, record)
-    evaluator = evaluator_for(config)
-    return record, config, evaluator, read_predictions(path, record, evaluator)
+        scored = scoring.score(evaluator, scoring.row_groups(stored.predictions), config.bootstrap)
+        recomputed = json.loads(json.dumps(scored.metrics))
+    except (ConfigError, DatasetError, ValueError, KeyError, TypeError, OSError) as exc:
+        raise ResultError(f"{path}: metrics cannot be recomputed from the predictions ({exc})") from None
+    diffs = (_differences(record.metrics, recomputed)
+             + _differences(record.intervals, scored.intervals, "intervals.")
+             + _differences(record.provenance.bootstrap or {}, scored.bootstrap, "provenance.bootstrap."))
+    return Comparison(path, record.metrics, recomputed, diffs, scored.intervals)
 
 
 def compare(path_a: Path, path_b: Path) -> tuple[dict[str, Any], uncertainty.PairedComparison]:
     """Paired bootstrap of ``A - B`` for every metric of two results of one task on one dataset,
     on the structures both evaluated (matched by id). Returns (facts, comparison)."""
-    record_a, config, evaluator, table_a = read_with_predictions(path_a)
-    record_b, _, _, table_b = read_with_predictions(path_b)
-    if record_a["task"] != record_b["task"]:
-        raise ResultError(f"{path_a} is a {record_a['task']} result and {path_b} a {record_b['task']} result; "
+    a, b = read_stored(path_a), read_stored(path_b)
+    if a.record.task != b.record.task:
+        raise ResultError(f"{path_a} is a {a.record.task} result and {path_b} a {b.record.task} result; "
                           "compare two results of the same task")
-    if record_a["dataset"]["sha256"] != record_b["dataset"]["sha256"]:
+    da, db = a.record.dataset, b.record.dataset
+    if da.sha256 != db.sha256:
         raise ResultError(f"{path_a} and {path_b} were evaluated on different datasets "
-                          f"({record_a['dataset']['name']}/{record_a['dataset']['file']} vs "
-                          f"{record_b['dataset']['name']}/{record_b['dataset']['file']}); their numbers are not paired")
+                          f"({da.name}/{da.file} vs {db.name}/{db.file}); their numbers are not paired")
+    config = task_of(path_a, a.record)
+    task_of(path_b, b.record)
+    evaluator = evaluator_for(config)
+    rows_a, rows_b = reduced_rows(a, evaluator), reduced_rows(b, evaluator)
     try:
-        comparison = uncertainty.paired(evaluator, table_a, table_b, config.bootstrap)
+        comparison = uncertainty.paired(evaluator, rows_a, rows_b, config.bootstrap)
     except DatasetError as exc:
         raise ResultError(f"{path_a} vs {path_b}: {exc}") from None
-    facts = {"a": str(path_a), "b": str(path_b), "model_a": record_a["model"], "model_b": record_b["model"],
-             "task": config.key, "task_version": config.version, "dataset": record_a["dataset"]["name"],
-             "n_common": comparison.n, "n_a": table_a.num_rows, "n_b": table_b.num_rows,
+    facts = {"a": str(path_a), "b": str(path_b), "model_a": a.record.model, "model_b": b.record.model,
+             "task": config.key, "task_version": config.version, "dataset": da.name,
+             "n_common": comparison.n, "n_a": rows_a.num_rows, "n_b": rows_b.num_rows,
              "bootstrap": uncertainty.record_of(config.bootstrap)}
     return facts, comparison
 
@@ -274,28 +172,34 @@ def validate_result(path: Path, *, cards: Path | None = None, datasets: Sequence
     file, field or structure id and the fix. ``cards``: the folder the result's model card is
     read from (default: the installed cards); ``datasets``: files to re-derive references from,
     matched to the result by sha256 (the task's embedded dataset always is)."""
-    record = read_result(path)
-    model, task = record["model"], record["task"]
-    if (path.parent.name, path.stem) != (model, task) or record["predictions"] != f"{task}.parquet":
+    record = read_record(path, migrate=False)  # judged as submitted: a schema-2 file has no digest to trust
+    stored = StoredResult(path, record)
+    model, task = record.model, record.task
+    if (path.parent.name, path.stem) != (model, task) or record.predictions != f"{task}.parquet":
         raise ResultError(f"{path}: a result of model {model!r} on task {task!r} is filed as <results>/{model}/{task}.json "
                           f"with predictions {task}.parquet beside it; this one is {path.parent.name}/{path.name} with "
-                          f"predictions {record['predictions']!r}: fix the location or the model/task fields")
+                          f"predictions {record.predictions!r}: fix the location or the model/task fields")
     config = task_of(path, record)
     evaluator = evaluator_for(config)
     card = _check_card(path, record, cards)
-    source = predictions_path(path, record)
-    if record["schema_version"] >= 3:
+    source = stored.predictions
+    if record.schema_version >= 3:
         from mlip_zoo.zoo.weights import sha256_of
 
-        want, got = record["predictions_sha256"], sha256_of(source)
+        want, got = record.predictions_sha256, sha256_of(source)
         if got != want:
             raise ResultError(f"{path}: predictions file {source.name} has sha256 {got}, the result committed to "
                               f"{want}: a torn pair (a write interrupted between them, or a file replaced); rerun the "
                               "evaluation")
-    file = _open_predictions(path, record)
-    _check_schema(path, source, file.schema_arrow, evaluator)
-    if file.metadata.num_rows != record["n_structures"] or record["dataset"].get("n") != record["n_structures"]:
-        raise ResultError(f"{path}: n_structures {record['n_structures']} and dataset.n {record['dataset'].get('n')} "
+    import pyarrow.parquet as pq
+
+    try:
+        _check_schema(path, source, pq.read_schema(source), evaluator)  # every problem at once, named
+    except (OSError, ValueError) as exc:  # ArrowInvalid (a ValueError) on a damaged file
+        raise ResultError(f"{path}: predictions file cannot be read ({exc})") from None
+    file = _open_predictions(stored, evaluator)
+    if record.dataset.n != record.n_structures:
+        raise ResultError(f"{path}: n_structures {record.n_structures} and dataset.n {record.dataset.n} "
                           f"must both be the {file.metadata.num_rows} rows of {source.name}")
     columns = reference_columns(evaluator)
     digest = ReferenceDigest(columns)
@@ -304,42 +208,41 @@ def validate_result(path: Path, *, cards: Path | None = None, datasets: Sequence
     if dataset is not None:
         failures = _rederive(path, record, evaluator, columns, dataset, rows, card.functional)
         how = f"re-derived from {dataset.path.name}"
-    elif record["schema_version"] >= 3:
+    elif record.schema_version >= 3:
         failures = [{"id": r["id"], "reason": r["reason"]} for r in rows if r["status"] != "ok"]
         how = "checked against the digest recorded at eval time (dataset not at hand)"
     else:
-        raise ResultError(f"{path}: its dataset {record['dataset'].get('name')} (sha256 {record['dataset'].get('sha256')}) "
-                          f"is not at hand and the result (schema {record['schema_version']}) records no digest of its "
+        raise ResultError(f"{path}: its dataset {record.dataset.name} (sha256 {record.dataset.sha256}) "
+                          f"is not at hand and the result (schema {record.schema_version}) records no digest of its "
                           "references, so they cannot be checked; rerun the evaluation, or pass the dataset (--dataset)")
-    if record["schema_version"] >= 3 and digest.record() != record["references"]:
+    if record.schema_version >= 3 and digest.record() != record.references.model_dump():
         raise ResultError(f"{path}: the reference columns of {source.name} ({', '.join(columns)}) do not match the "
                           "digest `references` recorded at eval time: they were changed after the run; rerun the evaluation")
-    if failures != record["failures"] or record["n_failed"] != len(failures):
-        listed = {f.get("id") for f in record["failures"] if isinstance(f, dict)}
-        odd = sorted(listed ^ {f["id"] for f in failures})[:3]
-        raise ResultError(f"{path}: failures/n_failed ({record['n_failed']}) are not the {len(failures)} failed rows of "
+    claimed = record.failure_dicts()
+    if failures != claimed or record.n_failed != len(failures):
+        odd = sorted({f["id"] for f in claimed} ^ {f["id"] for f in failures})[:3]
+        raise ResultError(f"{path}: failures/n_failed ({record.n_failed}) are not the {len(failures)} failed rows of "
                           f"{source.name} (ids in one but not the other: {', '.join(map(str, odd)) or 'none; the order or reasons differ'})")
     comparison = recompute(path)
     return Validation(comparison, how)
 
 
-def _check_card(path: Path, record: dict[str, Any], cards: Path | None):
+def _check_card(path: Path, record: ResultRecord, cards: Path | None):
     """The result was made with the card of the model it names, as that card is now; returns the card."""
     from mlip_zoo.zoo.card import get_card, read_card
 
-    key = record["model"]
+    key = record.model
     try:
         card = read_card(cards / f"{key}.yaml") if cards is not None else get_card(key)
     except MlipZooError as exc:
         raise ResultError(f"{path}: model {key!r} has no readable card ({exc}); submit its card with the result") from None
-    recorded, actual = record["provenance"]["card_sha256"], card_sha256(card)
+    recorded, actual = record.provenance.card_sha256, card_sha256(card)
     if recorded != actual:
         raise ResultError(f"{path}: provenance.card_sha256 {recorded} is not the sha256 of {key}'s card {card.path} "
                           f"({actual}): the result was made with another card or model; rerun it with this card")
-    weights = record["provenance"]["weights_sha256"]
+    weights = record.provenance.weights_sha256
     pinned = {wf.filename: wf.sha256 for wf in card.weight_files}
-    if not isinstance(weights, dict) or set(weights) != set(pinned) or any(
-            sha and weights[name] != sha for name, sha in pinned.items()):
+    if set(weights) != set(pinned) or any(sha and weights[name] != sha for name, sha in pinned.items()):
         raise ResultError(f"{path}: provenance.weights_sha256 {weights} does not match the weights of {key}'s card "
                           f"({pinned}); rerun the evaluation with this card")
     return card
@@ -383,20 +286,20 @@ def _given(path: Path):
     return Dataset(name=path.name, path=path.resolve(), sha256=dataset_sha256(path))
 
 
-def _dataset_of(path: Path, record: dict[str, Any], config: TaskConfig, datasets: Sequence[Path]):
+def _dataset_of(path: Path, record: ResultRecord, config: TaskConfig, datasets: Sequence[Path]):
     """The dataset the result was evaluated on, when it is at hand (matched by sha256), else None."""
-    claimed = record["dataset"]
+    claimed = record.dataset
     for given in datasets:
-        if _given(Path(given)).sha256 == claimed.get("sha256"):
+        if _given(Path(given)).sha256 == claimed.sha256:
             return _given(Path(given))
     embedded = _embedded(config.dataset, config.dataset_file)
     if embedded is None:
         return None
-    if embedded.sha256 == claimed.get("sha256"):
+    if embedded.sha256 == claimed.sha256:
         return embedded
-    if (claimed.get("name"), claimed.get("file")) == (embedded.name, embedded.path.name):
+    if (claimed.name, claimed.file) == (embedded.name, embedded.path.name):
         raise ResultError(f"{path}: dataset claims to be the embedded {embedded.name} ({embedded.path.name}) but its "
-                          f"sha256 {claimed.get('sha256')} is not that file's ({embedded.sha256}); rerun the evaluation")
+                          f"sha256 {claimed.sha256} is not that file's ({embedded.sha256}); rerun the evaluation")
     return None
 
 
@@ -426,7 +329,7 @@ def _reference_rows(evaluator: Evaluator, potential: Potential, records: list, c
     return pa.Table.from_pylist(rows, schema=evaluator.schema).select(list(columns)).to_pylist()
 
 
-def _rederive(path: Path, record: dict[str, Any], evaluator: Evaluator, columns: tuple[str, ...], dataset,
+def _rederive(path: Path, record: ResultRecord, evaluator: Evaluator, columns: tuple[str, ...], dataset,
               rows: Iterator[dict[str, Any]], functional: str) -> list[dict[str, Any]]:
     """Walk the dataset (its first ``limit`` records) and the predictions together: one row per
     record, same id, same reference values; returns the failed rows' ids and reasons. A failed
@@ -436,7 +339,7 @@ def _rederive(path: Path, record: dict[str, Any], evaluator: Evaluator, columns:
 
     from mlip_zoo.evaluators.data import iter_records, number_records
 
-    limit = record["dataset"].get("limit")
+    limit = record.dataset.limit
     scope = f"its first {limit} records" if limit is not None else "every record"
     failing, zeros = _Stub(fail=True, functional=functional), _Stub(fail=False, functional=functional)
     records = islice(number_records(iter_records(dataset.path)), limit)

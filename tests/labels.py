@@ -6,13 +6,17 @@ from __future__ import annotations
 
 from mlip_zoo.evaluators.base import load_task_config
 from mlip_zoo.evaluators.pipeline import label_check
+from mlip_zoo.evaluators.record import ResultRecord
 
 
-def assert_reproduces_labels(record: dict) -> None:
-    """Every metric the task's label_tolerance names is within it of a perfect score."""
-    config = load_task_config(record["task"])
-    checked = label_check(config, record["model"], record["dataset"], record["metrics"])
-    assert checked, f"{record['task']}: {record['model']} did not label {record['dataset']['name']}"
+def assert_reproduces_labels(record: ResultRecord | dict) -> None:
+    """Every metric the task's label_tolerance names is within it of a perfect score (a record,
+    or its JSON as `--json` prints it)."""
+    if isinstance(record, dict):
+        record = ResultRecord.model_validate(record)
+    config = load_task_config(record.task)
+    checked = label_check(config, record.model, record.dataset.labelled_by, record.metrics)
+    assert checked, f"{record.task}: {record.model} did not label {record.dataset.name}"
     failed = [c.describe() for c in checked if not c.ok]
     assert not failed, failed
 

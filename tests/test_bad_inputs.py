@@ -102,7 +102,7 @@ def mixed_run(tmp_path_factory):
     (card_dir / "fragile-emt.yaml").write_text(FAKE_CARD.format(key="fragile-emt", cls="FragileEMT"))
     card = read_card(card_dir / "fragile-emt.yaml")
     record = evaluate(card, "oc20-s2ef", RunOptions(out=tmp / "out", dataset=data, workers=0))
-    return record, {f["id"]: f["reason"] for f in record["failures"]}
+    return record, {f.id: f.reason for f in record.failures}
 
 
 @catalogue
@@ -143,9 +143,9 @@ def test_nan_forces_from_the_model(mixed_run):
 
 def test_every_good_structure_still_scored(mixed_run):
     record, reasons = mixed_run
-    assert record["n_structures"] == 13 and record["n_failed"] == 7 == len(reasons)
+    assert record.n_structures == 13 and record.n_failed == 7 == len(reasons)
     # extxyz keeps forces to 8 decimals, so the reference carries up to 5e-9 of rounding
-    assert record["metrics"]["energy_mae"] < 1e-9 and record["metrics"]["forces_mae"] < 1e-8
+    assert record.metrics["energy_mae"] < 1e-9 and record.metrics["forces_mae"] < 1e-8
 
 
 @catalogue
@@ -166,8 +166,8 @@ def test_relaxation_that_explodes_is_stopped_and_recorded(tmp_path):
     (tmp_path / "cards" / "collapsing.yaml").write_text(FAKE_CARD.format(key="collapsing", cls="CollapsingEMT"))
     record = evaluate(read_card(tmp_path / "cards" / "collapsing.yaml"), "oc20-is2re",
                       RunOptions(out=tmp_path / "out", dataset=path, workers=0))
-    assert record["n_failed"] == 3
-    assert all("RelaxationExploded" in f["reason"] for f in record["failures"])
+    assert record.n_failed == 3
+    assert all("RelaxationExploded" in f.reason for f in record.failures)
 
 
 @catalogue
@@ -311,7 +311,7 @@ def test_aselmdb_is_read_without_writing_beside_it(tmp_path):
     path = _aselmdb(folder / "set.aselmdb", 6)
     before = sorted(p.name for p in folder.iterdir())
     record = evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path / "out", dataset=path, workers=0))
-    assert record["n_structures"] == 6 and sorted(p.name for p in folder.iterdir()) == before
+    assert record.n_structures == 6 and sorted(p.name for p in folder.iterdir()) == before
 
 
 @catalogue
@@ -330,7 +330,7 @@ def test_corrupt_parquet_shard_is_detected_and_recomputed(tmp_path):
     shard = sorted(tmp_path.rglob("shard-00000.parquet"))[0]
     shard.write_bytes(shard.read_bytes()[:-100] + b"\0" * 100)  # bit rot in a finished shard
     again = evaluate("emt", "oc20-s2ef", opts)
-    assert again["metrics"] == first["metrics"] and again["n_structures"] == first["n_structures"]
+    assert again.metrics == first.metrics and again.n_structures == first.n_structures
     pq.read_table(shard)  # rewritten whole
 
 
@@ -355,10 +355,10 @@ def test_unwritable_output_folder(tmp_path):
 @catalogue
 @pytest.mark.labels
 def test_disk_full_keeps_finished_shards_and_resumes(tmp_path, monkeypatch):
-    import mlip_zoo.evaluators.runner as runner
+    import mlip_zoo.evaluators.shards as shards
 
     opts = RunOptions(out=tmp_path, workers=0, limit=120)
-    real_write, calls = runner.pq.write_table, {"n": 0}
+    real_write, calls = shards.pq.write_table, {"n": 0}
 
     def full_after_one(table, where, *args, **kwargs):
         calls["n"] += 1
@@ -366,14 +366,14 @@ def test_disk_full_keeps_finished_shards_and_resumes(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(table, where, *args, **kwargs)
 
-    monkeypatch.setattr(runner.pq, "write_table", full_after_one)
+    monkeypatch.setattr(shards.pq, "write_table", full_after_one)
     with pytest.raises(OutputError, match=r"No space left on device.*finished shards are kept"):
         evaluate("emt", "oc20-s2ef", opts)
     kept = sorted(tmp_path.rglob("shard-*.parquet"))
     assert len(kept) == 1 and not list(tmp_path.rglob("*.tmp"))
-    monkeypatch.setattr(runner.pq, "write_table", real_write)
+    monkeypatch.setattr(shards.pq, "write_table", real_write)
     record = evaluate("emt", "oc20-s2ef", opts)
-    assert record["n_structures"] == 120
+    assert record.n_structures == 120
     assert_reproduces_labels(record)
 
 
@@ -386,7 +386,7 @@ def test_dask_worker_killed_mid_run(tmp_path, card_dir):
     import threading
     import time
 
-    from mlip_zoo.evaluators.runner import cluster_client
+    from mlip_zoo.evaluators.runner import Clusters
 
     card = read_card(card_dir("slow-emt", textwrap.dedent("""\
         key: slow-emt
@@ -400,18 +400,19 @@ def test_dask_worker_killed_mid_run(tmp_path, card_dir):
         """)))
     reference = evaluate(card, "oc20-s2ef", RunOptions(out=tmp_path / "ref", workers=0, limit=200))
     outcome = {}
-    with cluster_client(RunOptions(workers=2)) as client:
-        pids = client.run(os.getpid)
-        opts = RunOptions(out=tmp_path / "killed", workers=2, limit=200, client=client)
-        thread = threading.Thread(target=lambda: outcome.update(record=evaluate(card, "oc20-s2ef", opts)))
+    opts = RunOptions(out=tmp_path / "killed", workers=2, limit=200)
+    with Clusters(opts) as clusters:
+        pids = clusters.client().run(os.getpid)
+        thread = threading.Thread(target=lambda: outcome.update(record=evaluate(card, "oc20-s2ef", opts,
+                                                                                clusters=clusters)))
         thread.start()
         deadline = time.time() + 60
         while time.time() < deadline and not list((tmp_path / "killed").rglob("shard-*.parquet")):
             time.sleep(0.05)
         os.kill(next(iter(pids.values())), signal.SIGKILL)
         thread.join(timeout=300)
-    assert outcome["record"]["metrics"] == reference["metrics"]
-    assert outcome["record"]["n_structures"] == 200 and outcome["record"]["n_failed"] == 0
+    assert outcome["record"].metrics == reference.metrics
+    assert outcome["record"].n_structures == 200 and outcome["record"].n_failed == 0
     shutil.rmtree(tmp_path / "killed", ignore_errors=True)
 
 
@@ -486,7 +487,7 @@ def test_gzipped_extxyz_still_reads(tmp_path):
     zipped = tmp_path / "d.extxyz.gz"
     zipped.write_bytes(gzip.compress(plain.read_bytes()))
     record = evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path / "out", dataset=zipped, workers=0))
-    assert record["n_structures"] == 2 and record["n_failed"] == 0
+    assert record.n_structures == 2 and record.n_failed == 0
 
 
 @catalogue
@@ -608,11 +609,11 @@ def test_non_finite_reference_labels_are_failed_structures(tmp_path):
     frames[2].calc.results["forces"][5, 1] = float("inf")
     data = write_set(tmp_path / "labels.extxyz", frames)
     record = evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path / "out", dataset=data, workers=0))
-    reasons = {f["id"]: f["reason"] for f in record["failures"]}
+    reasons = {f.id: f.reason for f in record.failures}
     assert reasons == {"s1_0": "reference energy is NaN (fix or drop this record of the dataset)",
                        "s2_0": "reference forces hold infinite values (fix or drop this record of the dataset)"}
-    assert record["n_structures"] == 4 and record["n_failed"] == 2
-    assert record["metrics"]["energy_mae"] < 1e-9 and record["metrics"]["forces_mae"] < 1e-8
+    assert record.n_structures == 4 and record.n_failed == 2
+    assert record.metrics["energy_mae"] < 1e-9 and record.metrics["forces_mae"] < 1e-8
     checked = validate_result(tmp_path / "out" / "emt" / "oc20-s2ef.json", datasets=[data])
     assert checked.comparison.ok
 
@@ -623,7 +624,7 @@ def test_two_evals_writing_the_same_out(tmp_path):
     and what to do; the first one's files are untouched, and once it ends the lock is gone."""
     import os
 
-    from mlip_zoo.evaluators.runner import output_lock
+    from mlip_zoo.evaluators.store import output_lock
 
     with output_lock(tmp_path / "emt", "oc20-s2ef") as lock:
         assert lock.read_text().startswith(f"pid {os.getpid()} on ")
@@ -634,11 +635,11 @@ def test_two_evals_writing_the_same_out(tmp_path):
         assert not (tmp_path / "emt" / "oc20-s2ef.json").exists()
     assert not lock.exists()
     record = evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path, workers=0, limit=5))
-    assert record["n_structures"] == 5 and not lock.exists()
+    assert record.n_structures == 5 and not lock.exists()
 
 
 def test_output_lock_is_per_task(tmp_path):
-    from mlip_zoo.evaluators.runner import output_lock
+    from mlip_zoo.evaluators.store import output_lock
 
     with output_lock(tmp_path / "emt", "oc20-s2ef"), output_lock(tmp_path / "emt", "oc20-is2re"):
         pass
@@ -650,7 +651,7 @@ def test_output_lock_held_by_another_process(tmp_path):
     import subprocess
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pathlib import Path; from mlip_zoo.evaluators.runner import output_lock\n"
+        [sys.executable, "-c", "import sys; from pathlib import Path; from mlip_zoo.evaluators.store import output_lock\n"
                                f"with output_lock(Path({str(tmp_path / 'emt')!r}), 'oc20-s2ef'):\n"
                                "    print('held', flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -661,4 +662,4 @@ def test_output_lock_held_by_another_process(tmp_path):
     finally:
         holder.kill()  # dies holding it: the kernel releases an flock with its holder
         holder.wait()
-    assert evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path, workers=0, limit=5))["n_structures"] == 5
+    assert evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path, workers=0, limit=5)).n_structures == 5

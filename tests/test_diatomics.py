@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from mlip_zoo.cli import app
 from mlip_zoo.errors import DatasetError
 from mlip_zoo.evaluators import data as data_module
-from mlip_zoo.evaluators.base import evaluator_for
+from mlip_zoo.evaluators.base import evaluator_for, load_task_config
 from mlip_zoo.evaluators.data import datasets_dir, iter_records, resolve_dataset, sha256_file
 from mlip_zoo.evaluators.diatomics import metrics as m
 from mlip_zoo.evaluators.diatomics.tasks import Protocol, element_metrics
@@ -185,9 +185,9 @@ def test_a_malformed_curve_is_named(tmp_path):
 def test_functional_option_picks_the_r2scan_curves():
     from mlip_zoo.zoo import load_potential
 
-    evaluator = evaluator_for("diatomics")
-    evaluator.config = evaluator.config.model_copy(update={"options": {**evaluator.config.options,
-                                                                       "functional": "r2SCAN", "every": 3}})
+    config = load_task_config("diatomics")
+    evaluator = evaluator_for(config.model_copy(update={"options": {**config.options, "functional": "r2SCAN",
+                                                                    "every": 3}}))
     records = [a for a in iter_records(FOLDER / "diatomics-dft.json.gz") if a.info["element"] in ("Cu", "Ni", "Po")]
     rows = evaluator.run(load_potential("emt"), records)
     by_id = {r["id"]: r for r in rows}

@@ -255,8 +255,8 @@ def test_emt_scores_perfectly_on_discovery_mini(tmp_path):
     """EMT labelled the set with the task's own protocol: F1 = 1, MAE = 0, RMSD = 0, symmetry kept."""
     opts = RunOptions(out=tmp_path, workers=2)
     discovery = evaluate("emt", "discovery", opts)
-    metrics = discovery["metrics"]
-    assert discovery["n_failed"] == 0
+    metrics = discovery.metrics
+    assert discovery.n_failed == 0
     assert_reproduces_labels(discovery)
     for subset in ("full_test_set", "unique_prototypes", "most_stable"):
         assert metrics["subsets"][subset]["F1"] == 1.0
@@ -267,7 +267,7 @@ def test_emt_scores_perfectly_on_discovery_mini(tmp_path):
     geo = evaluate("emt", "geo-opt", opts)  # same relaxations: no second run
     assert_reproduces_labels(geo)
     for label in ("symprec=1e-2", "symprec=1e-5"):
-        assert geo["metrics"][label]["symmetry_match"] == 1.0
+        assert geo.metrics[label]["symmetry_match"] == 1.0
     shards = list((tmp_path / "emt" / ".shards").iterdir())
     assert len(shards) == 1, "discovery and geo-opt must share one set of relaxations"
 
@@ -349,8 +349,8 @@ def test_a_real_layout_sample_parses_and_evaluates_with_mp2020_corrections(tmp_p
 
     result = evaluate("emt", "discovery", RunOptions(out=tmp_path / "out", workers=0,
                                                      dataset=str(tmp_path / "data")))
-    assert result["dataset"]["name"] == "data"
-    rows = {r["id"]: r for r in pq.read_table(tmp_path / "out" / "emt" / result["predictions"])
+    assert result.dataset.name == "data"
+    rows = {r["id"]: r for r in pq.read_table(tmp_path / "out" / "emt" / result.predictions)
             .to_pylist()}
     assert all(r["corrections"] == "mp2020" for r in rows.values())
 
@@ -371,7 +371,7 @@ def test_a_real_layout_sample_parses_and_evaluates_with_mp2020_corrections(tmp_p
     metal = rows["wbm-2-7"]
     assert metal["status"] == "ok" and metal["energy_corrected"] == metal["energy"]  # GGA metal: no correction
     assert metal["e_form_pred"] == pytest.approx((metal["energy"] - (-5.7799 - 4.0993)) / 2, abs=1e-12)
-    assert set(result["metrics"]["subsets"]) == {"full_test_set", "unique_prototypes", "most_stable"}
+    assert set(result.metrics["subsets"]) == {"full_test_set", "unique_prototypes", "most_stable"}
 
 
 @pytest.mark.catalogue
@@ -442,8 +442,8 @@ def test_sevennet_relaxations_match_ase_fire_frechet_loop(tmp_path):
 
     n = 6
     result = evaluate("sevennet-0", "discovery", RunOptions(out=tmp_path, workers=2, limit=n))
-    assert result["n_structures"] == n and result["n_failed"] == 0
-    rows = {r["id"]: r for r in pq.read_table(tmp_path / "sevennet-0" / result["predictions"])
+    assert result.n_structures == n and result.n_failed == 0
+    rows = {r["id"]: r for r in pq.read_table(tmp_path / "sevennet-0" / result.predictions)
             .to_pylist()}
     potential = load_potential("sevennet-0")
     dataset = resolve_dataset("discovery-mini", "wbm-initial-atoms.extxyz.zip")

@@ -450,12 +450,13 @@ def test_isolated_environment_runs_on_slurm_workers_from_its_own_python(slurm, b
     card = read_card(tmp_path / "witness-emt.yaml")
     config = slurm_config(tmp_path / "slurm.yaml", jobs=1)
     isolated = evaluate(card, "oc20-s2ef", RunOptions(out=tmp_path / "iso", limit=60, env="isolated",
-                                                      cluster="slurm", cluster_config=config))
+                                                      cluster="slurm", cluster_config=config)).model_dump(mode="json")
     env = environment_for(card)
     runs = [line.split() for line in witness.read_text().splitlines()]
     assert runs and all(python == str(env.python) and job != "-" for python, job in runs), runs
     witness.unlink()
-    shared = evaluate(card, "oc20-s2ef", RunOptions(out=tmp_path / "shared", limit=60, env="shared", workers=0))
+    shared = evaluate(card, "oc20-s2ef", RunOptions(out=tmp_path / "shared", limit=60, env="shared",
+                                                    workers=0)).model_dump(mode="json")
     assert [line.split()[0] for line in witness.read_text().splitlines()] == [sys.executable]
     assert isolated["provenance"]["environment"]["hash"] == env.hash
     same_numbers(isolated, shared)

@@ -125,17 +125,17 @@ def test_python_the_machine_cannot_layer_is_a_clear_error(card_dir, envs_dir):
 
 
 def test_isolated_model_on_slurm_runs_the_environments_python(card_dir, envs_dir, tmp_path):
-    from mlip_zoo.evaluators.runner import EnvClusters, RunOptions
+    from mlip_zoo.evaluators.runner import Clusters, RunOptions
 
     config = tmp_path / "slurm.yaml"
     config.write_text("queue: q\ncores: 1\nmemory: 1GB\npython: /shared/main/bin/python\njobs: 0\n"
                       "scheduler_options: {dashboard_address: ':0'}\n")
     env = environment_for(_card(card_dir))
-    with EnvClusters(RunOptions(cluster="slurm", cluster_config=config)) as clusters:
+    with Clusters(RunOptions(cluster="slurm", cluster_config=config)) as clusters:
         clusters.client(env)
-        ((_, cluster),) = clusters._clusters.values()
+        ((_, cluster),) = clusters._clients.values()
         assert f"{env.python} -m distributed.cli.dask_worker" in cluster.job_script()
-    with EnvClusters(RunOptions(scheduler="tcp://127.0.0.1:1")) as clusters, \
+    with Clusters(RunOptions(scheduler="tcp://127.0.0.1:1")) as clusters, \
             pytest.raises(ConfigError, match="workers of the scheduler at tcp://127.0.0.1:1 run another interpreter"):
         clusters.client(env)
 
@@ -164,18 +164,17 @@ def test_isolated_run_gives_what_the_shared_environment_gives(card_dir, envs_dir
 
     def run(mode, out):
         counts = []
-        opts = RunOptions(out=tmp_path / out, workers=0, limit=24, env=mode,
-                          progress=lambda ok, failed: counts.append((ok, failed)))
-        return evaluate(card, "oc20-s2ef", opts), counts
+        opts = RunOptions(out=tmp_path / out, workers=0, limit=24, env=mode)
+        return evaluate(card, "oc20-s2ef", opts, progress=lambda ok, failed: counts.append((ok, failed))), counts
 
     shared, shared_progress = run("shared", "shared")
     isolated, isolated_progress = run("isolated", "isolated")
-    assert isolated["provenance"]["environment"]["hash"] == environment_for(card).hash
-    assert 0 < isolated["n_failed"] < isolated["n_structures"] == 24
-    assert isolated["failures"] == shared["failures"] and isolated["metrics"] == shared["metrics"]
-    assert near_label(isolated["metrics"]["energy_mae"], "oc20-s2ef", "energy_mae")  # EMT labelled the set
+    assert isolated.provenance.environment["hash"] == environment_for(card).hash
+    assert 0 < isolated.n_failed < isolated.n_structures == 24
+    assert isolated.failures == shared.failures and isolated.metrics == shared.metrics
+    assert near_label(isolated.metrics["energy_mae"], "oc20-s2ef", "energy_mae")  # EMT labelled the set
     total = lambda counts: tuple(map(sum, zip(*counts)))  # noqa: E731
-    assert total(isolated_progress) == total(shared_progress) == (24 - shared["n_failed"], shared["n_failed"])
+    assert total(isolated_progress) == total(shared_progress) == (24 - shared.n_failed, shared.n_failed)
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from typer.testing import CliRunner
 
-import mlip_zoo.evaluators.result as result_module
+import mlip_zoo.evaluators.store as result_module
 from mlip_zoo.cli import app
 from mlip_zoo.evaluators import uncertainty
 from mlip_zoo.evaluators.base import evaluator_for
@@ -223,7 +223,7 @@ def test_interrupted_before_the_commit_keeps_the_old_pair(tmp_path, monkeypatch)
     def interrupted(path, record):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(result_module, "write_result", interrupted)
+    monkeypatch.setattr(result_module, "write_record", interrupted)
     with pytest.raises(KeyboardInterrupt):
         evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path, workers=0, limit=60))
     monkeypatch.undo()

@@ -17,15 +17,15 @@ from threadpoolctl import threadpool_limits
 from mlip_zoo.evaluators.base import evaluator_for, load_task_config
 from mlip_zoo.evaluators.data import iter_records, resolve_dataset
 from mlip_zoo.evaluators.pipeline import label_check
-from mlip_zoo.evaluators.runner import RunOptions, cluster_client, evaluate
+from mlip_zoo.evaluators.runner import Clusters, RunOptions, evaluate
 from mlip_zoo.zoo import load_potential
 
 # The tasks sharing one set of relaxations, and how many structures of their set each test relaxes.
 PAIRS = {"oc20": (("oc20-is2re", "oc20-is2rs"), 10), "discovery": (("discovery", "geo-opt"), 12)}  # 12: two stable
 
 
-def assert_within_tolerance(task: str, dataset: dict, metrics: dict) -> None:
-    checks = label_check(load_task_config(task), "emt", dataset, metrics)
+def assert_within_tolerance(task: str, labelled_by: str | None, metrics: dict) -> None:
+    checks = label_check(load_task_config(task), "emt", labelled_by, metrics)
     assert checks, f"{task}: no label_tolerance, or its dataset was not labelled by emt"
     bad = [c.describe() for c in checks if not c.ok]
     assert not bad, f"{task}: {bad}"
@@ -39,19 +39,19 @@ def test_blas_threads_reproduce_the_labels(tmp_path, pair, threads):
     with threadpool_limits(limits=threads):
         for task in tasks:  # the second task reuses the first one's relaxations
             record = evaluate("emt", task, RunOptions(out=tmp_path, workers=0, limit=limit))
-            assert record["n_failed"] == 0
-            assert_within_tolerance(task, record["dataset"], record["metrics"])
+            assert record.n_failed == 0
+            assert_within_tolerance(task, record.dataset.labelled_by, record.metrics)
 
 
 @pytest.mark.labels
 @pytest.mark.parametrize("workers", [1, 2])
 def test_one_and_two_workers_reproduce_the_labels(tmp_path, workers):
-    with cluster_client(RunOptions(workers=workers)) as client:
+    with Clusters(RunOptions(workers=workers)) as clusters:
         for tasks, limit in PAIRS.values():
             for task in tasks:
-                record = evaluate("emt", task, RunOptions(out=tmp_path, workers=workers, limit=limit, client=client))
-                assert record["n_failed"] == 0
-                assert_within_tolerance(task, record["dataset"], record["metrics"])
+                record = evaluate("emt", task, RunOptions(out=tmp_path, workers=workers, limit=limit), clusters=clusters)
+                assert record.n_failed == 0
+                assert_within_tolerance(task, record.dataset.labelled_by, record.metrics)
 
 
 @pytest.mark.labels
@@ -72,7 +72,7 @@ def test_starts_moved_by_1e_10_angstrom_reproduce_the_labels(pair):
             rows = evaluator.run(emt, records)
         assert all(r["status"] == "ok" for r in rows)
         metrics = evaluator.metrics(pa.Table.from_pylist(rows, schema=evaluator.schema))
-        assert_within_tolerance(task, {"labelled_by": dataset.labelled_by}, metrics)
+        assert_within_tolerance(task, dataset.labelled_by, metrics)
 
 
 def test_oc20_mini_generator_is_byte_reproducible(tmp_path):

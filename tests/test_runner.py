@@ -33,16 +33,16 @@ TESTS = Path(__file__).parent
 @pytest.mark.labels
 def test_emt_scores_perfectly_on_oc20_mini_s2ef(tmp_path):
     record = evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path, workers=0))
-    m = record["metrics"]
-    assert record["n_failed"] == 0 and record["n_structures"] > 100
+    m = record.metrics
+    assert record.n_failed == 0 and record.n_structures > 100
     assert_reproduces_labels(record)  # energies, forces, cosine, EFwT within 1e-9 of perfect
     assert set(m["splits"]) == {"id", "ood_ads", "ood_cat", "ood_both"}
     assert all(s["n"] > 0 and near_label(s["energy_mae"], "oc20-s2ef", "energy_mae") for s in m["splits"].values())
-    assert record["dataset"]["name"] == "oc20-mini (EMT labels)"
+    assert record.dataset.name == "oc20-mini (EMT labels)"
     saved = json.loads((tmp_path / "emt" / "oc20-s2ef.json").read_text())
     assert saved["metrics"] == json.loads(json.dumps(m))
     table = pq.read_table(tmp_path / "emt" / saved["predictions"])
-    assert table.num_rows == record["n_structures"]
+    assert table.num_rows == record.n_structures
     prov = saved["provenance"]
     assert prov["card_sha256"] and prov["packages"]["ase"] and prov["hardware"]["n_workers"] == 0
 
@@ -104,13 +104,13 @@ def test_failures_are_recorded_and_everything_else_scored(tmp_path, card_dir, mo
         elements: [Al, Cu, Ag, Au, Ni, Pd, Pt, H, C, N, O]
         """))
     record = evaluate(card, "oc20-s2ef", RunOptions(out=tmp_path / "out", dataset=data, workers=0))
-    reasons = {f["id"]: f["reason"] for f in record["failures"]}
+    reasons = {f.id: f.reason for f in record.failures}
     assert set(reasons) == {"t2_0", "iron_0"}
     assert "model blew up" in reasons["t2_0"]
     assert "UnsupportedElementError" in reasons["iron_0"] and "Fe" in reasons["iron_0"]
-    assert record["n_structures"] == 7 and record["n_failed"] == 2
+    assert record.n_structures == 7 and record.n_failed == 2
     # extxyz stores forces with 8 decimals, so the reference forces carry up to 5e-9 of rounding
-    assert record["metrics"]["energy_mae"] < 1e-9 and record["metrics"]["forces_mae"] < 1e-8
+    assert record.metrics["energy_mae"] < 1e-9 and record.metrics["forces_mae"] < 1e-8
 
 
 def test_duplicate_ids_and_unlabelled_records_are_dataset_errors(tmp_path):
@@ -138,7 +138,7 @@ def test_ase_db_and_aselmdb_readers_give_the_same_result(tmp_path):
             for atoms in frames:
                 db.write(atoms, sid=atoms.info["sid"], fid=0, split="id")
         rec = evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path / f"out-{name}", dataset=path, workers=0))
-        results.append(rec["metrics"])
+        results.append(rec.metrics)
     # Both round-trip positions through their storage: agreement to float64 round-off.
     for key in ("energy_mae", "forces_mae"):
         assert results[0][key] == pytest.approx(results[1][key], abs=1e-12) and results[0][key] < 1e-12
@@ -155,7 +155,7 @@ def test_legacy_lmdb_needs_trust_pickle(tmp_path):
 def test_two_workers_give_the_same_numbers_as_one(tmp_path):
     one = evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path / "w1", workers=1, limit=150))
     two = evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path / "w2", workers=2, limit=150))
-    assert one["metrics"] == two["metrics"] and one["n_structures"] == two["n_structures"] == 150
+    assert one.metrics == two.metrics and one.n_structures == two.n_structures == 150
     t1 = pq.read_table(tmp_path / "w1" / "emt" / "oc20-s2ef.parquet").drop(["seconds"])
     t2 = pq.read_table(tmp_path / "w2" / "emt" / "oc20-s2ef.parquet").drop(["seconds"])
     assert t1.equals(t2)
@@ -203,13 +203,13 @@ def test_existing_scheduler_is_used(tmp_path):
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         record = evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path, scheduler=cluster.scheduler_address, limit=40))
-    assert record["n_structures"] == 40
+    assert record.n_structures == 40
     assert_reproduces_labels(record)
 
 
 def test_slurm_cluster_config_becomes_a_job_script(tmp_path):
     from mlip_zoo.errors import ConfigError
-    from mlip_zoo.evaluators.runner import slurm_cluster
+    from mlip_zoo.evaluators.clusters import slurm_cluster
 
     config = tmp_path / "slurm.yaml"
     config.write_text("queue: gpu-short\ncores: 4\nmemory: 16GB\nwalltime: '01:00:00'\n"
@@ -249,17 +249,17 @@ def test_legacy_oc20_lmdb_reads_with_trust_pickle(tmp_path):
     env.close()
     record = evaluate("emt", "oc20-s2ef", RunOptions(out=tmp_path / "out", dataset=path, workers=0,
                                                      trust_pickle=True))
-    assert record["n_structures"] == 3 and record["n_failed"] == 0
-    assert record["metrics"]["energy_mae"] < 1e-9 and record["metrics"]["forces_mae"] < 1e-9  # labelled in the test
+    assert record.n_structures == 3 and record.n_failed == 0
+    assert record.metrics["energy_mae"] < 1e-9 and record.metrics["forces_mae"] < 1e-9  # labelled in the test
 
 
 def test_one_cluster_serves_many_evaluations(tmp_path):
-    from mlip_zoo.evaluators.runner import cluster_client
+    from mlip_zoo.evaluators.runner import Clusters
 
-    with cluster_client(RunOptions(workers=2)) as client:
-        shared = [evaluate("emt", task, RunOptions(out=tmp_path / "shared", workers=2, limit=limit, client=client))
+    with Clusters(RunOptions(workers=2)) as clusters:
+        shared = [evaluate("emt", task, RunOptions(out=tmp_path / "shared", workers=2, limit=limit), clusters=clusters)
                   for task, limit in (("oc20-s2ef", 40), ("oc20-is2re", 8))]
-        assert client.status == "running"  # still open for the next pair
+        assert clusters.client().status == "running"  # still open for the next pair
     alone = [evaluate("emt", task, RunOptions(out=tmp_path / "alone", workers=0, limit=limit))
              for task, limit in (("oc20-s2ef", 40), ("oc20-is2re", 8))]
-    assert [r["metrics"] for r in shared] == [r["metrics"] for r in alone]
+    assert [r.metrics for r in shared] == [r.metrics for r in alone]

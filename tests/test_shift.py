@@ -12,6 +12,7 @@ from ase.build import bulk, fcc111, molecule
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from mlip_zoo.evaluators.record import ResultRecord
 from mlip_zoo.errors import CapabilityNotSupportedError, DatasetError
 from mlip_zoo.evaluators.base import evaluator_for, load_task_config
 from mlip_zoo.evaluators.data import resolve_dataset, sha256_file
@@ -247,7 +248,7 @@ def test_ood_shift_end_to_end_with_emt(train_file, tmp_path):
     config = load_task_config("ood-shift")
     config = config.model_copy(update={"options": {**config.options, "reference": str(train_file)}})
     record = evaluate("emt", config, RunOptions(out=tmp_path / "out", dataset=test, workers=0))
-    m = record["metrics"]
+    m = record.metrics
     assert m["forces_mae"] < 1e-9 and m["energy_per_atom_mae"] < 1e-9 and m["forces_cosine"] == pytest.approx(1.0)
     table = pa.parquet.read_table(tmp_path / "out" / "emt" / "ood-shift.parquet").to_pylist()
     by_id = {r["id"]: r for r in table}
@@ -255,7 +256,7 @@ def test_ood_shift_end_to_end_with_emt(train_file, tmp_path):
     assert by_id["hot"]["ood_force_norm"] and not by_id["hot"]["ood_element"]
     assert by_id["slab"]["ood_connectivity"] and by_id["slab"]["shift_connectivity"] > by_id["copy"]["shift_connectivity"]
     assert by_id["copy"]["shift_element"] == 0.0 and not by_id["copy"]["ood_element"]
-    inputs = record["provenance"]["task_inputs"]["training_stats"]
+    inputs = record.provenance.task_inputs["training_stats"]
     assert inputs["reference"]["sha256"] == sha256_file(train_file)
     assert sha256_file(__import__("pathlib").Path(inputs["file"])) == inputs["sha256"]
     # the site's task page plots the force error per bin of each axis, from these metrics
@@ -277,8 +278,8 @@ def test_cli_reference_option_swaps_the_training_set(train_file, tmp_path):
     args = ["--limit", "2", "--workers", "0", "--out", str(tmp_path / "out"), "--wandb", "disabled", "--json"]
     result = CliRunner().invoke(app, ["eval", "emt", "ood-shift", "--reference", str(train_file), *args])
     assert result.exit_code == 0, result.output
-    record = json.loads(result.stdout)
-    assert record["provenance"]["task_inputs"]["training_stats"]["reference"]["sha256"] == sha256_file(train_file)
+    record = ResultRecord.model_validate_json(result.stdout)  # --json prints the record
+    assert record.provenance.task_inputs["training_stats"]["reference"]["sha256"] == sha256_file(train_file)
     wrong = CliRunner().invoke(app, ["eval", "emt", "oc20-s2ef", "--reference", str(train_file), *args])
     assert wrong.exit_code != 0 and "--reference is for ood-shift and ttr" in wrong.output
 

@@ -12,6 +12,7 @@ import pytest
 from ase import Atoms
 from ase.constraints import FixAtoms
 
+from mlip_zoo.evaluators.record import ResultRecord
 from mlip_zoo.errors import ConfigError
 from mlip_zoo.evaluators.base import evaluator_for, load_task_config
 from mlip_zoo.evaluators.data import datasets_dir, iter_records, resolve_dataset
@@ -151,13 +152,13 @@ def test_evaluate_resolves_auto_per_card(tmp_path):
     config = _with_reference("ood-shift", "auto")
     emt = get_card("emt")
     record = evaluate(emt, config, RunOptions(out=tmp_path / "a", workers=0, limit=2))
-    assert record["provenance"]["task_inputs"]["training_stats"]["reference"]["file"] == "train.json"
-    assert record["provenance"]["task_config_sha256"] == load_task_config("ood-shift").fingerprint()
+    assert record.provenance.task_inputs["training_stats"]["reference"]["file"] == "train.json"
+    assert record.provenance.task_config_sha256 == load_task_config("ood-shift").fingerprint()
     as_mptrj_model = emt.model_copy(update={"training_sets": ["MPtrj"]})
     record = evaluate(as_mptrj_model, config, RunOptions(out=tmp_path / "b", workers=0, limit=2))
-    assert record["provenance"]["task_inputs"]["training_stats"]["name"] == "mptrj"
-    assert record["provenance"]["task_config_sha256"] == _with_reference("ood-shift", "mptrj").fingerprint()
-    assert record["metrics"]["axes"]["connectivity"] == {"status": "n/a", "reason": REASON}
+    assert record.provenance.task_inputs["training_stats"]["name"] == "mptrj"
+    assert record.provenance.task_config_sha256 == _with_reference("ood-shift", "mptrj").fingerprint()
+    assert record.metrics["axes"]["connectivity"] == {"status": "n/a", "reason": REASON}
 
 
 def test_a_named_reference_is_not_a_set_of_structures():
@@ -208,15 +209,15 @@ def test_cli_eval_emt_names_failures_and_reproduces(tmp_path):
     result = CliRunner().invoke(app, ["eval", "emt", "ood-shift-mptrj", "--workers", "0", "--out", str(out),
                                       "--wandb", "disabled", "--json"])
     assert result.exit_code == 0, result.output
-    record = json.loads(result.stdout)
+    record = ResultRecord.model_validate_json(result.stdout)  # --json prints the record
     emt_dimers = 11  # EMT's H, C, N, O, Al, Ni, Cu, Pd, Ag, Pt, Au
-    assert record["n_structures"] == 336 and record["n_failed"] == 336 - 4 * emt_dimers
-    assert all("which emt was not trained on" in f["reason"] for f in record["failures"])
-    assert {f["id"] for f in record["failures"]} >= {"He2-minimum", "Fe2-wall-5eV"}
-    m = record["metrics"]
+    assert record.n_structures == 336 and record.n_failed == 336 - 4 * emt_dimers
+    assert all("which emt was not trained on" in f.reason for f in record.failures)
+    assert {f.id for f in record.failures} >= {"He2-minimum", "Fe2-wall-5eV"}
+    m = record.metrics
     assert m["n"] == 44 and m["axes"]["connectivity"] == {"status": "n/a", "reason": REASON}
     assert m["axes"]["element"]["ood"]["n"] == 0  # EMT's elements are all common in MPtrj
-    assert record["provenance"]["task_inputs"]["training_stats"]["name"] == "mptrj"
+    assert record.provenance.task_inputs["training_stats"]["name"] == "mptrj"
     path = out / "emt" / "ood-shift-mptrj.json"
     again = CliRunner().invoke(app, ["reproduce", str(path)])
     assert again.exit_code == 0 and "every metric and interval recomputes" in again.output, again.output
@@ -241,8 +242,8 @@ def test_chgnet_on_the_dimer_points(tmp_path):
         record = evaluate("chgnet-0.3.0", "ood-shift-mptrj", RunOptions(out=tmp_path, workers=0))
     finally:
         torch.set_num_threads(threads)
-    m = record["metrics"]
-    assert record["n_failed"] == 0 and m["n"] == 336  # CHGNet embeds Z = 1..94
+    m = record.metrics
+    assert record.n_failed == 0 and m["n"] == 336  # CHGNet embeds Z = 1..94
     rows = pq.read_table(tmp_path / "chgnet-0.3.0" / "ood-shift-mptrj.parquet").to_pylist()
     foreign = {r["id"].split("2-")[0] for r in rows if r["ood_element"]}
     assert foreign == {"He", "Ne", "Ar", "Kr", "Ac", "Pa", "Po", "At", "Rn", "Fr", "Ra"}

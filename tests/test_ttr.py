@@ -22,7 +22,9 @@ from ase.constraints import FixAtoms
 from mlip_zoo.errors import CapabilityNotSupportedError, TrainingLabelError
 from mlip_zoo.evaluators.base import evaluator_for
 from mlip_zoo.evaluators.data import datasets_dir, iter_records, resolve_dataset
-from mlip_zoo.evaluators.runner import RunOptions, _shards, evaluate
+from mlip_zoo.evaluators import shards as shard_cutting
+from mlip_zoo.evaluators.plan import make_plan
+from mlip_zoo.evaluators.runner import RunOptions, evaluate
 from mlip_zoo.evaluators.shift.make_ttr_mini import generate
 from mlip_zoo.zoo import get_card, load_potential
 from mlip_zoo.zoo.potential import Potential
@@ -235,19 +237,18 @@ def test_ttr_mini_regenerates_byte_identical(tmp_path):
 
 
 def test_ttr_is_one_shard_so_no_number_depends_on_the_worker_count():
-    evaluator = evaluator_for("ttr")
-    dataset = resolve_dataset(evaluator.config.dataset, evaluator.config.dataset_file)
-    shards = list(_shards(iter_records(dataset.path), evaluator, evaluator.config.shard_atoms, None, dataset))
-    assert len(shards) == 1 and len(shards[0][1]) == dataset.n
+    plan = make_plan("emt", "ttr", RunOptions())
+    shards = list(shard_cutting.cut(plan))
+    assert len(shards) == 1 and len(shards[0][1]) == plan.dataset.n
 
 
 @pytest.mark.labels
 def test_emt_scores_perfectly_and_reports_both_refinements_not_applicable(tmp_path):
     data = _shift_subset(tmp_path, 1)
     record = evaluate("emt", "ttr", RunOptions(out=tmp_path / "out", dataset=data, workers=0))
-    m = record["metrics"]
+    m = record.metrics
     assert near_label(m["energy_mae"], "ttr", "energy_mae") and near_label(m["forces_mae"], "ttr", "forces_mae")
-    assert record["n_failed"] == 0
+    assert record.n_failed == 0
     assert m["radius_n"] == 0 and m["ttt_n"] == 0 and m["ttt_forces_mae"] is None and m["ttt_seconds"] is None
     assert "radius_refinement" in m["not_applicable"]["radius"]
     assert "test_time_training" in m["not_applicable"]["ttt"]
@@ -287,7 +288,7 @@ def test_chgnet_ttr_end_to_end_writes_a_result_whose_metrics_recompute(tmp_path)
     data = _shift_subset(tmp_path, 1)
     out = tmp_path / "out"
     record = evaluate("chgnet-0.3.0", "ttr", RunOptions(out=out, dataset=data, workers=0))
-    assert record["n_structures"] == 4 and record["n_failed"] == 0
+    assert record.n_structures == 4 and record.n_failed == 0
     table = pq.read_table(out / "chgnet-0.3.0" / "ttr.parquet")
     assert set(table.column("radius_status").to_pylist()) == {"ok"}
     assert set(table.column("ttt_status").to_pylist()) == {"ok"}

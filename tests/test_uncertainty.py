@@ -75,22 +75,22 @@ def test_intervals_shrink_as_one_over_sqrt_n(runs):
     small, large = runs["small"], runs["large"]
     ratios = []
     for key in ("energy_mae", "forces_mae", "forces_cosine_similarity"):
-        point_s, ci_s = small["metrics"][key], small["intervals"][key]
-        point_l, ci_l = large["metrics"][key], large["intervals"][key]
+        point_s, ci_s = small.metrics[key], small.intervals[key]
+        point_l, ci_l = large.metrics[key], large.intervals[key]
         assert ci_s[0] < point_s < ci_s[1] and ci_l[0] < point_l < ci_l[1]
         ratios.append(width(ci_s) / width(ci_l))  # 4x the structures: sqrt(4) = 2
     # each ratio carries the sampling noise of 60 structures (~10 %); their mean is close to 2
     assert all(1.4 < r < 2.8 for r in ratios), ratios
     assert 1.75 < sum(ratios) / len(ratios) < 2.3, ratios
     # energy errors are N(0, 0.1): MAE = 0.1 sqrt(2/pi); its interval on 240 structures covers that
-    ci = large["intervals"]["energy_mae"]
+    ci = large.intervals["energy_mae"]
     assert ci[0] < 0.1 * math.sqrt(2 / math.pi) < ci[1]
     # per split, and counts carry no interval
-    for split, values in large["intervals"]["splits"].items():
+    for split, values in large.intervals["splits"].items():
         assert values["n"] is None
-        if large["metrics"]["splits"][split]["n"] > 5:
-            assert values["energy_mae"][0] < large["metrics"]["splits"][split]["energy_mae"] < values["energy_mae"][1]
-    boot = large["provenance"]["bootstrap"]
+        if large.metrics["splits"][split]["n"] > 5:
+            assert values["energy_mae"][0] < large.metrics["splits"][split]["energy_mae"] < values["energy_mae"][1]
+    boot = large.provenance.bootstrap
     assert (boot["resamples"], boot["seed"], boot["confidence"], boot["strata"]) == (1000, 0, 0.95, "split")
 
 
@@ -102,7 +102,7 @@ def test_many_shards_streamed_give_the_whole_table_numbers(runs, tmp_path, monke
     config = evaluator_for("oc20-s2ef").config.model_copy(update={"shard_atoms": 100})
     record = evaluate("noisy", config, RunOptions(out=tmp_path, workers=0, limit=60))
     assert len(list(tmp_path.rglob("shard-*.parquet"))) >= 6
-    assert record["metrics"] == runs["small"]["metrics"]  # the same structures in one shard
+    assert record.metrics == runs["small"].metrics  # the same structures in one shard
     comparison = recompute(tmp_path / "noisy" / "oc20-s2ef.json")
     assert comparison.ok, comparison.differences
 
@@ -138,7 +138,7 @@ def test_a_known_offset_lies_inside_the_paired_interval(runs):
     energy = json.loads(result.stdout)["metrics"]["energy_mae"]
     lo, hi = energy["interval"]
     assert lo < 0.2 < hi and energy["significant"]
-    expected = runs["high"]["metrics"]["energy_mae"] - runs["low"]["metrics"]["energy_mae"]
+    expected = runs["high"].metrics["energy_mae"] - runs["low"].metrics["energy_mae"]
     assert energy["difference"] == pytest.approx(expected)
     assert width(energy["interval"]) < 0.05  # paired: the shared structures cancel, only the noise is left
     forces = json.loads(result.stdout)["metrics"]["forces_mae"]
@@ -150,8 +150,8 @@ def test_a_known_offset_lies_inside_the_paired_interval(runs):
 def test_compare_refuses_different_tasks(runs, tmp_path):
     path = runs["root"] / "results" / "emt" / "oc20-s2ef.json"
     other = evaluate("emt", "oc20-is2re", RunOptions(out=tmp_path, workers=0, limit=2))
-    lo, hi = other["intervals"]["energy_mae"]
-    assert lo <= other["metrics"]["energy_mae"] <= hi
+    lo, hi = other.intervals["energy_mae"]
+    assert lo <= other.metrics["energy_mae"] <= hi
     result = runner.invoke(app, ["compare", str(path), str(tmp_path / "emt" / "oc20-is2re.json")])
     assert result.exit_code == 1 and "compare two results of the same task" in result.stderr
 
@@ -187,7 +187,7 @@ def _without_fast_path(evaluator):
     """The task as the bootstrap sees it with no metric_terms: every resample calls metrics()."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(key=evaluator.key, config=evaluator.config, complete_terms=False,
+    return SimpleNamespace(key=evaluator.key, config=evaluator.config,
                            metrics=evaluator.metrics, metric_terms=lambda table: {})
 
 

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mlip_zoo.cli import app
-from mlip_zoo.leaderboard.wandb_sink import offline_config, offline_summary, read_run_file
+from wandb_reader import offline_config, offline_summary, read_run_file
 
 from labels import assert_reproduces_labels
 

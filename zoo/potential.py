@@ -20,6 +20,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from mlip_zoo.errors import (CapabilityNotSupportedError, InvalidStructureError, NonFiniteOutputError, PropertyNotSupportedError,
                              UnsupportedElementError)
 from mlip_zoo.zoo.card import ModelCard
+from mlip_zoo.zoo.structures import structure_label
 
 PROPERTIES = ("energy", "forces", "stress")
 
@@ -44,14 +45,6 @@ def resolve_device(device: str) -> str:
     except ImportError:
         return "cpu"
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def structure_label(atoms: Atoms, index: int) -> str:
-    """How errors name a structure: its id from ``atoms.info`` when it has one, else its index."""
-    for key in ("sid", "id", "material_id", "structure_id"):
-        if key in atoms.info:
-            return f"{key}={atoms.info[key]}"
-    return f"#{index} ({atoms.get_chemical_formula()})"
 
 
 # Closer than this, two atoms are one atom typed twice (a broken file), not physics.

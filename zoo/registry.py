@@ -6,30 +6,25 @@ targets, so a third-party package can add one, and listing them imports no model
 
 from __future__ import annotations
 
-import difflib
 import importlib
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint
 from types import ModuleType
 
 from mlip_zoo.errors import MissingExtraError, UnknownFamilyError
+from mlip_zoo.plugins import Plugins
 from mlip_zoo.zoo.card import ModelCard, get_card
 from mlip_zoo.zoo.potential import Potential, resolve_device
 from mlip_zoo.zoo.weights import assert_safe_checkpoint, resolve_weights
 
-FAMILY_GROUP = "mlip_zoo.families"
+FAMILIES = Plugins("mlip_zoo.families", "model family", UnknownFamilyError)
 
 
 def families() -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=FAMILY_GROUP)}
+    return FAMILIES.all()
 
 
 def check_family(name: str) -> None:
-    known = families()
-    if name not in known:
-        hint = difflib.get_close_matches(name, list(known), n=1)
-        raise UnknownFamilyError(
-            f"unknown model family {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-            + f"; known families: {', '.join(sorted(known))}")
+    FAMILIES.get(name)
 
 
 def require_module(card: ModelCard, module: str) -> ModuleType:
@@ -46,7 +41,7 @@ def checkpoint_globals(family: str) -> tuple[str, ...]:
     """Globals a family's checkpoints may reference beyond torch's safe set: its adapter module's
     ``CHECKPOINT_GLOBALS`` (SevenNet keeps numpy arrays in its config)."""
     check_family(family)
-    return tuple(getattr(importlib.import_module(families()[family].module), "CHECKPOINT_GLOBALS", ()))
+    return tuple(getattr(importlib.import_module(FAMILIES.get(family).module), "CHECKPOINT_GLOBALS", ()))
 
 
 def load_potential(card: ModelCard | str, *, device: str = "cpu", dtype: str | None = None) -> Potential:
@@ -61,6 +56,6 @@ def load_potential(card: ModelCard | str, *, device: str = "cpu", dtype: str | N
     allow = checkpoint_globals(card.family)
     for path in files.values():
         assert_safe_checkpoint(card, path, allow)
-    loader = families()[card.family].load()
+    loader = FAMILIES.load(card.family)
     return loader(card, files, device=resolve_device(device), dtype=dtype)
 

@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ase import Atoms
-from ase.constraints import FixAtoms
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlip_zoo.errors import TrainingLabelError
+from mlip_zoo.zoo.structures import free_mask
 
 if TYPE_CHECKING:
     from mlip_zoo.zoo.potential import Potential
@@ -82,15 +82,6 @@ class Trainable(ABC):
     @abstractmethod
     def potential(self) -> Potential:
         """A new ``Potential`` around ``module`` (called after training, in eval mode)."""
-
-
-def fixed_atoms(atoms: Atoms) -> np.ndarray:
-    """Atoms held by FixAtoms; their forces are not trained on (the paper's train_on_free_atoms)."""
-    fixed = np.zeros(len(atoms), dtype=bool)
-    for constraint in atoms.constraints:
-        if isinstance(constraint, FixAtoms):
-            fixed[constraint.get_indices()] = True
-    return fixed
 
 
 def _checked_labels(structures: Sequence[Atoms], energies, forces) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -158,7 +149,7 @@ def train(trainable: Trainable, structures: Sequence[Atoms], energies, forces, p
 
     torch.manual_seed(protocol.seed)
     rng = np.random.default_rng(protocol.seed)
-    free = [~fixed_atoms(a) for a in structures]
+    free = [free_mask(a) for a in structures]  # fixed atoms' forces are not trained on (train_on_free_atoms)
     param = params[0] if params else None
     dtype, device = (param.dtype, param.device) if param is not None else (torch.float32, "cpu")
     target_e = torch.tensor(energies - offsets, dtype=dtype, device=device)

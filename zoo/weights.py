@@ -74,11 +74,25 @@ def _hub_endpoint() -> str | None:
 # Hashing, lock file, quarantine
 
 
+_HASHED: dict[tuple, str] = {}
+
+
 def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+    """The file's sha256, computed once per process: the result is kept under the file's identity
+    and state (device, inode, size, mtime, ctime), so a file that is rewritten or replaced is
+    hashed again. A run asks for the same weights and dataset several times (card checks, the
+    plan, the environment); multi-GB files are read once. A file changed in the last two seconds
+    is never remembered: a rewrite within the clock's granularity would keep its timestamps."""
     with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        key = (str(Path(path).resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if key in _HASHED:
+            return _HASHED[key]
+        h = hashlib.sha256()
         while block := f.read(chunk):
             h.update(block)
+    if time.time() - max(st.st_mtime, st.st_ctime) > 2.0:
+        _HASHED[key] = h.hexdigest()
     return h.hexdigest()
 
 

@@ -18,6 +18,7 @@ from ase import Atoms
 from ase.data import atomic_numbers
 
 from mlip_zoo.errors import DatasetError
+from mlip_zoo.evaluators.data import DatasetFormat
 
 
 def iter_diatomics(path: Path) -> Iterator[Atoms]:
@@ -64,3 +65,12 @@ def _checked_curve(path: Path, functional: str, formula: str, curve) -> dict[str
     if not np.all(np.diff(distances) > 0):
         raise DatasetError(f"{where}: distances must be strictly ascending")
     return {"distances": distances.tolist(), "energies": energies.tolist(), "forces": forces.tolist()}
+
+
+def _is_curves_file(path: Path) -> bool:
+    return not path.is_dir() and path.name.lower().endswith(".json.gz")
+
+
+# Declared by the diatomics task (Evaluator.formats).
+DIATOMICS_FORMAT = DatasetFormat(name="diatomics", description="Matbench Discovery's diatomic curves (*.json.gz)",
+                                 matches=_is_curves_file, read=iter_diatomics)

@@ -19,7 +19,9 @@ from ase import Atoms
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlip_zoo.evaluators.base import Evaluator, Terms
+from mlip_zoo.evaluators.data import record_id
 from mlip_zoo.evaluators.diatomics import metrics as m
+from mlip_zoo.evaluators.diatomics.data import DIATOMICS_FORMAT
 from mlip_zoo.zoo.potential import Potential
 
 SMOOTHNESS = ("tortuosity", "energy_diff_flips", "energy_jump", "force_flips", "force_jump",
@@ -63,6 +65,8 @@ class Protocol(BaseModel):
 
 
 class Diatomics(Evaluator):
+    # the prediction columns that come from the dataset, not the model (``id`` is always one)
+    reference_columns = ("element", "functional", "ref_distances", "ref_energies", "ref_forces")
     schema = pa.schema([
         pa.field("id", pa.string()), pa.field("element", pa.string()), pa.field("functional", pa.string()),
         pa.field("status", pa.string()), pa.field("reason", pa.string()), pa.field("skipped", pa.string()),
@@ -72,9 +76,12 @@ class Diatomics(Evaluator):
         pa.field("ref_distances", _VEC), pa.field("ref_energies", _VEC), pa.field("ref_forces", _VEC),
     ])
 
+    Options = Protocol
+    formats = (DIATOMICS_FORMAT,)
+
     @property
     def protocol(self) -> Protocol:
-        return Protocol.model_validate(self.config.options)
+        return self.options
 
     def accepts(self, atoms: Atoms) -> str | None:
         if "reference" not in atoms.info or "element" not in atoms.info:
@@ -84,13 +91,13 @@ class Diatomics(Evaluator):
 
     def run(self, potential: Potential, records: list[Atoms]) -> list[dict]:
         protocol, rows = self.protocol, []
-        for atoms in records:
+        for i, atoms in enumerate(records):
             t0 = time.perf_counter()
             element = atoms.info["element"]
             # Like with like: an r2SCAN model (its card's `functional`) against the r2SCAN curves.
             functional = potential.card.functional if potential.card.functional in atoms.info["reference"] \
                 else protocol.functional
-            row: dict[str, Any] = {"id": atoms.info["id"], "element": element, "functional": functional}
+            row: dict[str, Any] = {"id": record_id(atoms, i), "element": element, "functional": functional}
             reference = atoms.info["reference"].get(functional)
             if element in protocol.skip_elements:
                 row.update(status="ok", reason=None,

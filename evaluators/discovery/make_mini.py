@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
-import hashlib
 import importlib.resources
 import io
 import itertools
@@ -61,6 +60,7 @@ from mlip_zoo.evaluators.discovery.wbm import iter_zip_atoms
 from mlip_zoo.evaluators.oc20.make_mini import fmax_trace, path_check
 from mlip_zoo.evaluators.relax import RelaxProtocol, relax
 from mlip_zoo.zoo import load_potential
+from mlip_zoo.zoo.weights import sha256_of
 
 LABEL = "discovery-mini (EMT labels)"
 PROTOCOL = RelaxProtocol.model_validate(load_task_config("discovery").options["relax"])
@@ -315,7 +315,7 @@ def generate(out: Path, seed: int = 0, limit: int | None = None) -> dict:
         "drop_criteria": {"path": "mlip_zoo.evaluators.oc20.make_mini.path_check", "jittered_starts": N_JITTER},
         "hull_margin_eV_per_atom": HULL_MARGIN,
         **({"limit": limit} if limit is not None else {}),
-        "files": {name: {"sha256": hashlib.sha256((out / name).read_bytes()).hexdigest(),
+        "files": {name: {"sha256": sha256_of(out / name),
                          **({"n": len(rows)} if name.endswith(".zip") else {})}
                   for name in LAYOUT.values()},
     }

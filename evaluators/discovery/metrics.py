@@ -31,7 +31,6 @@ from ase import Atoms
 
 STABILITY_THRESHOLD = 0.0  # eV/atom above the hull
 RMSD_FILL = 1.0  # Å: StructureMatcher's stol, for structures it cannot match
-SUBSETS = ("full_test_set", "unique_prototypes", "most_stable")
 NAN = float("nan")
 
 

@@ -11,12 +11,14 @@ Both tasks produce the same rows, so they share a work key and each structure re
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from ase import Atoms
+from pydantic import BaseModel, ConfigDict, Field
+
 from mlip_zoo.evaluators.base import Evaluator
 from mlip_zoo.evaluators.data import record_id
 from mlip_zoo.evaluators.discovery import metrics as m
@@ -24,6 +26,7 @@ from mlip_zoo.evaluators.discovery.energy import (
     e_form_per_atom,
     mp2020_corrected_energy,
 )
+from mlip_zoo.evaluators.discovery.wbm import WBM_FORMAT
 from mlip_zoo.evaluators.relax import RelaxProtocol, relax_many
 from mlip_zoo.zoo.potential import Potential
 
@@ -33,7 +36,22 @@ _INTS = pa.list_(pa.int32())
 _VEC = pa.list_(pa.float64())
 
 
+class GeoOptOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    relax: RelaxProtocol
+    # auto: MP2020 for DFT labels, none for EMT-labelled sets (MP2020 is fitted to PBE/PBE+U)
+    energy_corrections: Literal["auto", "mp2020", "none"]
+    symprecs: list[float] = Field(min_length=1)  # spglib tolerances of the symmetry columns
+
+
+class DiscoveryOptions(GeoOptOptions):
+    most_stable_n: int = Field(gt=0)  # size of the "most_stable" subset
+    headline_subset: Literal["full_test_set", "unique_prototypes", "most_stable"]
+
+
 class _WbmRelaxation(Evaluator):
+    Options = GeoOptOptions
+    formats = (WBM_FORMAT,)
     schema = pa.schema([
         pa.field("id", pa.string()), pa.field("formula", pa.string()), pa.field("n_atoms", pa.int32()),
         pa.field("status", pa.string()), pa.field("reason", pa.string()), pa.field("seconds", pa.float64()),
@@ -52,16 +70,15 @@ class _WbmRelaxation(Evaluator):
 
     @property
     def protocol(self) -> RelaxProtocol:
-        return RelaxProtocol.model_validate(self.config.options["relax"])
+        return self.options.relax
 
     @property
     def symprecs(self) -> list[float]:
-        return [float(s) for s in self.config.options["symprecs"]]
+        return list(self.options.symprecs)
 
     def work_key(self) -> str:
-        o = self.config.options
         return ("wbm-relax:" + self.protocol.model_dump_json()
-                + f":{o['energy_corrections']}:{self.symprecs}")
+                + f":{self.options.energy_corrections}:{self.symprecs}")
 
     def accepts(self, atoms: Atoms) -> str | None:
         if "wbm" not in atoms.info or "e_refs" not in atoms.info:
@@ -70,7 +87,7 @@ class _WbmRelaxation(Evaluator):
         return None
 
     def _corrections(self, atoms: Atoms) -> str:
-        setting = self.config.options["energy_corrections"]
+        setting = self.options.energy_corrections
         if setting == "auto":
             # MP2020 is fitted to PBE/PBE+U: it applies to DFT labels, never to EMT-labelled sets.
             return "none" if atoms.info.get("labels") == "EMT" else "mp2020"
@@ -127,19 +144,25 @@ def _floats(values: pa.ChunkedArray, keep: np.ndarray | bool = True) -> np.ndarr
 
 
 class Discovery(_WbmRelaxation):
+    # the prediction columns that come from the dataset, not the model (``id`` is always one)
+    reference_columns = ("formula", "n_atoms", "each_true", "e_form_dft", "unique_prototype")
+    Options = DiscoveryOptions
+
     def metrics(self, table: pa.Table) -> dict[str, Any]:
         ok = pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False)
         converged = pc.fill_null(table.column("converged"), False).to_numpy(zero_copy_only=False)
         by_subset = m.discovery_metrics(_floats(table.column("each_true")), _floats(table.column("e_form_pred"), ok),
                                         _floats(table.column("e_form_dft")),
                                         table.column("unique_prototype").to_numpy(zero_copy_only=False),
-                                        int(self.config.options["most_stable_n"]))
-        headline_subset = self.config.options["headline_subset"]
+                                        self.options.most_stable_n)
+        headline_subset = self.options.headline_subset
         return {**by_subset[headline_subset], "subsets": by_subset, "n_failed": int((~ok).sum()),
                 "converged_fraction": float(converged[ok].mean()) if ok.any() else None}
 
 
 class GeoOpt(_WbmRelaxation):
+    # the prediction columns that come from the dataset, not the model (``id`` is always one)
+    reference_columns = ("formula", "n_atoms", "each_true", "e_form_dft", "unique_prototype", "spg_ref", "n_ops_ref")
     def accepts(self, atoms: Atoms) -> str | None:
         return super().accepts(atoms) or (
             None if "dft_relaxed" in atoms.info else

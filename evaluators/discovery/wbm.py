@@ -39,6 +39,7 @@ from pathlib import Path
 from ase import Atoms
 
 from mlip_zoo.errors import DatasetError
+from mlip_zoo.evaluators.data import DatasetFormat, sha256_file
 
 
 @dataclass(frozen=True)
@@ -276,6 +277,21 @@ def iter_wbm(path: Path) -> Iterator[Atoms]:
     finally:
         if relaxed_zip is not None:
             relaxed_zip.close()
+
+
+def wbm_sha256(path: Path) -> str:
+    """What a result on a WBM layout depends on: every file of it, keyed by its role."""
+    h = hashlib.sha256()
+    for key, file in sorted(WbmLayout.find(path).files.items()):
+        h.update(f"{key}:{sha256_file(file)}\n".encode())
+    return h.hexdigest()
+
+
+# Declared by the discovery tasks (Evaluator.formats): the initial-atoms zip joined with its
+# summary and references.
+WBM_FORMAT = DatasetFormat(name="wbm", description="a Matbench Discovery WBM layout (folder or *.extxyz.zip)",
+                           matches=is_wbm_layout, read=iter_wbm, sha256=wbm_sha256,
+                           folder="a Matbench Discovery WBM layout")
 
 
 def md5_file(path: Path) -> str:

@@ -18,13 +18,14 @@ Run ``python -m mlip_zoo.evaluators.eos.make_dataset [--out DIR]``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.resources
 import json
 from pathlib import Path
 
 from ase import Atoms
 from ase.io import write
+
+from mlip_zoo.zoo.weights import sha256_of
 
 NAME = "dcdft-wien2k"  # a hyphen: setuptools would take a plain identifier for a package
 FILE = "dcdft.extxyz"
@@ -81,9 +82,9 @@ def generate(out: Path) -> dict:
         "attribution": (f"{CITATION}; data from ASE's dcdft collection (ase/collections/dcdft.json, "
                         "LGPL-2.1-or-later), after the Δ project's WIEN2k.txt (molmod.ugent.be/deltacodesdft)"),
         "citation": CITATION,
-        "source": {"file": "ase/collections/dcdft.json", "sha256": hashlib.sha256(source.read_bytes()).hexdigest()},
+        "source": {"file": "ase/collections/dcdft.json", "sha256": sha256_of(source)},
         "generator": "mlip_zoo.evaluators.eos.make_dataset",
-        "files": {FILE: {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "n": len(images)}},
+        "files": {FILE: {"sha256": sha256_of(path), "n": len(images)}},
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
     return manifest

@@ -57,6 +57,8 @@ class Scores:
 
 
 class EOS(Evaluator):
+    # the prediction columns that come from the dataset, not the model (``id`` is always one)
+    reference_columns = ("element", "n_atoms", "v0_ref", "b0_ref", "b1_ref")
     schema = pa.schema([
         pa.field("id", pa.string()), pa.field("element", pa.string()), pa.field("n_atoms", pa.int32()),
         pa.field("volumes", _VEC), pa.field("energies", _VEC),  # per atom: Å³, eV
@@ -68,9 +70,11 @@ class EOS(Evaluator):
         super().__init__(config)
         self._memo: dict[bytes, tuple[np.ndarray, str | None]] = {}  # row contents -> (V0, B0, B1, Δ), reason
 
+    Options = Protocol
+
     @property
     def protocol(self) -> Protocol:
-        return Protocol.model_validate(self.config.options)
+        return self.options
 
     def accepts(self, atoms: Atoms) -> str | None:
         symbols = set(atoms.get_chemical_symbols())

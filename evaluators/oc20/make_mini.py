@@ -67,6 +67,7 @@ from ase.constraints import FixAtoms
 from mlip_zoo.evaluators.base import load_task_config
 from mlip_zoo.evaluators.relax import RelaxProtocol, Relaxation, relax
 from mlip_zoo.zoo import load_potential
+from mlip_zoo.zoo.weights import sha256_of
 
 LABEL = "oc20-mini (EMT labels)"
 # The labels come from the protocol the IS2RE/IS2RS tasks run, on systems where it is path-insensitive.
@@ -184,7 +185,7 @@ def ase_json_db(path: Path, images: list[Atoms], arrays: tuple[str, ...] = ()) -
             ident = f"{row['key_value_pairs']['sid']}/{row['key_value_pairs'].get('fid', '')}"
             row["unique_id"] = hashlib.md5(ident.encode()).hexdigest()
     path.write_text(json.dumps(raw, indent=1, sort_keys=True) + "\n")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return sha256_of(path)
 
 
 def fmax_trace(protocol: RelaxProtocol) -> tuple[Callable[[Atoms, int], None], list[float]]:

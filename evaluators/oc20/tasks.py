@@ -13,6 +13,7 @@ its forces and positions metrics are undefined (fairchem's EFwT raises on it).
 
 from __future__ import annotations
 
+import math
 import time
 from abc import abstractmethod
 from typing import Any
@@ -21,7 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from ase import Atoms
+from pydantic import BaseModel, ConfigDict, Field
 
+from mlip_zoo.evaluators import plots as plotting
 from mlip_zoo.evaluators.base import Evaluator, Terms
 from mlip_zoo.evaluators.data import free_mask, record_id
 from mlip_zoo.evaluators.oc20 import metrics as m
@@ -121,29 +124,62 @@ def _report(terms: Terms, splits: list[str]) -> dict[str, Any]:
     return out
 
 
+REDUCED = b"mlipzoo.reduced"  # schema metadata of a table that is already a task's reduced rows
+
+
 class _OC20Task(Evaluator):
     """Every OC20 metric is a ratio of per-row sums: one set of per-row terms, computed
-    column-wise from the Arrow table, gives the metrics, the bootstrap's fast path, and lets the
-    runner summarise shard by shard (``complete_terms``)."""
+    column-wise from the Arrow table, is the task's reduced rows (``reduce``: a total and a numel
+    column per metric), gives the metrics and the bootstrap's fast path."""
 
-    complete_terms = True
+    kept = ("id", "split", "status")  # the columns reduce keeps besides the terms
 
     @abstractmethod
     def _ok_terms(self, ok: pa.Table) -> Terms:
         """Per-row terms of the task's metrics over a table of ok rows."""
 
-    def metric_terms(self, table: pa.Table) -> Terms:
-        return _by_split(table, self._ok_terms(table.filter(pc.equal(table.column("status"), "ok"))),
-                         self.config.splits)
+    def reduce(self, table: pa.Table) -> pa.Table:
+        if table.schema.metadata and REDUCED in table.schema.metadata:
+            return table
+        ok = pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False)
+        columns = {name: table.column(name) for name in self.kept}
+        for key, (total, numel) in self._ok_terms(table.filter(ok)).items():
+            for part, values in (("total", total), ("numel", numel)):
+                spread = np.zeros(table.num_rows)  # failed rows add nothing
+                spread[ok] = values
+                columns[f"{key}:{part}"] = pa.array(spread)
+        return pa.table(columns).replace_schema_metadata({REDUCED: self.key.encode()})
 
-    def metrics_from_terms(self, terms: Terms) -> dict[str, Any]:
-        return _report(terms, self.config.splits)
+    def metric_terms(self, table: pa.Table) -> Terms:
+        rows = self.reduce(table)
+        ok = pc.equal(rows.column("status"), "ok").to_numpy(zero_copy_only=False)
+        keys = [name.removesuffix(":total") for name in rows.column_names if name.endswith(":total")]
+        ok_terms = {key: (_numbers(rows, f"{key}:total")[ok], _numbers(rows, f"{key}:numel")[ok]) for key in keys}
+        return _by_split(rows, ok_terms, self.config.splits)
 
     def metrics(self, table: pa.Table) -> dict[str, Any]:
-        return self.metrics_from_terms(self.metric_terms(table))
+        return _report(self.metric_terms(table), self.config.splits)
+
+
+class S2EFOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    energy_threshold: float = Field(gt=0)  # eV: EwT counts |error| below it
+    force_threshold: float = Field(gt=0)  # eV/Å: EFwT's force bound
+
+
+class RelaxOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    relax: RelaxProtocol
+
+
+class IS2REOptions(RelaxOptions):
+    energy_threshold: float = Field(gt=0)  # eV: EwT counts |error| below it
 
 
 class S2EF(_OC20Task):
+    # the prediction columns that come from the dataset, not the model (``id`` is always one)
+    reference_columns = ("split", "n_atoms", "energy_true", "forces_true", "free")
+    Options = S2EFOptions
     schema = pa.schema([*_COMMON, pa.field("energy_true", pa.float64()), pa.field("energy_pred", pa.float64()),
                         pa.field("forces_true", _VEC), pa.field("forces_pred", _VEC),
                         pa.field("free", pa.list_(pa.bool_()))])
@@ -152,6 +188,9 @@ class S2EF(_OC20Task):
         if atoms.calc is None or "energy" not in atoms.calc.results or "forces" not in atoms.calc.results:
             return "S2EF needs reference energy and forces on every record"
         return None
+
+    def figures(self, data: dict[str, dict[str, Any]]) -> list[plotting.Figure]:
+        return [plotting.ENERGY_PARITY, plotting.FORCES_PARITY]
 
     def run(self, potential: Potential, records: list[Atoms]) -> list[dict]:
         rows = []
@@ -182,21 +221,25 @@ class S2EF(_OC20Task):
         return m.s2ef_terms(_numbers(ok, "energy_true"), _numbers(ok, "energy_pred"), forces_true.reshape(-1, 3),
                             forces_pred.reshape(-1, 3), free,
                             np.repeat(np.arange(ok.num_rows), n_atoms),
-                            energy_threshold=self.config.options["energy_threshold"],
-                            force_threshold=self.config.options["force_threshold"])
+                            energy_threshold=self.options.energy_threshold,
+                            force_threshold=self.options.force_threshold)
 
 
 class _Relaxation(_OC20Task):
     """Relax each initial structure with the model; rows carry energy and positions."""
+    # the prediction columns that come from the dataset, not the model (``id`` is always one)
+    reference_columns = ("split", "n_atoms", "energy_true", "pos_true", "cell", "pbc", "free")
 
     schema = pa.schema([*_COMMON, pa.field("energy_true", pa.float64()), pa.field("energy_pred", pa.float64()),
                         pa.field("pos_true", _VEC), pa.field("pos_pred", _VEC), pa.field("cell", _VEC),
                         pa.field("pbc", pa.list_(pa.bool_())), pa.field("free", pa.list_(pa.bool_())),
                         pa.field("converged", pa.bool_()), pa.field("steps", pa.int32())])
 
+    Options = RelaxOptions
+
     @property
     def protocol(self) -> RelaxProtocol:
-        return RelaxProtocol.model_validate(self.config.options["relax"])
+        return self.options.relax
 
     def work_key(self) -> str:
         # Same dataset + same relaxation protocol = same rows, whichever of IS2RE/IS2RS asks.
@@ -231,22 +274,50 @@ class _Relaxation(_OC20Task):
 
 
 class IS2RE(_Relaxation):
+    kept = ("id", "split", "status", "converged")
+    Options = IS2REOptions
+
+    def figures(self, data: dict[str, dict[str, Any]]) -> list[plotting.Figure]:
+        return [plotting.Figure("energy", "Relaxed energy parity", unit="eV")]
+
     def _ok_terms(self, ok: pa.Table) -> Terms:
         return m.is2re_terms(_numbers(ok, "energy_true"), _numbers(ok, "energy_pred"),
-                             energy_threshold=self.config.options["energy_threshold"])
+                             energy_threshold=self.options.energy_threshold)
 
     def metric_terms(self, table: pa.Table) -> Terms:
-        ok = pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False).astype(float)
-        converged = pc.fill_null(table.column("converged"), False).to_numpy(zero_copy_only=False).astype(float)
-        return {**super().metric_terms(table), "converged_fraction": (converged * ok, ok)}
+        rows = self.reduce(table)
+        ok = pc.equal(rows.column("status"), "ok").to_numpy(zero_copy_only=False).astype(float)
+        converged = pc.fill_null(rows.column("converged"), False).to_numpy(zero_copy_only=False).astype(float)
+        return {**super().metric_terms(rows), "converged_fraction": (converged * ok, ok)}
 
-    def metrics_from_terms(self, terms: Terms) -> dict[str, Any]:
-        converged, ok = terms["converged_fraction"]
-        return {**super().metrics_from_terms({k: v for k, v in terms.items() if k != "converged_fraction"}),
+    def metrics(self, table: pa.Table) -> dict[str, Any]:
+        terms = self.metric_terms(table)
+        converged, ok = terms.pop("converged_fraction")
+        return {**_report(terms, self.config.splits),
                 "converged_fraction": Metric(float(converged.sum()), int(ok.sum())).value}
 
 
 class IS2RS(_Relaxation):
+    plot_columns = (*plotting.PARITY_COLUMNS, "pos_true", "pos_pred", "cell")
+
+    def plots(self, table: pa.Table, metrics: dict[str, Any]) -> dict[str, Any] | None:
+        """The generic plots, and the ADwT curve: per system the mean minimum-image distance over
+        free atoms, every axis periodic (as ADwT scores it)."""
+        out = super().plots(table, metrics)
+        ok = plotting.ok_rows(table)
+        if ok:
+            dists = []
+            for r in ok:
+                free = np.asarray(r["free"], bool)
+                diff = (np.reshape(r["pos_pred"], (-1, 3)) - np.reshape(r["pos_true"], (-1, 3)))[free]
+                d = np.linalg.norm(m.min_image(diff, np.reshape(r["cell"], (3, 3))), axis=1)
+                dists.append(float(d.mean()) if d.size else math.nan)
+            thresholds, frac = m.adwt_curve(dists)
+            out["adwt"] = {"x": plotting.rounded(thresholds), "y": plotting.rounded(frac)}
+        return out
+
+    def figures(self, data: dict[str, dict[str, Any]]) -> list[plotting.Figure]:
+        return [plotting.Figure("adwt", "Distance within threshold")]
     def _ok_terms(self, ok: pa.Table) -> Terms:
         pos_true, n_true = _stacked(ok, "pos_true")
         pos_pred, n_pred = _stacked(ok, "pos_pred")

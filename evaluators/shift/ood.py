@@ -27,8 +27,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from ase import Atoms
+from pydantic import BaseModel, ConfigDict, Field
 
 from mlip_zoo.errors import ConfigError
+from mlip_zoo.evaluators import plots as plotting
 from mlip_zoo.evaluators.base import Evaluator, TaskConfig, load_task_config
 from mlip_zoo.evaluators.data import Dataset, free_mask, record_id, resolve_dataset, sha256_file
 from mlip_zoo.evaluators.shift.stats import (AXES, MPTRJ, STATISTICS_REFERENCES, UNAVAILABLE, StatisticsReference,
@@ -37,15 +39,41 @@ from mlip_zoo.zoo.card import ModelCard
 from mlip_zoo.zoo.potential import Potential
 
 _VEC = pa.list_(pa.float64())
-ERRORS = ("energy_per_atom_mae", "forces_mae", "forces_cosine")
 AUTO = "auto"  # reference: MPtrj when the model was trained on it, else the task's shipped reference
 
 
-def reference_dataset(option: str | dict) -> Dataset:
+class EmbeddedSet(BaseModel):
+    """A dataset shipped under configs/datasets/: its folder and file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    dataset: str
+    file: str
+
+
+class Bins(BaseModel):
+    """Bin edges of each axis score: bins are "< first", [a, b) between edges, ">= last"."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    element: list[float] = Field(min_length=1)
+    force_norm: list[float] = Field(min_length=1)
+    connectivity: list[float] = Field(min_length=1)
+
+
+class OODShiftOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # an embedded set, a path to a labelled file, a statistics-only reference (mptrj) or auto
+    reference: EmbeddedSet | str
+    stats: StatsConfig = StatsConfig()
+    bins: Bins
+
+
+def reference_dataset(option: EmbeddedSet | dict | str) -> Dataset:
     """The training set a task's ``reference`` option names: ``{dataset, file}`` of an embedded
     set (checked against its manifest) or a path to the user's own file."""
     if isinstance(option, dict):
-        return resolve_dataset(option["dataset"], option["file"])
+        option = EmbeddedSet.model_validate(option)
+    if isinstance(option, EmbeddedSet):
+        return resolve_dataset(option.dataset, option.file)
     if option in STATISTICS_REFERENCES or option == AUTO:
         raise ConfigError(f"options.reference {option!r} names no training structures, which this task needs; "
                           "give an embedded set {dataset, file} or the path of a labelled file")
@@ -76,6 +104,10 @@ def bin_labels(edges: list[float]) -> list[str]:
 
 
 class OODShift(Evaluator):
+    # the prediction columns that come from the dataset, not the model (``id`` is always one)
+    reference_columns = ("split", "n_atoms", "energy_true", "forces_true", "free", "shift_element", "shift_force_norm",
+                         "shift_connectivity", "ood_element", "ood_force_norm", "ood_connectivity")
+    Options = OODShiftOptions
     schema = pa.schema([
         pa.field("id", pa.string()), pa.field("split", pa.string()), pa.field("n_atoms", pa.int32()),
         pa.field("status", pa.string()), pa.field("reason", pa.string()), pa.field("seconds", pa.float64()),
@@ -86,14 +118,10 @@ class OODShift(Evaluator):
 
     _stats: tuple[TrainingStats, Path] | tuple[StatisticsReference, None] | None = None
 
-    @property
-    def stats_config(self) -> StatsConfig:
-        return StatsConfig.model_validate(self.config.options.get("stats", {}))
-
     def for_card(self, card: ModelCard) -> TaskConfig:
         """``reference: auto`` resolved for the model: MPtrj when its card's ``training_sets`` name
         it, else the reference of the task's shipped config."""
-        if self.config.options.get("reference") != AUTO:
+        if self.options.reference != AUTO:
             return self.config
         reference = MPTRJ if trained_on_mptrj(card) else load_task_config(self.key).options.get("reference")
         if reference in (AUTO, None):
@@ -106,14 +134,14 @@ class OODShift(Evaluator):
         """The reference's statistics and their cache file (computed on first use; a
         statistics-only reference has no cache file)."""
         if self._stats is None:
-            option = self.config.options["reference"]
+            option = self.options.reference
             if option == AUTO:
                 raise ConfigError(f"task {self.key}: reference auto depends on the model; resolve it with "
                                   "Evaluator.for_card(card) first (mlipzoo eval does)")
             if isinstance(option, str) and option in STATISTICS_REFERENCES:
                 self._stats = STATISTICS_REFERENCES[option](), None
             else:
-                self._stats = training_stats(reference_dataset(option).path, self.stats_config)
+                self._stats = training_stats(reference_dataset(option).path, self.options.stats)
         return self._stats
 
     def work_key(self) -> str:
@@ -129,6 +157,36 @@ class OODShift(Evaluator):
             return {"training_stats": stats.model_dump(exclude={"element_fraction"})}
         return {"training_stats": {"file": str(path), "sha256": sha256_file(path),
                                    "reference": stats.reference.model_dump(), "config": stats.config.model_dump()}}
+
+    def plots(self, table: pa.Table, metrics: dict[str, Any]) -> dict[str, Any] | None:
+        """The generic plots, and the force error per bin of each shift axis, from the metrics
+        themselves; an n/a axis (the reference cannot place structures there) has no bins."""
+        out = super().plots(table, metrics)
+        axes = metrics.get("axes")
+        if isinstance(axes, dict):
+            out["shift"] = {axis: {"x": [b["range"] for b in d["bins"].values()],
+                                   "y": [b["forces_mae"] for b in d["bins"].values()],
+                                   "n": [b["n"] for b in d["bins"].values()]}
+                            for axis, d in axes.items() if "bins" in d}
+        return out
+
+    def figures(self, data: dict[str, dict[str, Any]]) -> list[plotting.Figure]:
+        """Force parity, then force MAE per bin of each axis some model has bins on (never an
+        empty figure for an axis that is n/a against the reference)."""
+        reference = self.options.reference
+        if isinstance(reference, str) and reference in STATISTICS_REFERENCES:  # the column keeps its name
+            force = ("force tail", "share of free-atom force components in the training |F| tail")
+        elif reference == AUTO:  # per model: MPtrj's rule for MPtrj-trained models
+            force = ("force", "mean |F| of the labels (eV/Å), or against MPtrj the share of force components "
+                              "in its |F| tail")
+        else:
+            force = ("force norm", "mean |F| of the labels (eV/Å)")
+        labels = {"element": ("element", "share of absent or rare-element atoms"), "force_norm": force,
+                  "connectivity": ("connectivity", "spectral distance from training")}
+        present = {axis for d in data.values() for axis in d.get("shift", {})}
+        return [plotting.FORCES_PARITY,
+                *(plotting.Figure("shift", f"Force MAE vs {labels[a][0]} shift (per bin)", axis=a, xlabel=labels[a][1])
+                  for a in AXES if a in present)]
 
     def accepts(self, atoms: Atoms) -> str | None:
         if atoms.calc is None or "energy" not in atoms.calc.results or "forces" not in atoms.calc.results:
@@ -174,7 +232,7 @@ class OODShift(Evaluator):
             groups[f"axes.{a}.id."] = ok & ~ood[a]
             groups[f"axes.{a}.ood."] = ok & ood[a]
             score = np.array(data[f"shift_{a}"], dtype=float)
-            edges = self.config.options["bins"][a]
+            edges = getattr(self.options.bins, a)
             index = np.searchsorted(np.asarray(edges, float), score, side="right")
             for b, _ in enumerate(bin_labels(edges)):
                 groups[f"axes.{a}.bins.bin{b}."] = ok & (index == b)
@@ -183,10 +241,24 @@ class OODShift(Evaluator):
             groups[f"splits.{s}."] = ok & np.array([x == s for x in data["split"]], dtype=bool)
         return groups
 
+    def reduce(self, table: pa.Table) -> pa.Table:
+        """Rows of the group columns and the per-row error terms (no per-atom arrays)."""
+        if "forces_true" not in table.column_names:
+            return table  # reduced already
+        keep = ["id", "split", "status", *[f"{p}_{a}" for a in AXES for p in ("shift", "ood")]]
+        columns = {name: table.column(name) for name in keep}
+        for name, (total, numel) in self._row_terms(table).items():
+            columns[f"{name}:total"], columns[f"{name}:numel"] = pa.array(total), pa.array(numel)
+        return pa.table(columns)
+
     def _row_terms(self, table: pa.Table) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per-row (total, numel) of each error metric over the free atoms (fixed ones, held by
         FixAtoms, are not scored, as in S2EF); zeros on failed rows."""
         n = table.num_rows
+        if "forces_true" not in table.column_names:  # reduced rows carry them
+            return {name.removesuffix(":total"): (table.column(name).to_numpy(),
+                                                  table.column(name.replace(":total", ":numel")).to_numpy())
+                    for name in table.column_names if name.endswith(":total")}
         e_abs, f_abs, f_n, cos, n_atoms = (np.zeros(n) for _ in range(5))
         data = table.select(["status", "n_atoms", "energy_true", "energy_pred", "forces_true", "forces_pred",
                              "free"]).to_pylist()
@@ -231,7 +303,7 @@ class OODShift(Evaluator):
         for prefix, mask in groups.items():
             if ".bins." in prefix:  # name the bin before its numbers
                 axis, b = prefix.split(".")[1], int(prefix.split(".")[3][3:])
-                put(prefix + "range", bin_labels(self.config.options["bins"][axis])[b])
+                put(prefix + "range", bin_labels(getattr(self.options.bins, axis))[b])
             for name, (total, numel) in terms.items():
                 denominator = float(numel[mask].sum())
                 put(prefix + name, float(total[mask].sum()) / denominator if denominator > 0 else None)

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mlip_zoo.evaluators.base import Evaluator
 from mlip_zoo.evaluators.data import free_mask, record_id
-from mlip_zoo.evaluators.shift.ood import reference_dataset
+from mlip_zoo.evaluators.shift.ood import EmbeddedSet, reference_dataset
 from mlip_zoo.zoo.potential import Potential
 from mlip_zoo.zoo.ttt import TTTProtocol
 
@@ -61,7 +61,7 @@ class TTTOptions(TTTProtocol):
 
 class TTROptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    reference: str | dict[str, str]  # the training set: {dataset, file} of an embedded set, or a path
+    reference: EmbeddedSet | str  # the training set: {dataset, file} of an embedded set, or a path
     radius: RadiusOptions
     ttt: TTTOptions
 
@@ -73,6 +73,8 @@ def _method_fields(method: str) -> list[pa.Field]:
 
 
 class TTR(Evaluator):
+    # the prediction columns that come from the dataset, not the model (``id`` is always one)
+    reference_columns = ("split", "n_atoms", "energy_true", "forces_true", "free")
     schema = pa.schema([
         pa.field("id", pa.string()), pa.field("split", pa.string()), pa.field("n_atoms", pa.int32()),
         pa.field("status", pa.string()), pa.field("reason", pa.string()), pa.field("seconds", pa.float64()),
@@ -84,9 +86,7 @@ class TTR(Evaluator):
         *_method_fields("ttt"),
     ])
 
-    @property
-    def options(self) -> TTROptions:
-        return TTROptions.model_validate(self.config.options)
+    Options = TTROptions
 
     def work_key(self) -> str:
         # The reference file decides every r*: a new file, new shards.

@@ -19,7 +19,6 @@ ASE version. Run ``python -m mlip_zoo.evaluators.symmetry.make_mini [--out DIR] 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.resources
 import json
 from pathlib import Path
@@ -29,6 +28,8 @@ from ase import Atoms
 from ase.build import bulk, fcc111
 from ase.cluster import Icosahedron
 from ase.io import write
+
+from mlip_zoo.zoo.weights import sha256_of
 
 LABEL = "symmetry-mini (generated structures, no labels)"
 RATTLE = 0.05  # Å, standard deviation
@@ -89,7 +90,7 @@ def generate(out: Path, seed: int = 0) -> dict:
     path = out / "symmetry.extxyz"
     images = structures(seed)
     write(path, images, format="extxyz")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = sha256_of(path)
     manifest = {
         "name": "symmetry-mini", "label": LABEL,
         "description": (f"{LABEL}: rattled ({RATTLE} Å) bulk cells (Cu fcc, primitive Al fcc), alloys (Cu3Au L1_2, "

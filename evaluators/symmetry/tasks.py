@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from ase import Atoms
+from pydantic import BaseModel, ConfigDict
 
 from mlip_zoo.evaluators.base import Evaluator
 from mlip_zoo.evaluators.data import record_id
@@ -35,7 +36,14 @@ ERROR_COLUMNS = [f"{check}_{q}" for check, qs in QUANTITIES.items() for q in qs]
 _VEC = pa.list_(pa.float64())
 
 
+class SymmetryOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    protocol: Protocol
+
+
 class Symmetry(Evaluator):
+    # the prediction columns that come from the dataset, not the model (``id`` is always one)
+    reference_columns = ("kind", "n_atoms")
     schema = pa.schema([
         pa.field("id", pa.string()), pa.field("kind", pa.string()), pa.field("n_atoms", pa.int32()),
         pa.field("status", pa.string()), pa.field("reason", pa.string()), pa.field("seconds", pa.float64()),
@@ -45,9 +53,11 @@ class Symmetry(Evaluator):
         pa.field("nve_prerelax_steps", pa.int32()), pa.field("nve_prerelax_converged", pa.bool_()),
     ])
 
+    Options = SymmetryOptions
+
     @property
     def protocol(self) -> Protocol:
-        return Protocol.model_validate(self.config.options["protocol"])
+        return self.options.protocol
 
     def run(self, potential: Potential, records: list[Atoms]) -> list[dict]:
         protocol, rows = self.protocol, []
