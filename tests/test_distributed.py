@@ -391,6 +391,20 @@ def test_scancelled_job_is_replaced_and_costs_no_result(slurm, slurm_env, slow_r
     assert any(int(i) > int(running[0]["id"]) for i in jobs), jobs  # a job submitted after the cancellation
 
 
+@pytest.mark.slow
+def test_workers_retiring_before_their_walltime_are_replaced(slurm, slurm_env, slow_reference, tmp_path):
+    """docs/scale-out.md's walltime recipe: each worker retires after --lifetime (as it would
+    before its job's walltime), its job ends, and a new one takes over; the numbers do not move."""
+    config = slurm_config(tmp_path / "slurm.yaml", jobs=1, worker_extra_args=["--lifetime", "10s"])
+    env = {**slurm_env, "DASK_DISTRIBUTED__DEPLOY__LOST_WORKER_TIMEOUT": "1s"}
+    before = {j["id"] for j in slurm.finished()} | {j["id"] for j in slurm.queue()}
+    # One worker needs ~10 s for these 200 slow structures, so the first one retires mid-run.
+    proc = mlipzoo("eval", "slow-emt", "oc20-s2ef", "--limit", LIMIT, "--cluster", "slurm", "--cluster-config", config,
+                   "--out", tmp_path / "out", "--wandb", "disabled", "--json", env=env)
+    same_numbers(json.loads(proc.stdout), slow_reference)
+    assert len(new_jobs(slurm, before, 2)) >= 2  # the first job and at least one that replaced it
+
+
 def test_jobs_waiting_in_the_queue_are_waited_for(slurm, slurm_env, tmp_path):
     """Jobs held in the queue longer than Dask's connect timeout: the run waits for its workers
     (as on a busy cluster) instead of failing, and gives the numbers of a local run."""
