@@ -91,7 +91,7 @@ def finish(proc: subprocess.Popen, timeout=300) -> tuple[int, str, str]:
 
 
 def finished_shards(out: Path) -> list[Path]:
-    """Shards written whole: the checksum file comes last (runner.run_shard)."""
+    """Shards written whole: the checksum file comes last (evaluators/shards.py: write)."""
     return sorted(p.with_name(p.name[:-len(".sha256")]) for p in out.rglob("shard-*.parquet.sha256"))
 
 
@@ -257,8 +257,15 @@ def test_a_shard_that_kills_its_workers_is_a_clear_error(base_env, tmp_path):
         frames.append(atoms)
     write(tmp_path / "set.extxyz", frames, format="extxyz")
     (tmp_path / "cards").mkdir()
-    (tmp_path / "cards" / "lethal-emt.yaml").write_text(textwrap.dedent(SLOW_CARD).replace(
-        "slow-emt", "lethal-emt").replace("SlowEMT", "LethalEMT").replace("calculator_kwargs: {delay: 0.05}\n", ""))
+    (tmp_path / "cards" / "lethal-emt.yaml").write_text(textwrap.dedent("""\
+        key: lethal-emt
+        name: EMT that takes its process down on marked structures
+        version: "1"
+        family: ase
+        calculator: "fake_calcs:LethalEMT"
+        license: MIT
+        targets: EFS
+        """))
     env = {**base_env, "MLIPZOO_CARDS": str(tmp_path / "cards"),
            "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1"}  # give up after two deaths, not four
     proc = mlipzoo("eval", "lethal-emt", "oc20-s2ef", "--dataset", tmp_path / "set.extxyz", "--workers", 1,
