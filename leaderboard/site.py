@@ -30,6 +30,7 @@ from markupsafe import Markup
 
 from mlip_zoo.errors import CardError, ConfigError, MlipZooError
 from mlip_zoo.evaluators.base import Evaluator, TaskConfig, evaluator_for, load_task_config, task_keys
+from mlip_zoo.evaluators import plots as plotting
 from mlip_zoo.evaluators.pipeline import is_pipeline_check, label_check
 from mlip_zoo.evaluators.store import ResultStore, StoredResult, read_stored
 from mlip_zoo.leaderboard.ranking import (Results, _combined_terms, _rank_facts, _rankings, _term_replicates, combined,
@@ -37,6 +38,7 @@ from mlip_zoo.leaderboard.ranking import (Results, _combined_terms, _rank_facts,
 from mlip_zoo.zoo.card import ModelCard, builtin_cards_dir, load_cards
 
 TEMPLATES = Path(__file__).parent / "templates"
+PLOT_ROWS = 20_000  # structures per result the plots are drawn from (a fixed random sample beyond)
 MARKER = ".mlipzoo-site"  # only a folder carrying this is ever replaced (never wipe a user's folder)
 MAX_FAILURES = 50
 SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # keys become file names
@@ -134,14 +136,36 @@ def _cards() -> dict[str, ModelCard]:
 
 
 def _plot_data(stored: StoredResult, evaluator: Evaluator) -> dict[str, Any] | None:
-    """The task's plot data of one result (``Evaluator.plots``), from the columns of its predictions
-    file the task plots (never ids or reasons) and its metrics."""
+    """The task's plot data of one result (``Evaluator.plots``) from at most ``PLOT_ROWS``
+    structures of its predictions (a fixed random sample, read a row group at a time, so a
+    million-frame file costs what a small one does), the columns the task plots (never ids or
+    reasons) and its metrics; the mean seconds per structure is over every row."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     try:
-        path = stored.predictions
-        columns = [c for c in pq.read_schema(path).names if c in evaluator.plot_columns]
-        return evaluator.plots(pq.read_table(path, columns=columns), stored.record.metrics)
+        file = pq.ParquetFile(stored.predictions)
+        columns = [c for c in file.schema_arrow.names if c in evaluator.plot_columns]
+        n = file.metadata.num_rows
+        chosen, parts, start = plotting.sample(n, PLOT_ROWS), [], 0
+        for group in range(file.num_row_groups):
+            size = file.metadata.row_group(group).num_rows
+            rows = chosen[(chosen >= start) & (chosen < start + size)] - start
+            if rows.size:
+                parts.append(file.read_row_group(group, columns=columns).take(rows))
+            start += size
+        table = pa.concat_tables(parts) if parts else file.schema_arrow.empty_table().select(columns)
+        data = evaluator.plots(table, stored.record.metrics)
+        if "seconds" in file.schema_arrow.names and data is not None:
+            times = [b.filter(pc.equal(b.column("status"), "ok")).column("seconds")
+                     for b in file.iter_batches(columns=["status", "seconds"])]
+            total = sum(pc.sum(t).as_py() or 0.0 for t in times)
+            counted = sum(len(t) - t.null_count for t in times)
+            data["seconds"] = total / counted if counted else None
+        if data is not None and n > PLOT_ROWS:
+            data["sampled"] = {"rows": table.num_rows, "of": n}
+        return data
     except (MlipZooError, OSError, ValueError) as exc:
         warnings.warn(f"no plots for {stored.record.model} x {evaluator.key}: {exc}", stacklevel=3)
         return None

@@ -249,7 +249,7 @@ def test_tampered_weights(fake_hub, card_dir):
     card = read_card(card_dir("hubm", "key: hubm\nname: H\nversion: '1'\nfamily: emt\nlicense: MIT\ntargets: EF\n"
                                       f"weights:\n  - {{filename: w.pt, hf_repo: org/model, revision: '{'f' * 40}', "
                                       f"sha256: '{hashlib.sha256(good).hexdigest()}'}}\n"))
-    with pytest.raises(ChecksumMismatchError, match=r"hubm/w.pt .* quarantined"):
+    with pytest.raises(ChecksumMismatchError, match=r"hubm/w.pt: the bytes served by hub changed: .* quarantined"):
         resolve_weights(card)
 
 

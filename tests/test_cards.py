@@ -77,8 +77,6 @@ def test_unknown_key_suggests_close_matches():
          r"weights.0.filename: .*must be a relative path"),
         ("package path escape", "weights:\n  - {filename: w.pt, sha256: %s, mirrors: [{package: ase, path: ../../x}]}\n" % ("a" * 64),
          r"weights.0.mirrors.0.*must not contain '..'"),
-        ("url without sha256", "weights:\n  - {filename: w.pt, mirrors: [{url: 'https://x.org/w.pt'}]}\n",
-         r"weights.0: sha256 is required when the file has a package or URL mirror"),
         ("package without sha256", "weights:\n  - {filename: w.pt, mirrors: [{package: ase, path: w.pt}]}\n",
          r"weights.0: sha256 is required"),
         ("bad sha256", "weights:\n  - {filename: w.pt, sha256: xyz, mirrors: [{package: ase, path: w.pt}]}\n",

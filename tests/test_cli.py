@@ -80,7 +80,7 @@ def test_validate_accepts_the_repos_cards():
         ("family: not-a-family\n", "unknown model family 'not-a-family'"),
         ("family: emt\nweights:\n  - {filename: ../w.pt, sha256: %s, mirrors: [{url: 'https://e.org/w'}]}\n" % ("0" * 64),
          "weights.0.filename"),
-        ("family: emt\nweights:\n  - {filename: w.pt, mirrors: [{url: 'https://e.org/w'}]}\n", "sha256 is required"),
+        ("family: emt\nweights:\n  - {filename: w.pt, mirrors: [{package: ase, path: w.pt}]}\n", "sha256 is required"),
     ],
     ids=["unknown-key", "unknown-family", "dotdot", "no-sha256"],
 )

@@ -258,3 +258,22 @@ def test_site_marks_models_it_cannot_tell_apart(tmp_path, card_dir, monkeypatch)
     table = re.search(r'<table class="plain ranking".*?</table>', task, re.S).group(0)
     assert table.count('class="rank-range">1</td>') == 2
     assert table.count('class="pair ns"') == 2 and 'class="pair sig"' not in table
+
+
+def test_plots_of_a_large_result_come_from_a_stated_sample(tmp_path):
+    """A result of more structures than the plots read (site.PLOT_ROWS) is plotted from a fixed
+    sample that the page states; the speed point still averages every row."""
+    import pyarrow.parquet as pq
+
+    from synthetic import write_s2ef_result
+
+    from mlip_zoo.leaderboard import site
+
+    path = write_s2ef_result(tmp_path / "results", site.PLOT_ROWS + 5000, atoms=4)
+    index = site.build_site(tmp_path / "results", tmp_path / "site")
+    page = (index.parent / "tasks" / "oc20-s2ef.html").read_text()
+    assert f"{site.PLOT_ROWS} of {site.PLOT_ROWS + 5000}" in page
+    data = json.loads(page.split('<script type="application/json" id="plot-data">')[1].split("</script>")[0])
+    seconds = pq.read_table(path.with_suffix(".parquet"), columns=["seconds"]).column("seconds").to_numpy()
+    assert data["models"]["emt"]["seconds"] == pytest.approx(seconds.mean(), rel=1e-12)
+    assert len(data["models"]["emt"]["energy"]["x"]) == 5000

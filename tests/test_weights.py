@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import sha256
 
 from mlip_zoo.errors import ChecksumMismatchError, UntrustedCheckpointError, WeightsNotAvailableError
 from mlip_zoo.zoo.card import get_card, read_card
-from mlip_zoo.zoo.weights import assert_safe_checkpoint, resolve_weights
+from mlip_zoo.zoo.checkpoints import assert_safe_checkpoint
+from mlip_zoo.zoo.weights import resolve_weights
 
 COMMIT = "a" * 40
 PAYLOAD = b"pretend weights \x00\x01\x02" * 1000
@@ -122,6 +124,112 @@ def test_first_download_pins_sha256_and_commit_in_lock(fake_hub, card_dir):
         resolve_weights(card)
 
 
+URL_CARD = """\
+key: url-model
+name: URL-only model
+version: "1"
+family: emt
+license: MIT
+targets: EFS
+weights:
+  - filename: model.ckpt
+    mirrors: [{{url: "{url}"}}]
+"""
+
+
+@pytest.fixture
+def file_server(monkeypatch):
+    from hub_server import FileServer
+
+    server = FileServer()
+    server.start()
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    yield server
+    server.stop()
+
+
+def _fetch(card_dir, *extra):
+    from typer.testing import CliRunner
+
+    from mlip_zoo.cli import app
+
+    result = CliRunner().invoke(app, ["models", "fetch", "url-model", "--json", *extra],
+                                env={"MLIPZOO_CARDS": str(card_dir.dir)})
+    return result.exit_code, (json.loads(result.stdout) if result.stdout.strip() else None), result
+
+
+def test_url_source_without_sha256_is_pinned_on_first_fetch_then_verified_then_refused_when_changed(
+        file_server, card_dir, tmp_path, monkeypatch):
+    """Trust on first use for a URL published without a checksum (a release asset, an S3 object)."""
+    import datetime as dt
+
+    file_server.files["/models/model.ckpt"] = PAYLOAD
+    url = file_server.url + "/models/model.ckpt"
+    card_dir("url-model", URL_CARD.format(url=url))
+    lock_file = card_dir.dir / "weights.lock"
+
+    # First fetch: downloaded, hashed, pinned with the URL and the date, and the user is told.
+    code, (row,), _ = _fetch(card_dir)
+    assert code == 0 and row["ok"], row
+    (first,) = row["files"]
+    assert first["source"] == "url" and first["sha256"] == sha256(PAYLOAD)
+    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+    assert json.loads(lock_file.read_text()) == {
+        "url-model": {"model.ckpt": {"sha256": sha256(PAYLOAD), "url": url, "pinned": today}}}
+    assert f"sha256: {sha256(PAYLOAD)}" in first["pinned"] and str(card_dir.dir / "url-model.yaml") in first["pinned"]
+    assert len(file_server.requests) == 1
+
+    # Second fetch: the cached copy, verified against the pin; nothing downloaded, nothing re-pinned.
+    code, (row,), _ = _fetch(card_dir)
+    assert code == 0 and row["files"][0]["source"] == "url-cache" and row["files"][0]["pinned"] is None
+    assert len(file_server.requests) == 1
+    locked = lock_file.read_bytes()
+
+    # Upstream swaps the bytes. Where the verified copy is cached, it keeps being used, untouched.
+    file_server.files["/models/model.ckpt"] = b"swapped upstream " + PAYLOAD
+    cached = Path(first["path"])
+    code, (row,), _ = _fetch(card_dir)
+    assert code == 0 and row["files"][0]["source"] == "url-cache" and cached.read_bytes() == PAYLOAD
+
+    # On a machine without that copy (the lock committed, a fresh cache) the new bytes are refused,
+    # naming both hashes, and quarantined; the pin is not moved.
+    monkeypatch.setenv("MLIPZOO_CACHE", str(tmp_path / "another-machine"))
+    code, (row,), _ = _fetch(card_dir)
+    assert code == 1 and not row["ok"]
+    new_sha = sha256(b"swapped upstream " + PAYLOAD)
+    assert sha256(PAYLOAD) in row["error"] and new_sha in row["error"] and url in row["error"]
+    assert "quarantined" in row["error"] and str(lock_file) in row["error"]
+    quarantined = [p for p in (tmp_path / "another-machine" / "quarantine").iterdir() if not p.name.endswith(".reason")]
+    assert [p.read_bytes() for p in quarantined] == [b"swapped upstream " + PAYLOAD]
+    assert not (tmp_path / "another-machine" / "url" / "url-model" / "model.ckpt").exists()
+    assert lock_file.read_bytes() == locked
+
+    # Loading goes through the same resolution, so it refuses as well.
+    from mlip_zoo.zoo.registry import load_potential
+
+    with pytest.raises(ChecksumMismatchError, match=new_sha):
+        load_potential(read_card(card_dir.dir / "url-model.yaml"))
+
+    # Once the card carries the sha256 (as the first fetch said to do), the card decides.
+    card_dir("url-model", URL_CARD.format(url=url).replace(
+        "    mirrors:", f"    sha256: {sha256(PAYLOAD)}\n    mirrors:"))
+    monkeypatch.setenv("MLIPZOO_CACHE", str(tmp_path / "mlipzoo-cache"))
+    code, (row,), _ = _fetch(card_dir)
+    assert code == 0 and row["files"][0]["sha256"] == sha256(PAYLOAD)
+
+
+def test_url_pin_removed_on_purpose_repins_the_new_file(file_server, card_dir):
+    """The documented way to accept a replaced upstream file: review it, delete its lock entry."""
+    file_server.files["/m.ckpt"] = PAYLOAD
+    card_dir("url-model", URL_CARD.format(url=file_server.url + "/m.ckpt"))
+    assert _fetch(card_dir)[0] == 0
+    file_server.files["/m.ckpt"] = b"version 2"
+    (card_dir.dir / "weights.lock").write_text("{}\n")
+    code, (row,), _ = _fetch(card_dir)
+    assert code == 0 and row["files"][0]["source"] == "url" and row["files"][0]["sha256"] == sha256(b"version 2")
+    assert Path(row["files"][0]["path"]).read_bytes() == b"version 2"
+
+
 def test_offline_and_not_cached_says_network_needed(card_dir):
     card = hub_card(card_dir, sha="e" * 64)
     with pytest.raises(WeightsNotAvailableError) as info:
@@ -136,6 +244,21 @@ def test_hub_only_card_in_the_zoo_fails_clearly_offline():
         resolve_weights(get_card("mace-mp-0b3-medium"))
     with pytest.raises(WeightsNotAvailableError, match="no public weights"):
         resolve_weights(get_card("tdn"))
+
+
+@pytest.mark.parametrize("key", ["mace-mpa-0-medium", "orb-v3-conservative-inf-mpa", "mattersim-v1-1m",
+                                 "mattersim-v1-5m"])
+def test_url_only_cards_in_the_zoo_are_real_cards_that_say_how_to_fetch(key):
+    """Published without a checksum, these cards carry their URL and no sha256: the first fetch
+    pins it (trust on first use). Offline they say what is needed."""
+    card = get_card(key)
+    (wf,) = card.weight_files
+    assert card.available and wf.sha256 is None and wf.mirrors and not wf.hf_repo
+    url = wf.mirrors[0].url
+    assert url.startswith("https://") and url.endswith(wf.filename)
+    with pytest.raises(WeightsNotAvailableError, match=rf"{key}.*network needed(.|\n)*URL {url}: "
+                                                       rf"(.|\n)*`mlipzoo models fetch {key}`"):
+        resolve_weights(card)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, 
                       model_validator)
 
 from mlip_zoo.errors import CardError, UnknownModelError
+from mlip_zoo.zoo.safe_yaml import StrictLoader, StrictYAMLError, read_bounded_text
 
 KEY_PATTERN = r"^[a-z0-9]+(?:[.-][a-z0-9]+)*$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
@@ -35,7 +36,7 @@ Capability = Literal["stress", "magmom", "radius_refinement", "test_time_trainin
 
 # Suffixes whose loading means full unpickling (can run arbitrary code). This only lets `validate`
 # ask for `trusted: true` early; the file itself is judged from its bytes before any loading
-# (weights.assert_safe_checkpoint), whatever its name or declared format.
+# (checkpoints.assert_safe_checkpoint), whatever its name or declared format.
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".model")
 TORCH_SUFFIXES = (".pt", ".pth", ".tar", ".ckpt")
 
@@ -115,10 +116,11 @@ class WeightFile(_Strict):
     def _sources(self) -> WeightFile:
         if not self.hf_repo and not self.mirrors:
             raise ValueError("needs a source: set hf_repo (with revision) or add a mirror")
-        if self.mirrors and not self.sha256:
-            # A Hub file can be pinned by its first download (weights.lock); a package copy or a
-            # URL has no such anchor, so without a sha256 nothing would tell a swapped file apart.
-            raise ValueError("sha256 is required when the file has a package or URL mirror")
+        if any(isinstance(m, PackageMirror) for m in self.mirrors) and not self.sha256:
+            # A Hub or URL file can be pinned by its first download (weights.lock, trust on first
+            # use); a package copy has no download to pin, so only the card can tell it apart.
+            raise ValueError("sha256 is required when the file has a package mirror (a Hub or URL source "
+                             "without one is pinned in weights.lock by `mlipzoo models fetch`)")
         if self.hf_repo and not self.revision:
             raise ValueError("hf_repo needs a revision (a commit sha, or a branch that the lock pins)")
         return self
@@ -384,64 +386,13 @@ def _format_validation_error(path: Path, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-class _CardYAMLError(yaml.YAMLError):
-    """A card uses YAML the zoo refuses; the message names the line."""
-
-
-class _CardLoader(yaml.SafeLoader):
-    """YAML's safe subset, minus aliases and duplicate keys.
-
-    An alias (``*name``) repeats a node by reference, so a few lines can stand for billions of
-    values (the "billion laughs" bomb) that hang whatever walks the card. A repeated key would
-    silently keep the last value (``license: MIT`` then ``license: GPL-3.0``)."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise _CardYAMLError(
-                f"line {event.start_mark.line + 1}: YAML alias *{event.anchor} is not allowed in a model card "
-                "(aliases can expand exponentially); write the value out in full")
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node, deep=False):
-        self.flatten_mapping(node)
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node)
-            line = key_node.start_mark.line + 1
-            try:
-                if key in seen:
-                    raise _CardYAMLError(f"line {line}: duplicate key {key!r} (first set on line {seen[key]}); "
-                                         "keep one of them")
-                seen[key] = line
-            except TypeError:  # unhashable: the base constructor reports it
-                continue
-        return super().construct_mapping(node, deep)
-
-
-def _read_text(path: Path) -> str:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(CARD_MAX_BYTES + 1)  # bounded even if the size changes or lies (a FIFO, /dev/zero)
-    except OSError as exc:
-        raise CardError(f"{path}: cannot read model card ({exc.strerror or exc})") from exc
-    if len(raw) > CARD_MAX_BYTES:
-        raise CardError(f"{path}: a model card may be at most {CARD_MAX_BYTES // 1024} KiB and this file is "
-                        "larger; keep long text in the paper or repository it links to")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise CardError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); "
-                        "save the card as UTF-8") from None
-
-
 def read_card(path: str | Path) -> ModelCard:
     """Parse and validate one card file; every error names the file and the dotted field."""
     path = Path(path)
-    text = _read_text(path)
+    text = read_bounded_text(path, CARD_MAX_BYTES, "model card")
     try:
-        data = yaml.load(text, Loader=_CardLoader)
-    except _CardYAMLError as exc:
+        data = yaml.load(text, Loader=StrictLoader)
+    except StrictYAMLError as exc:
         raise CardError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise CardError(f"{path}: not valid YAML: {exc}") from exc

@@ -301,6 +301,9 @@ def _failing_requirement(output: str) -> tuple[str, str]:
 def _build_error(card: ModelCard, env: Environment, step: str, output: str) -> EnvBuildError:
     if step == "pip":
         req, what = _failing_requirement(output)
+    elif step == "import check":  # installed, but does not import: say what Python said
+        last = [line for line in output.splitlines() if line.strip()][-1:] or ["(no output)"]
+        req, what = "", f"its packages installed, but importing them fails: {last[0].strip()}"
     else:
         req, what = "", f"{step} failed"
     detail = "\n".join(line for line in output.splitlines() if line.strip() and any(
@@ -328,11 +331,23 @@ print(json.dumps(seen))
 _PROBE_IMPORTS = ("mlip_zoo.zoo.registry", "dask.distributed", "pyarrow.parquet", "ase")
 
 
+def _family_imports(card: ModelCard) -> tuple[str, ...]:
+    """The framework modules the card's family adapter imports (its ``IMPORTS``): importing them
+    at build time catches an environment whose packages install but cannot load together (e.g. a
+    CUDA-linked wheel beside a CPU torch), before any worker is started."""
+    import importlib
+
+    from mlip_zoo.zoo.registry import families
+
+    entry = families().get(card.family)
+    return tuple(getattr(importlib.import_module(entry.module), "IMPORTS", ())) if entry else ()
+
+
 def _probe(card: ModelCard, env: Environment, log) -> dict:
     """Check the finished environment from inside: mlip-zoo's worker side imports, every card
     requirement is met, and the Dask stack matches the driver's."""
-    versions = json.loads(_run([str(env.python), "-c", _PROBE, *_PROBE_IMPORTS], log, card, env, "import check")
-                          .strip().splitlines()[-1])
+    versions = json.loads(_run([str(env.python), "-c", _PROBE, *_PROBE_IMPORTS, *_family_imports(card)], log, card,
+                               env, "import check").strip().splitlines()[-1])
     for req in _requirements(card):
         have = versions.get(canonicalize_name(req.name))
         if req.marker is not None and not req.marker.evaluate():

@@ -14,7 +14,8 @@ from mlip_zoo.errors import MissingExtraError, UnknownFamilyError
 from mlip_zoo.plugins import Plugins
 from mlip_zoo.zoo.card import ModelCard, get_card
 from mlip_zoo.zoo.potential import Potential, resolve_device
-from mlip_zoo.zoo.weights import assert_safe_checkpoint, resolve_weights
+from mlip_zoo.zoo.checkpoints import assert_safe_checkpoint
+from mlip_zoo.zoo.weights import resolve_weights
 
 FAMILIES = Plugins("mlip_zoo.families", "model family", UnknownFamilyError)
 

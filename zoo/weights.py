@@ -13,36 +13,26 @@ Settings are read from the environment when used, never at import:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
 import urllib.error
 import urllib.request
-import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlip_zoo.errors import ChecksumMismatchError, UntrustedCheckpointError, WeightsNotAvailableError
+from mlip_zoo.errors import ChecksumMismatchError, WeightsNotAvailableError
 from mlip_zoo.zoo.card import ModelCard, PackageMirror, UrlMirror, WeightFile
+from mlip_zoo.zoo.checkpoints import checkpoint_hazard
 
 LOCK_NAME = "weights.lock"
 _TRUE = {"1", "true", "yes", "on"}
-
-# Globals a torch checkpoint may reference beyond torch's own safe set: numpy arrays, which
-# SevenNet stores in its config. Rebuilding an ndarray runs no user code.
-NUMPY_ARRAY_GLOBALS = (
-    "numpy.core.multiarray._reconstruct",
-    "numpy._core.multiarray._reconstruct",
-    "numpy.ndarray",
-    "numpy.dtype",
-)
-
 
 # ---------------------------------------------------------------------------------------------
 # Settings
@@ -158,6 +148,19 @@ class ResolvedFile:
     path: Path
     sha256: str
     source: str  # "hub-cache", "hub", "url-cache", "url", "package"
+    url: str | None = None  # the URL a "url" download came from
+    pinned: dict | None = None  # the lock entry this resolution wrote (trust on first use), else None
+
+    def pin_message(self, card: ModelCard) -> str | None:
+        """What a first download pinned, and how to make the pin part of the card."""
+        if not self.pinned:
+            return None
+        where = f"from {self.pinned['url']}" if "url" in self.pinned else \
+            f"at commit {self.pinned.get('revision', '?')}"
+        return (f"pinned {card.key}/{self.filename} {where}: sha256 {self.sha256} in {lock_path(card)} "
+                f"(trust on first use: later loads verify against it and refuse changed bytes). To make it "
+                f"part of the card, add `sha256: {self.sha256}` to this file's entry in "
+                f"{card.path or 'the card'} and commit it (or commit {LOCK_NAME}).")
 
 
 class _Attempts:
@@ -168,6 +171,12 @@ class _Attempts:
 
     def add(self, source: str, outcome: str) -> None:
         self.lines.append(f"  - {source}: {outcome}")
+
+
+def _today() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).date().isoformat()
 
 
 def resolve_weights(card: ModelCard, *, allow_network: bool | None = None) -> dict[str, ResolvedFile]:
@@ -191,12 +200,17 @@ def _resolve_one(card: ModelCard, wf: WeightFile, locked: dict[str, str], networ
     tried = _Attempts()
 
     for source, path in _local_copies(card, wf, revision, tried):
+        if expected is None and source == "url-cache":
+            continue  # nothing vouches for it (its pin was removed): download and pin afresh
         found = _verify(card, wf, path, expected, source, tried)
         if found:
             return _pin(card, wf, found, locked)
 
     if not network:
         tried.add("network", "not tried (offline: HF_HUB_OFFLINE or MLIPZOO_OFFLINE is set)")
+        for m in wf.mirrors:  # where it would come from, e.g. to copy it in by hand
+            if isinstance(m, UrlMirror):
+                tried.add(f"URL {m.url}", "not tried (offline)")
     else:
         for source, path in _downloads(card, wf, revision, tried):
             found = _verify(card, wf, path, expected, source, tried)
@@ -246,36 +260,54 @@ def _downloads(card: ModelCard, wf: WeightFile, revision: str | None, tried: _At
         if isinstance(m, UrlMirror):
             path = _url_download(m.url, _url_cache_path(card, wf), tried)
             if path:
-                yield "url", path
+                yield f"url {m.url}", path
 
 
 def _verify(card, wf, path: Path, expected: str | None, source: str, tried: _Attempts) -> ResolvedFile | None:
     digest = sha256_of(path)
+    url = source.removeprefix("url ") if source.startswith("url ") else None
     if expected is None or digest == expected:
+        if url:  # a verified download enters the URL cache only now (see _url_download)
+            final = path.with_name(path.name.removesuffix(".download"))
+            os.replace(path, final)
+            return ResolvedFile(wf.filename, final, digest, "url", url=url)
         return ResolvedFile(wf.filename, path, digest, source)
+    pinned_by = "the card" if wf.sha256 else f"the pin in {lock_path(card)}"
     reason = (f"{card.key}/{wf.filename} from {source} ({path}) has sha256 {digest}, "
-              f"expected {expected}")
+              f"expected {expected} ({pinned_by})")
     if source == "package":
         tried.add(f"package copy {path}", f"REFUSED: sha256 {digest} != {expected} (reinstall the package)")
     else:
         dest = quarantine(path, reason)
         tried.add(source, f"REFUSED: sha256 {digest} != {expected}; moved to {dest}")
-    if source in ("hub", "url"):
+    if source == "hub" or url:
         # A fresh download that does not match is tampering or a moved revision: stop, don't guess.
-        raise ChecksumMismatchError(reason + f"; the file was quarantined in {dest.parent} and not loaded. "
-                                    "If the upstream file legitimately changed, update sha256 in the card.")
+        if url and not wf.sha256:
+            fix = (f"If the publisher really replaced the file, review the new one, then delete this file's "
+                   f"entry for {card.key} in {lock_path(card)} and fetch again to pin it.")
+        else:
+            fix = "If the upstream file legitimately changed, update sha256 in the card."
+        raise ChecksumMismatchError(
+            f"{card.key}/{wf.filename}: the bytes served by {url or source} changed: sha256 {digest}, but "
+            f"{pinned_by} says {expected}. The new file was quarantined as {dest} and not loaded"
+            + ("; the verified copy already cached, if any, is untouched" if url else "") + f". {fix}")
     return None
 
 
 def _pin(card: ModelCard, wf: WeightFile, found: ResolvedFile, locked: dict[str, str]) -> ResolvedFile:
-    """Record the hash (and Hub commit) of a file the card could not pin itself."""
+    """Record the hash (and Hub commit, or URL and date) of a file the card could not pin itself."""
     entry = {"sha256": found.sha256}
     if found.source.startswith("hub"):
         commit = _commit_of_snapshot(found.path)
         if commit:
             entry["revision"] = commit
+    elif found.source == "url" and not locked.get("sha256"):
+        entry["url"] = found.url
     if not wf.sha256 and entry != {k: locked.get(k) for k in entry}:
+        if "url" in entry:
+            entry["pinned"] = _today()  # when trust was given, for whoever reviews the lock
         _write_lock(card, wf.filename, entry)
+        return dataclasses.replace(found, pinned=entry)
     return found
 
 
@@ -323,13 +355,16 @@ def _url_cache_path(card: ModelCard, wf: WeightFile) -> Path:
 
 
 def _url_download(url: str, dest: Path, tried: _Attempts) -> Path | None:
+    """Download to ``<dest>.download`` beside the cache; ``_verify`` moves it to ``dest`` only once
+    its hash is right, so a changed upstream file can never replace a verified cached copy."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
+    tmp, done = dest.with_name(dest.name + ".part"), dest.with_name(dest.name + ".download")
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+        request = urllib.request.Request(url, headers={"User-Agent": "mlip-zoo"})
+        with urllib.request.urlopen(request, timeout=60) as response, open(tmp, "wb") as f:
             shutil.copyfileobj(response, f)
-        os.replace(tmp, dest)
-        return dest
+        os.replace(tmp, done)
+        return done
     except (urllib.error.URLError, OSError) as exc:
         tmp.unlink(missing_ok=True)
         tried.add(f"URL {url}", f"failed: {getattr(exc, 'reason', exc)}")
@@ -345,140 +380,6 @@ def _package_path(mirror: PackageMirror) -> Path | None:
 
 # ---------------------------------------------------------------------------------------------
 # Loading safety
-
-
-# What a pickle does on loading is decided by its opcodes, never by the file's name or the card's
-# ``format``: a file is judged by what torch.load, numpy.load or pickle.load would do with its bytes.
-_TORCH_ZIP, _NPY = b"PK\x03\x04", b"\x93NUMPY"
-# Opcodes that import something (find_class). Without one, nothing callable reaches the stack, so
-# REDUCE, BUILD or NEWOBJ can only fail: these are the opcodes that make unpickling run code.
-_IMPORTING_OPCODES = {"GLOBAL", "INST", "STACK_GLOBAL", "EXT1", "EXT2", "EXT4"}
-_STRING_OPCODES = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
-                   "SHORT_BINSTRING", "BINGET", "GET", "LONG_BINGET"}
-_DOTTED_PAIR = re.compile(r"[A-Za-z_][\w.]* [A-Za-z_][\w.]*")
-
-
-def unsafe_globals(path: str | Path) -> list[str]:
-    """Python globals a torch checkpoint would import when unpickled, beyond torch's safe set.
-
-    Reads the pickle opcodes only; nothing is executed.
-    """
-    from torch.serialization import get_unsafe_globals_in_checkpoint
-
-    return sorted(get_unsafe_globals_in_checkpoint(str(path)))
-
-
-def checkpoint_hazard(path: str | Path, allow: Iterable[str] = ()) -> str | None:
-    """Why loading ``path`` could run code, judged from its bytes; None when no loader could.
-
-    A torch zip archive may reference torch's safe globals and ``allow``; a ``.npy`` (alone or in
-    a zip) may not hold Python objects; any other file must not start with pickle opcodes that
-    import something (a raw pickle of any protocol, or torch's legacy format). Nothing is executed.
-    """
-    path = Path(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-        f.seek(0)
-        if head.startswith(_NPY):
-            return _npy_hazard(f)
-        if head.startswith(_TORCH_ZIP):
-            return _zip_hazard(path, allow)
-        if _is_safetensors(f, head, path.stat().st_size):
-            return None
-        return _pickle_hazard(f)
-
-
-def _is_safetensors(f, head: bytes, size: int) -> bool:
-    """8-byte little-endian header length, then that many bytes of a JSON object: inert tensors."""
-    n = int.from_bytes(head, "little") if len(head) == 8 else 0
-    if not 2 <= n <= min(size - 8, 100 << 20):
-        return False
-    f.seek(8)
-    try:
-        header = json.loads(f.read(n))
-    except ValueError:
-        return False
-    finally:
-        f.seek(0)
-    return isinstance(header, dict)
-
-
-def _npy_hazard(f) -> str | None:
-    import numpy as np
-
-    try:
-        version = np.lib.format.read_magic(f)
-        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                       (2, 0): np.lib.format.read_array_header_2_0}[version]
-        _, _, dtype = read_header(f)
-    except (KeyError, ValueError) as exc:
-        return f"is a .npy array whose header cannot be checked ({exc or 'unsupported version'})"
-    return "is a numpy array of Python objects (loading it unpickles)" if dtype.hasobject else None
-
-
-def _zip_hazard(path: Path, allow: Iterable[str]) -> str | None:
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-        if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
-            try:
-                extra = [g for g in unsafe_globals(path) if g not in set(allow)]
-            except Exception as exc:  # torch could not read it, so it cannot be shown to be safe
-                return f"is a torch archive that cannot be scanned ({exc})"
-            if extra:
-                return (f"needs full unpickling (it references {', '.join(extra[:6])}"
-                        f"{' ...' if len(extra) > 6 else ''})")
-            return None
-        for name in names:  # e.g. an .npz: numpy.load unpickles object arrays in it
-            with archive.open(name) as member:
-                head = member.read(8)
-            with archive.open(name) as member:
-                hazard = (_npy_hazard(member) if head.startswith(_NPY)
-                          else _pickle_hazard(member) if head[:1] == b"\x80" else None)
-            if hazard:
-                return f"holds {name}, which {hazard}"
-    return None
-
-
-def _pickle_hazard(f) -> str | None:
-    """Walk the pickles at the start of ``f`` (torch's legacy format is several in a row) up to
-    the first bytes that are not pickle opcodes, as pickle.load would execute them."""
-    import pickletools
-
-    imports: list[str] = []
-    while not imports:
-        strings = 0
-        try:
-            for op, arg, _ in pickletools.genops(f):
-                if op.name in _STRING_OPCODES:
-                    strings += 1
-                elif op.name in ("GLOBAL", "INST") and _DOTTED_PAIR.fullmatch(str(arg)):
-                    imports.append(str(arg).replace(" ", "."))
-                elif op.name == "STACK_GLOBAL" and strings >= 2:
-                    imports.append("<a global named on the stack>")
-                elif op.name.startswith("EXT"):
-                    imports.append(f"<copyreg extension {arg}>")
-        except Exception:  # not (or no longer) pickle opcodes: pickle.load stops executing here too
-            break
-        if not f.read(1):
-            break
-        f.seek(-1, os.SEEK_CUR)
-    if imports:
-        return (f"is a pickle whose loading imports and calls {', '.join(imports[:6])}"
-                f"{' ...' if len(imports) > 6 else ''}")
-    return None
-
-
-def assert_safe_checkpoint(card: ModelCard, path: Path, allow: Iterable[str] = ()) -> None:
-    """Refuse a weights file whose loading could run code (see ``checkpoint_hazard``), unless the
-    card is ``trusted``. ``load_potential`` calls this on every file of every family before the
-    family's loader sees it; ``allow`` is the family's ``CHECKPOINT_GLOBALS``."""
-    if card.trusted:
-        return
-    hazard = checkpoint_hazard(path, allow)
-    if hazard:
-        raise UntrustedCheckpointError(
-            f"{card.key}: {path.name} {hazard}, which can run arbitrary code; it was not loaded. Review where "
-            f"it comes from, then set `trusted: true` and a trusted_reason in {card.path or 'the card'}.")
 
 
 def local_status(card: ModelCard) -> str:

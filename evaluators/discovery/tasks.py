@@ -148,6 +148,10 @@ class Discovery(_WbmRelaxation):
     reference_columns = ("formula", "n_atoms", "each_true", "e_form_dft", "unique_prototype")
     Options = DiscoveryOptions
 
+    def reduce(self, table: pa.Table) -> pa.Table:
+        """The columns the metrics read; the relaxed structures (positions, cell) stay in the file."""
+        return table.select(["id", "status", "converged", "each_true", "e_form_pred", "e_form_dft", "unique_prototype"])
+
     def metrics(self, table: pa.Table) -> dict[str, Any]:
         ok = pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False)
         converged = pc.fill_null(table.column("converged"), False).to_numpy(zero_copy_only=False)
@@ -163,6 +167,11 @@ class Discovery(_WbmRelaxation):
 class GeoOpt(_WbmRelaxation):
     # the prediction columns that come from the dataset, not the model (``id`` is always one)
     reference_columns = ("formula", "n_atoms", "each_true", "e_form_dft", "unique_prototype", "spg_ref", "n_ops_ref")
+
+    def reduce(self, table: pa.Table) -> pa.Table:
+        """The columns the metrics read; the relaxed structures (positions, cell) stay in the file."""
+        return table.select(["id", "status", "rmsd", "spg_pred", "spg_ref", "n_ops_pred", "n_ops_ref"])
+
     def accepts(self, atoms: Atoms) -> str | None:
         return super().accepts(atoms) or (
             None if "dft_relaxed" in atoms.info else

@@ -14,6 +14,7 @@ its forces and positions metrics are undefined (fairchem's EFwT raises on it).
 from __future__ import annotations
 
 import math
+import json
 import time
 from abc import abstractmethod
 from typing import Any
@@ -60,7 +61,14 @@ NO_FREE_ATOMS = f"no free atoms: {m.NO_FREE_ATOMS}"
 
 
 def _numbers(table: pa.Table, column: str) -> np.ndarray:
-    return table.column(column).to_numpy().astype(float)
+    return np.asarray(table.column(column).to_numpy(), dtype=float)
+
+
+def _spread(values: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Per-row values of the ok rows on every row of the table; failed rows add nothing."""
+    out = np.zeros(ok.size)
+    out[ok] = values
+    return out
 
 
 def _stacked(table: pa.Table, column: str) -> tuple[np.ndarray, np.ndarray]:
@@ -139,22 +147,28 @@ class _OC20Task(Evaluator):
         """Per-row terms of the task's metrics over a table of ok rows."""
 
     def reduce(self, table: pa.Table) -> pa.Table:
+        """A ``<metric>:total`` column per metric and one column per distinct numel (a count of free
+        atoms, of systems: metrics that share one keep sharing it, a third of the memory);
+        the schema metadata maps each metric to its numel column."""
         if table.schema.metadata and REDUCED in table.schema.metadata:
             return table
         ok = pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False)
         columns = {name: table.column(name) for name in self.kept}
+        numels: dict[int, str] = {}  # id of a numel array -> its column
+        owner = {}
         for key, (total, numel) in self._ok_terms(table.filter(ok)).items():
-            for part, values in (("total", total), ("numel", numel)):
-                spread = np.zeros(table.num_rows)  # failed rows add nothing
-                spread[ok] = values
-                columns[f"{key}:{part}"] = pa.array(spread)
-        return pa.table(columns).replace_schema_metadata({REDUCED: self.key.encode()})
+            if id(numel) not in numels:
+                numels[id(numel)] = f"numel{len(numels)}"
+                columns[numels[id(numel)]] = pa.array(_spread(numel, ok))
+            columns[f"{key}:total"], owner[key] = pa.array(_spread(total, ok)), numels[id(numel)]
+        return pa.table(columns).replace_schema_metadata({REDUCED: json.dumps(owner).encode()})
 
     def metric_terms(self, table: pa.Table) -> Terms:
         rows = self.reduce(table)
         ok = pc.equal(rows.column("status"), "ok").to_numpy(zero_copy_only=False)
-        keys = [name.removesuffix(":total") for name in rows.column_names if name.endswith(":total")]
-        ok_terms = {key: (_numbers(rows, f"{key}:total")[ok], _numbers(rows, f"{key}:numel")[ok]) for key in keys}
+        owner = json.loads(rows.schema.metadata[REDUCED])
+        numels = {name: _numbers(rows, name)[ok] for name in dict.fromkeys(owner.values())}  # shared, as in reduce
+        ok_terms = {key: (_numbers(rows, f"{key}:total")[ok], numels[name]) for key, name in owner.items()}
         return _by_split(rows, ok_terms, self.config.splits)
 
     def metrics(self, table: pa.Table) -> dict[str, Any]:

@@ -83,8 +83,8 @@ def models_fetch(
         try:
             files = resolve_weights(card)
             results.append({"model": card.key, "ok": True, "files": [
-                {"filename": f.filename, "path": str(f.path), "sha256": f.sha256, "source": f.source}
-                for f in files.values()]})
+                {"filename": f.filename, "path": str(f.path), "sha256": f.sha256, "source": f.source,
+                 "pinned": f.pin_message(card)} for f in files.values()]})
         except MlipZooError as exc:
             failed += 1
             results.append({"model": card.key, "ok": False, "error": str(exc)})
@@ -96,6 +96,8 @@ def models_fetch(
                 for f in r["files"]:
                     out.print(f"[green]ok[/] {r['model']}: {f['filename']} ({f['source']}) sha256 {f['sha256'][:12]}… "
                               f"{escape(f['path'])}", highlight=False)
+                    if f["pinned"]:  # trust on first use: say what was trusted and how to commit it
+                        out.print(f"[yellow]{escape(f['pinned'])}[/]", highlight=False)
             else:
                 err.print(f"[red]failed[/] {escape(r['error'])}", highlight=False)
     if failed:

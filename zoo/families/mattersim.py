@@ -7,6 +7,9 @@ from __future__ import annotations
 from mlip_zoo.zoo.potential import CalculatorPotential
 from mlip_zoo.zoo.registry import require_module
 
+# Imported when the card's environment is built (zoo/envs.py), so a broken install fails there.
+IMPORTS = ("mattersim.forcefield",)
+
 
 def load(card, files, *, device, dtype):
     forcefield = require_module(card, "mattersim.forcefield")

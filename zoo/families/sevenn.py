@@ -16,7 +16,7 @@ import numpy as np
 from mlip_zoo.zoo.potential import CalculatorPotential
 from mlip_zoo.zoo.registry import require_module
 from mlip_zoo.zoo.ttt import Trainable
-from mlip_zoo.zoo.weights import NUMPY_ARRAY_GLOBALS
+from mlip_zoo.zoo.checkpoints import NUMPY_ARRAY_GLOBALS
 
 CHECKPOINT_GLOBALS = NUMPY_ARRAY_GLOBALS
 
