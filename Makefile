@@ -26,10 +26,19 @@ run: venv
 	$(VENV)/bin/mlipzoo models check --all
 	$(VENV)/bin/mlipzoo run
 
-# Tests run against the installed wheel, as users get it, not the source tree. The site test
-# drives Debian's chromium (no browser download): install it when it is missing and we can.
+# Tests run against the installed wheel, as users get it, not the source tree. Some drive Debian
+# packages, installed when missing and we can (as root): chromium for the site test (no browser
+# download), slurm-wlm and munge for a private single-node SLURM (tests/slurm_local.py).
+# Each entry is package:command-it-provides.
+TEST_DEBS ?= chromium:chromium slurm-wlm:slurmctld munge:munged
 test: venv
-	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: the browser test will be skipped"; }
+	@missing=""; for pair in $(TEST_DEBS); do \
+	  command -v $${pair#*:} >/dev/null 2>&1 || [ -x /usr/sbin/$${pair#*:} ] || missing="$$missing $${pair%%:*}"; \
+	done; \
+	[ -z "$$missing" ] || if [ "$$(id -u)" = 0 ] && apt-get update -qq; then \
+	  for deb in $$missing; do DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$deb >/dev/null \
+	    || echo "$$deb could not be installed: the tests that drive it will be skipped"; done; \
+	else echo "not installed:$$missing (needs root and apt): the tests that drive them will be skipped"; fi
 	rm -rf dist
 	$(PIP) install --quiet build
 	$(PY) -m build --wheel --outdir dist . > dist-build.log 2>&1 || (cat dist-build.log; exit 1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from ase import Atoms
 
 from mlip_zoo.errors import ConfigError, EnvError
+from mlip_zoo.evaluators.cluster_faults import capacity, cluster_failure, keep_jobs
 from mlip_zoo.evaluators.plan import Plan, RunOptions
 from mlip_zoo.evaluators.worker import run_shard
 from mlip_zoo.zoo.envs import Environment
@@ -82,7 +84,7 @@ class Clusters:
             return Client(opts.scheduler), None
         if opts.cluster == "slurm":
             cluster, jobs = slurm_cluster(opts.cluster_config)
-            cluster.scale(jobs=jobs)
+            keep_jobs(cluster, jobs, opts.cluster_config)  # checked with SLURM first; a cancelled job is replaced
             return Client(cluster), cluster
         cluster = LocalCluster(n_workers=max(1, opts.workers), threads_per_worker=1, processes=True,
                                dashboard_address=None, silence_logs=50)
@@ -99,7 +101,7 @@ class Clusters:
                 f"workers from {env.python}), or --env shared if that interpreter has the model's packages")
         if opts.cluster == "slurm":
             cluster, jobs = slurm_cluster(opts.cluster_config, python=str(env.python))
-            cluster.scale(jobs=jobs)
+            keep_jobs(cluster, jobs, opts.cluster_config)
             return Client(cluster), cluster
         n = max(1, opts.workers)
         cluster = _env_local_cluster(env, n)
@@ -154,17 +156,28 @@ def run_shards(plan: Plan, pending: Iterable[tuple[list[Atoms], Path]], clusters
 
     opts = clusters.opts
     client = clusters.client(plan.environment)
-    n_workers = max(1, len(client.scheduler_info().get("workers", {})) or opts.workers)
-    local = opts.cluster == "local" and not opts.scheduler
-    threads = (opts.torch_threads or max(1, (os.cpu_count() or 1) // n_workers)) if local else None
-    plan_future = client.scatter(plan, broadcast=True)
-    in_flight = as_completed()
-    for records, path in pending:
-        in_flight.add(client.submit(run_shard, plan_future, records, str(path), threads, pure=False))
-        while in_flight.count() >= 2 * n_workers:
-            report(*next(in_flight).result())
-    for future in in_flight:
-        report(*future.result())
+    shard_dir = None
+    try:
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})) or opts.workers)
+        local = opts.cluster == "local" and not opts.scheduler
+        threads = (opts.torch_threads or max(1, (os.cpu_count() or 1) // n_workers)) if local else None
+        # The plan goes with each shard (~5 kB): scattering it first would need a connected
+        # worker, and SLURM jobs may still be waiting in the queue.
+        in_flight = as_completed()
+        for records, path in pending:
+            shard_dir = path.parent
+            in_flight.add(client.submit(run_shard, plan, records, str(path), threads,
+                                        key=f"run_shard-{path.name}-{uuid.uuid4().hex[:8]}"))  # names the shard
+            # Bounded: never the whole dataset in memory or in flight. Recounted as SLURM jobs connect.
+            while in_flight.count() >= 2 * capacity(client):
+                report(*next(in_flight).result())
+        for future in in_flight:
+            report(*future.result())
+    except Exception as exc:  # a lost scheduler or a worker-killing shard: say so, not a traceback
+        failure = cluster_failure(exc, client, shard_dir, opts.scheduler)
+        if failure is None:
+            raise
+        raise failure from None
 
 
 def _worker_log(env: Environment) -> Path:

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from mlip_zoo.errors import ConfigError, DatasetError
+from mlip_zoo.errors import ClusterError, ConfigError, DatasetError
 from mlip_zoo.evaluators.base import TaskConfig, load_task_config
 from mlip_zoo.evaluators.pipeline import label_check
 from mlip_zoo.evaluators.plan import make_plan
@@ -136,22 +136,28 @@ def read_run_config(path: Path) -> dict:
 
 
 def run_config(config: dict, *, out: Path, device: str, workers: int, wandb_mode: str, env_mode: str,
-               reporter: Reporter | None = None) -> tuple[list[ResultRecord], list[dict]]:
+               reporter: Reporter | None = None, scheduler: str | None = None, cluster: str = "local",
+               cluster_config: Path | None = None) -> tuple[list[ResultRecord], list[dict]]:
     """Every model x task of the run config's ``runs`` blocks: (records, errors). One Dask cluster
-    (and one per isolated environment) serves the whole run. A failed pair becomes an error and
-    the others still run; so does a result whose labeller missed its own labels."""
+    (and one per isolated environment) serves the whole run: local, ``scheduler``, or SLURM
+    (``cluster``, ``cluster_config``). A failed pair becomes an error and the others still run;
+    so does a result whose labeller missed its own labels. A lost cluster (ClusterError) ends the run."""
     reporter = reporter or Reporter()
     records, errors = [], []
-    with Clusters(RunOptions(workers=workers)) as clusters:
+    where = {"scheduler": scheduler, "cluster": cluster, "cluster_config": cluster_config}
+    with Clusters(RunOptions(workers=workers, **where)) as clusters:
         for block in config.get("runs", []):
             for model in block["models"]:
                 for task in block["tasks"]:
-                    opts = RunOptions(out=out, device=device, workers=workers, limit=block.get("limit"), env=env_mode)
+                    opts = RunOptions(out=out, device=device, workers=workers, limit=block.get("limit"), env=env_mode,
+                                      **where)
                     try:
                         protocol = with_options(task, block["options"]) if block.get("options") else task
                         records.append(record := evaluate_one(model, protocol, opts, wandb_mode, reporter, clusters))
                         if failed := failed_checks(record):  # the labeller missed its own labels: a broken pipeline
                             errors.append({"model": model, "task": task, "error": "pipeline check failed: " + failed})
+                    except ClusterError:  # the cluster is gone: every other pair would fail the same way
+                        raise
                     except Exception as exc:  # keep going: one broken pair must not cost the others
                         errors.append({"model": model, "task": task, "error": f"{type(exc).__name__}: {exc}"})
                         reporter.pair_failed(model, task, exc)

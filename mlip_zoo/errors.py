@@ -126,3 +126,8 @@ class EnvBuildError(EnvError):
         super().__init__(message)
         self.requirement = requirement
         self.log = log
+
+
+class ClusterError(MlipZooError, RuntimeError):
+    """The Dask cluster a run used went away (scheduler lost) or kept killing the workers of one
+    shard. The message names the scheduler or the shard; finished shards are kept and a rerun resumes."""

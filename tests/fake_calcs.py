@@ -77,3 +77,29 @@ class NoisyEMT(EMT):
             self.results["free_energy"] += shift
         self.results["forces"] = self.results["forces"] + self.force_noise * rng.standard_normal(
             self.results["forces"].shape)
+
+
+class WitnessEMT(EMT):
+    """EMT that notes, once per process, which Python runs it and in which SLURM job: a line
+    ``<sys.executable> <SLURM_JOB_ID or ->`` appended to the file named by $MLIPZOO_TEST_WITNESS."""
+
+    def __init__(self, **kwargs):
+        import os
+        import sys
+
+        super().__init__(**kwargs)
+        if os.environ.get("MLIPZOO_TEST_WITNESS"):
+            with open(os.environ["MLIPZOO_TEST_WITNESS"], "a") as f:
+                f.write(f"{sys.executable} {os.environ.get('SLURM_JOB_ID', '-')}\n")
+
+
+class LethalEMT(EMT):
+    """EMT that kills the whole process (as the kernel's OOM killer would) on structures whose
+    info has ``explode`` set."""
+
+    def calculate(self, atoms=None, *args, **kwargs):
+        import os
+
+        if atoms is not None and atoms.info.get("explode"):
+            os._exit(137)
+        super().calculate(atoms, *args, **kwargs)

@@ -159,6 +159,9 @@ def run(
     wandb: Annotated[Optional[str], typer.Option("--wandb", help="offline, online or disabled (overrides the config's; default offline).")] = None,
     env: Annotated[Optional[str], typer.Option("--env", help="auto, isolated or shared (overrides the config's `env`; "
                                                "default auto): where models with `requires` run.")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="Address of a running Dask scheduler to use.")] = None,
+    cluster: Annotated[str, typer.Option(help="local, or slurm (via dask-jobqueue; needs --cluster-config).")] = "local",
+    cluster_config: Annotated[Optional[Path], typer.Option(help="YAML of SLURMCluster arguments (+ jobs: N).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The main job: every model x task listed in the run config, a summary table, then the site.
@@ -178,8 +181,12 @@ def run(
     n_workers = workers if workers is not None else int(plan.get("workers", 1))
     wandb_mode = _wandb_mode(wandb or plan.get("wandb", "offline"))
     env_mode = _env_mode(env or plan.get("env", "auto"))
-    records, errors = run_config(plan, out=out_dir, device=device, workers=n_workers, wandb_mode=wandb_mode,
-                               env_mode=env_mode, reporter=ConsoleReporter())
+    try:  # a lost cluster (or a bad --cluster option) ends the run; a failed pair does not
+        records, errors = run_config(plan, out=out_dir, device=device, workers=n_workers, wandb_mode=wandb_mode,
+                                     env_mode=env_mode, reporter=ConsoleReporter(), scheduler=scheduler,
+                                     cluster=cluster, cluster_config=cluster_config)
+    except MlipZooError as exc:
+        raise fail(exc) from None
     index = build_site_or_fail(out_dir, site)
     if as_json:
         emit_json({"results": [r.model_dump(mode="json") for r in records], "errors": errors,
