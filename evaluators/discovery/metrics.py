@@ -168,6 +168,30 @@ def geo_opt_metrics(rmsd, failed, spg_pred, spg_ref, ops_pred, ops_ref) -> dict[
     return out
 
 
+def geo_opt_terms(rmsd, failed, spg_pred, spg_ref, ops_pred, ops_ref) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``geo_opt_metrics`` as per-row ``(total, numel)`` terms: each of its means and fractions is a
+    ratio of per-row sums, so the bootstrap evaluates every resample with two matrix products."""
+    rmsd, failed = np.asarray(rmsd, float), np.asarray(failed, bool)
+    filled = np.where(np.isnan(rmsd), RMSD_FILL, rmsd)
+    kept = (~failed).astype(float)
+    out = {"rmsd": (np.where(failed, 0.0, filled), kept),
+           "rmsd_failed_as_1A": (np.where(failed, RMSD_FILL, filled), np.ones(rmsd.size))}
+    for label in spg_pred:
+        spg_diff = np.asarray(spg_pred[label], float) - np.asarray(spg_ref[label], float)
+        ops_diff = np.asarray(ops_pred[label], float) - np.asarray(ops_ref[label], float)
+        valid = ~np.isnan(spg_diff)
+        changed = valid & (spg_diff != 0)
+        with np.errstate(invalid="ignore"):
+            fewer, more = changed & (ops_diff < 0), changed & (ops_diff > 0)
+        counted = valid & ~np.isnan(ops_diff)
+        n = valid.astype(float)
+        out[f"symprec={label}.symmetry_match"] = ((valid & ~changed).astype(float), n)
+        out[f"symprec={label}.symmetry_decrease"] = (fewer.astype(float), n)
+        out[f"symprec={label}.symmetry_increase"] = (more.astype(float), n)
+        out[f"symprec={label}.n_sym_ops_mae"] = (np.where(counted, np.abs(ops_diff), 0.0), counted.astype(float))
+    return out
+
+
 # ---- every bootstrap resample at once ---------------------------------------------------------
 
 # Per-row columns whose weighted sums give every metric of ``stable_metrics``.

@@ -197,12 +197,18 @@ class GeoOpt(_WbmRelaxation):
             None if "dft_relaxed" in atoms.info else
             "geo-opt needs the reference relaxed structures (the wbm_relaxed_atoms zip) beside the initial ones")
 
-    def metrics(self, table: pa.Table) -> dict[str, Any]:
+    def _inputs(self, table: pa.Table) -> tuple:
         ok = pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False)
         labels = [f"{s:.0e}".replace("e-0", "e-") for s in self.symprecs]
 
         def column(name: str) -> dict[str, np.ndarray]:  # each symprec's entry of a list column
             return {label: _floats(pc.list_element(table.column(name), k), ok) for k, label in enumerate(labels)}
 
-        return m.geo_opt_metrics(_floats(table.column("rmsd"), ok), ~ok, column("spg_pred"), column("spg_ref"),
-                                 column("n_ops_pred"), column("n_ops_ref"))
+        return (_floats(table.column("rmsd"), ok), ~ok, column("spg_pred"), column("spg_ref"), column("n_ops_pred"),
+                column("n_ops_ref"))
+
+    def metrics(self, table: pa.Table) -> dict[str, Any]:
+        return m.geo_opt_metrics(*self._inputs(table))
+
+    def metric_terms(self, table: pa.Table):
+        return m.geo_opt_terms(*self._inputs(table))
