@@ -22,7 +22,8 @@ import mlip_zoo.evaluators.runner as runner
 from mlip_zoo.evaluators.oc20.tasks import S2EF
 
 def rss():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: ru_maxrss carries the parent's peak (it wrote the datasets) across fork and exec
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
 
 # Peak RSS at the end of each phase: streaming shards (up to scoring's first reduced shard), then
 # the metrics (from the reduced rows of every shard), then the rest (bootstrap intervals, joined

@@ -46,7 +46,7 @@ from mlip_zoo.errors import DatasetError, MetricError
 from mlip_zoo.evaluators.base import BootstrapSettings, Evaluator, Terms
 from mlip_zoo.evaluators.result import flatten_metrics
 
-MAX_CELLS = 4_000_000  # resamples x rows per count matrix (48 MB with its float copy): WBM gets 15 a chunk
+MAX_CELLS = 1_000_000  # resamples x rows per count matrix (8 MB): WBM gets 3 a chunk
 TERMS_RTOL = 1e-9  # fast path vs metrics(): the same sums in another order
 
 
@@ -105,17 +105,17 @@ def resample_counts(n: int, settings: BootstrapSettings, strata: np.ndarray | No
     chunk = max(1, min(128, MAX_CELLS // max(n, 1)))
     for start in range(0, settings.resamples, chunk):
         size = min(chunk, settings.resamples - start)
-        counts = np.zeros((size, n), dtype=np.int32)
+        counts = np.zeros((size, n))  # float: the products below take it as it is, with no copy
         for b in range(size):
             for group in groups:
                 drawn = group[rng.integers(0, group.size, group.size)]
-                counts[b] += np.bincount(drawn, minlength=n).astype(np.int32)
+                counts[b] += np.bincount(drawn, minlength=n)
         yield counts
 
 
 def _rows_of(counts: np.ndarray) -> np.ndarray:
     """The row indices one count vector draws (sorted; metrics do not depend on row order)."""
-    return np.repeat(np.arange(counts.size), counts)
+    return np.repeat(np.arange(counts.size), counts.astype(np.int64))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,7 +196,7 @@ def replicates(evaluator: Evaluator, table: pa.Table, settings: BootstrapSetting
     values = {k: np.full(settings.resamples, np.nan) for k in wanted}
     start = 0
     for counts in resample_counts(n_rows, settings, strata):
-        weights = counts.astype(float)
+        weights = counts
         for key, (total, numel) in fast.items():
             values[key][start:start + len(counts)] = _ratio(weights @ total, weights @ numel)
         if fast and start == 0:  # the fast path must also agree with metrics() under duplication
@@ -229,7 +229,7 @@ def _checked_resampler(evaluator: Evaluator, table: pa.Table, counts: np.ndarray
                        slow: list[str], point: dict[str, Any]) -> list[str]:
     """The task's vectorised resamples must give what ``metrics()`` gives on the full table (all
     counts 1) and on the chunk's first resample; returns ``slow``, unchanged, once both agree."""
-    whole = evaluator.resampler(table)(np.ones((1, table.num_rows), dtype=np.int32))
+    whole = evaluator.resampler(table)(np.ones((1, table.num_rows)))
     drawn = _metrics_or_undefined(evaluator, table.take(_rows_of(counts)))
     for key in chunk:
         if key not in slow:

@@ -259,14 +259,15 @@ def _check_schema(path: Path, source: Path, schema, evaluator: Evaluator) -> Non
 
 
 def _stream_rows(file, columns: tuple[str, ...], digest: ReferenceDigest) -> Iterator[dict[str, Any]]:
-    """The rows' status, reason and reference columns, a batch at a time, hashing them on the way."""
-    import pyarrow as pa
-
+    """The rows' status, reason and reference columns, a row group (a shard) at a time and a few
+    hundred rows as Python objects at a time, hashing them on the way. (Row groups one by one:
+    ``iter_batches`` may read ahead across them, holding much of the file.)"""
     wanted = list(dict.fromkeys(["status", "reason", *columns]))
-    for batch in file.iter_batches(batch_size=ROWS_PER_BATCH, columns=wanted):
-        table = pa.Table.from_batches([batch])
+    for group in range(file.num_row_groups):
+        table = file.read_row_group(group, columns=wanted)
         digest.update(table)
-        yield from table.to_pylist()
+        for start in range(0, table.num_rows, ROWS_PER_BATCH):
+            yield from table.slice(start, ROWS_PER_BATCH).to_pylist()
 
 
 @functools.lru_cache(maxsize=16)

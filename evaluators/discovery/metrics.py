@@ -255,7 +255,7 @@ class DiscoveryResampler:
         self.sorted_sums = sums[self.order]
 
     def __call__(self, counts: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
-        W = counts.astype(float)
+        W = np.asarray(counts, dtype=float)
         k = len(_SUMS)
         totals = W @ self.by_row
         uniq_prevalence = _ratio_v(totals[:, 2 * k + 1], totals[:, 2 * k])
