@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -81,9 +80,6 @@ class ResultStore:
 
     def read(self, model: str, task: str) -> StoredResult:
         return read_stored(self.result_path(model, task))
-
-    def __iter__(self) -> Iterator[Path]:
-        return iter(self.files())
 
 
 def result_files(root: Path) -> list[Path]:

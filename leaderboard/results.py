@@ -29,7 +29,7 @@ from mlip_zoo.evaluators import scoring, uncertainty
 from mlip_zoo.evaluators.base import Evaluator, TaskConfig, evaluator_for, load_task_config
 from mlip_zoo.evaluators.record import ResultRecord
 from mlip_zoo.evaluators.result import ReferenceDigest, card_sha256, flatten_metrics, reference_columns, reference_key
-from mlip_zoo.evaluators.store import ResultError, StoredResult, predictions_file, read_record, read_stored
+from mlip_zoo.evaluators.store import ResultError, StoredResult, read_record, read_stored
 from mlip_zoo.zoo.potential import Potential
 
 __all__ = ["ResultError", "compare", "recompute", "validate_result"]
