@@ -184,7 +184,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip", nargs="*", default=[], choices=["wbm", "s2ef", "site"])
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(dir=REPO / "benchmarks") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mlipzoo-scale-") as tmp:  # never inside the repository
         if "wbm" not in args.skip:
             wbm(args.wbm, args.repeats)
         if "s2ef" not in args.skip:
