@@ -62,6 +62,30 @@ class BootstrapSettings(BaseModel):
     strata: str | None = "split"
 
 
+class Tolerance(BaseModel):
+    """How far a re-run prediction may sit from a submitted one, element by element:
+    ``|a - b| <= abs + rel * max(|a|, |b|)`` (``math.isclose``'s rule: symmetric in a and b)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    abs: float = Field(0.0, ge=0)
+    rel: float = Field(0.0, ge=0, lt=1)
+
+    def allows(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.abs(a - b) <= self.abs + self.rel * np.maximum(np.abs(a), np.abs(b))
+
+
+class VerifySettings(BaseModel):
+    """How ``mlipzoo verify`` re-runs a sample of a result (leaderboard/verify.py): ``sample``
+    structures by default, no new structure started after ``budget_s`` seconds, and each
+    prediction column named in ``tolerance`` compared with it (other columns, such as timings or
+    optimizer step counts, are not predictions a re-run must reproduce)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    sample: int = Field(5, ge=1)
+    budget_s: float = Field(600.0, gt=0)
+    tolerance: dict[str, Tolerance]
+
+
 class TaskConfig(BaseModel):
     """The versioned protocol of a task. Changing any constant means bumping ``version``."""
 
@@ -89,6 +113,10 @@ class TaskConfig(BaseModel):
     # The level of theory of the task's reference labels (eos: PBE). A model whose card names
     # another `functional` is still scored, with a visible note that the two differ.
     reference_functional: str | None = None
+    # How a sample of a submitted result is re-run and compared (``mlipzoo verify``); None: the
+    # task cannot be verified from a sample (ttr trains on the whole test set). Like
+    # ``label_tolerance``, a statement about reproducibility: it stays out of the fingerprint.
+    verify: VerifySettings | None = None
 
     @model_validator(mode="after")
     def _tolerances_name_metrics(self) -> TaskConfig:
@@ -99,7 +127,8 @@ class TaskConfig(BaseModel):
 
     def fingerprint(self) -> str:
         """What the task's numbers depend on: everything but how the work is cut and the intervals drawn."""
-        data = self.model_dump(mode="json", exclude={"bootstrap", "shard_atoms", "label_tolerance", "reference_functional"})
+        data = self.model_dump(mode="json", exclude={"bootstrap", "shard_atoms", "label_tolerance",
+                                                        "reference_functional", "verify"})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -127,7 +156,17 @@ def load_task_config(key: str) -> TaskConfig:
         raise ConfigError(f"{path}: key {config.key!r} must match the file name")
     if (cls := _evaluator_class(config, required=False)) is not None:  # unregistered: evaluator_for says so
         cls.check_options(config, where=str(path))
+        _check_verify(cls, config, str(path))
     return config
+
+
+def _check_verify(cls: type[Evaluator], config: TaskConfig, where: str) -> None:
+    """``verify.tolerance`` names prediction columns of the task (not its reference columns)."""
+    named = set(config.verify.tolerance) if config.verify else set()
+    wrong = sorted(named - set(cls.schema.names)) + sorted(named & {"id", *cls.reference_columns})
+    if wrong:
+        raise ConfigError(f"{where}: verify.tolerance names {', '.join(wrong)}, which are not prediction columns of "
+                          f"task {config.key} (its columns: {', '.join(cls.schema.names)})")
 
 
 def task_keys() -> list[str]:

@@ -2,6 +2,7 @@
 
     <root>/<model>/<task>.json        the ResultRecord
     <root>/<model>/<task>.parquet     its per-structure predictions
+    <root>/<model>/<task>.verified.json  the record of a re-run of a sample (``mlipzoo verify``)
     <root>/<model>/.shards/<key>/     finished shards of runs (resumable)
     <root>/<model>/.<task>.lock       held while one evaluation writes that pair
 
@@ -60,6 +61,9 @@ class ResultStore:
     def result_path(self, model: str, task: str) -> Path:
         return self.root / model / f"{task}.json"
 
+    def verification_path(self, model: str, task: str) -> Path:
+        return verification_file(self.result_path(model, task))
+
     def shards_root(self, model: str) -> Path:
         return self.root / model / ".shards"
 
@@ -82,8 +86,26 @@ class ResultStore:
         return read_stored(self.result_path(model, task))
 
 
+VERIFIED_SUFFIX = ".verified.json"
+
+
 def result_files(root: Path) -> list[Path]:
-    return sorted(p for p in Path(root).glob("*/*.json") if not p.parent.name.startswith((".", "wandb")))
+    return sorted(p for p in Path(root).glob("*/*.json")
+                  if not p.parent.name.startswith((".", "wandb")) and not is_verification_file(p))
+
+
+def verification_file(result: Path) -> Path:
+    """The sidecar recording the verification of the result at ``result``: ``<task>.verified.json``."""
+    return result.with_name(result.stem + VERIFIED_SUFFIX)
+
+
+def is_verification_file(path: Path) -> bool:
+    return path.name.endswith(VERIFIED_SUFFIX)
+
+
+def result_of_verification(sidecar: Path) -> Path:
+    """The result file a sidecar ``<task>.verified.json`` belongs to."""
+    return sidecar.with_name(sidecar.name[: -len(VERIFIED_SUFFIX)] + ".json")
 
 
 def read_record(path: Path, *, migrate: bool = True) -> ResultRecord:

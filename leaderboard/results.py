@@ -181,7 +181,7 @@ def validate_result(path: Path, *, cards: Path | None = None, datasets: Sequence
                           f"predictions {record.predictions!r}: fix the location or the model/task fields")
     config = task_of(path, record)
     evaluator = evaluator_for(config)
-    card = _check_card(path, record, cards)
+    card = check_card(path, record, cards)
     source = stored.predictions
     if record.schema_version >= 3:
         from mlip_zoo.zoo.weights import sha256_of
@@ -227,7 +227,7 @@ def validate_result(path: Path, *, cards: Path | None = None, datasets: Sequence
     return Validation(comparison, how)
 
 
-def _check_card(path: Path, record: ResultRecord, cards: Path | None):
+def check_card(path: Path, record: ResultRecord, cards: Path | None):
     """The result was made with the card of the model it names, as that card is now; returns the card."""
     from mlip_zoo.zoo.card import get_card, read_card
 

@@ -18,6 +18,7 @@ app = typer.Typer(
 app.command("validate")(results.validate)
 app.command("reproduce")(results.reproduce)
 app.command("compare")(results.compare)
+app.command("verify")(results.verify)
 app.command("submit")(submit.submit)
 app.command("eval")(run.eval_)
 app.command("run")(run.run)
