@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.resources
 import math
 import warnings
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -56,21 +57,23 @@ def _combined_terms() -> dict[str, dict[str, Any]]:
 
 
 def combined(values: dict[str, float | None], terms: dict[str, dict],
-             coverage: dict[str, float | None] | None = None) -> dict[str, Any]:
+             coverage: dict[str, float | None] | None = None, only: Collection[str] | None = None) -> dict[str, Any]:
     """Weighted mean of clamped linear terms over the tasks the model has (site.js mirrors this).
     A term whose task declares a coverage metric counts ``coverage x term``: the references a model
-    could not score count as the worst value, so 7 well-fitted elements of 71 never outrank 71."""
+    could not score count as the worst value, so 7 well-fitted elements of 71 never outrank 71.
+    ``only``: count only these tasks' values (the page's switch to re-run verified results), the
+    others as missing."""
     active = {t: s for t, s in terms.items() if s["weight"] > 0}
     num = den = 0.0
     for task, spec in active.items():
-        value = values.get(task)
+        value = values.get(task) if only is None or task in only else None
         if value is None or spec["best"] == spec["worst"]:
             continue
         term = min(1.0, max(0.0, (value - spec["worst"]) / (spec["best"] - spec["worst"])))
         if spec.get("coverage"):
             term *= min(1.0, max(0.0, (coverage or {}).get(task) or 0.0))
         num, den = num + spec["weight"] * term, den + spec["weight"]
-    k = sum(values.get(t) is not None for t in active)
+    k = sum(values.get(t) is not None and (only is None or t in only) for t in active)
     return {"score": num / den if den else None, "k": k, "n": len(active)}
 
 

@@ -165,6 +165,7 @@ def compare(path_a: Path, path_b: Path) -> tuple[dict[str, Any], uncertainty.Pai
 class Validation:
     comparison: Comparison
     references: str  # how the reference columns were checked, for the report
+    record: ResultRecord  # as submitted
 
 
 def validate_result(path: Path, *, cards: Path | None = None, datasets: Sequence[Path] = ()) -> Validation:
@@ -224,7 +225,7 @@ def validate_result(path: Path, *, cards: Path | None = None, datasets: Sequence
         raise ResultError(f"{path}: failures/n_failed ({record.n_failed}) are not the {len(failures)} failed rows of "
                           f"{source.name} (ids in one but not the other: {', '.join(map(str, odd)) or 'none; the order or reasons differ'})")
     comparison = recompute(path)
-    return Validation(comparison, how)
+    return Validation(comparison, how, record)
 
 
 def check_card(path: Path, record: ResultRecord, cards: Path | None):

@@ -3,7 +3,10 @@ tasks, reader-weighted combined score), a page per model and a page per task wit
 Every number shows its bootstrap interval (from the result file), every model its rank as a
 range, and pairs whose paired difference is not significant are marked (computed in ranking.py,
 from the predictions of all models on the structures they share). The combined score gets the same
-from each term's resamples, recomputed by site.js when the reader changes the weights.
+from each term's resamples, recomputed by site.js when the reader changes the weights. Each number
+says whether a re-run of a sample reproduced it ("re-run verified (k/k)", from the result's
+sidecar, leaderboard/verify.py) or only its metrics were recomputed; a switch in the page limits
+the combined score to verified results.
 
 The site must open from ``file://`` with no network: plotly.min.js is copied from the installed
 plotly package, and data travels as JSON inside ``<script type="application/json">`` tags (file://
@@ -34,6 +37,7 @@ from mlip_zoo.evaluators.pipeline import is_pipeline_check, label_check
 from mlip_zoo.evaluators.store import ResultStore, StoredResult, read_stored
 from mlip_zoo.leaderboard.ranking import (Results, _combined_terms, _rank_facts, _rankings, _term_replicates, combined,
                                           combined_uncertainty)
+from mlip_zoo.leaderboard.verify import check_verification
 from mlip_zoo.zoo.card import ModelCard, builtin_cards_dir, load_cards
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -120,6 +124,20 @@ def _load_results(results_dir: Path, configs: dict[str, TaskConfig]) -> Results:
                 warnings.warn(f"{path}: a second result for {model} x {task}; this one is used", stacklevel=3)
             results.setdefault(model, {})[task] = stored
     return results
+
+
+def _verification(stored: StoredResult) -> dict[str, Any]:
+    """What the site says of a result's re-run: ``state`` verified / failed / none (recomputed
+    only), from its sidecar; an inconsistent sidecar counts as none, with a warning."""
+    try:
+        v = check_verification(stored.path, stored.record)
+    except MlipZooError as exc:
+        warnings.warn(f"verification ignored: {exc}", stacklevel=3)
+        v = None
+    if v is None:
+        return {"state": "none", "text": "recomputed only"}
+    return {"state": "verified" if v.outcome == "verified" else "failed", "text": v.summary, "seed": v.seed,
+            "checked": v.checked, "agreed": v.agreed, "when": v.verified_at, "code": v.code_version}
 
 
 def _cards() -> dict[str, ModelCard]:
@@ -253,8 +271,10 @@ def build_site(results_dir: Path, out_dir: Path) -> Path:
         functional_notes = {t: f"{card.functional} model, {configs[t].reference_functional} references"
                             for t in ranked if card is not None and configs[t].reference_functional
                             and card.functional != configs[t].reference_functional}
+        verified = {t: _verification(stored) for t, stored in stored_by_task.items()}
         rows.append({**models[key], "results": by_task, "board": ranked, "values": values, "term_values": term_values,
-                     "functional_notes": functional_notes,
+                     "functional_notes": functional_notes, "verified": verified,
+                     "verified_tasks": sorted(t for t in ranked if verified[t]["state"] == "verified"),
                      "coverage": coverage.get(key, {}),
                      "ranks": {t: ranks[t][key] for t in ranked if key in ranks.get(t, {})},
                      "combined": {**combined(term_values, terms, coverage.get(key)), **combined_ci.get(key, {})}})
@@ -289,7 +309,10 @@ def build_site(results_dir: Path, out_dir: Path) -> Path:
         ranked_rows = [r for r in rows if r["board"]]
         index_data = {"terms": terms, "confidence": confidence,
                       "models": [{"key": r["key"], "name": r["name"], "values": r["term_values"],
-                                  "coverage": r["coverage"], "replicates": term_reps.get(r["key"], {})}
+                                  "coverage": r["coverage"], "replicates": term_reps.get(r["key"], {}),
+                                  "verified": r["verified_tasks"],
+                                  "verified_score": combined(r["term_values"], terms, r["coverage"],
+                                                             only=r["verified_tasks"])["score"]}
                                  for r in ranked_rows]}
         _write(tmp / "index.html", env.get_template("index.html.j2").render(
             root="", rows=ranked_rows, board_tasks=board_tasks, checks=checks, data=index_data, **common))

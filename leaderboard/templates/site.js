@@ -2,7 +2,8 @@
    <script type="application/json"> tags in the page (file:// forbids fetch of local files).
    The combined score here must match site.py's combined(): clamp((v - worst) / (best - worst), 0, 1),
    times the model's coverage for terms that declare one, weighted mean over the terms a model has,
-   terms with weight 0 left out. */
+   terms with weight 0 left out; with the "verified only" switch, the terms of results no re-run
+   has verified count as missing (combined(..., only=verified) in ranking.py). */
 (function () {
   "use strict";
   var THEME_KEY = "mlipzoo-theme";
@@ -119,6 +120,14 @@
     var byKey = {};
     data.models.forEach(function (m) { byKey[m.key] = m; });
     var inputs = Array.prototype.slice.call(document.querySelectorAll("#weights input[data-task]"));
+    var verifiedOnly = document.getElementById("verified-only");
+    // A model's values and replicates restricted to its re-run verified tasks (when the switch is on).
+    function restrict(obj, m) {
+      if (!verifiedOnly || !verifiedOnly.checked) return obj;
+      var out = {};
+      (m.verified || []).forEach(function (t) { if (Object.prototype.hasOwnProperty.call(obj || {}, t)) out[t] = obj[t]; });
+      return out;
+    }
     var state = { col: 1, dir: "descending" };
 
     function cellValue(row, col, type) {
@@ -182,6 +191,7 @@
       return w;
     }
     function hashWeights() {
+      if (verifiedOnly) verifiedOnly.checked = /(?:^#|&)verified=1(?:&|$)/.test(window.location.hash);
       var m = /(?:^#|&)w=([^&]*)/.exec(window.location.hash);
       if (!m) return null;
       var out = {};
@@ -197,18 +207,21 @@
       var text = "#w=" + inputs.map(function (inp) {
         var t = inp.getAttribute("data-task");
         return t + ":" + String(Math.round(w[t] * 1e6) / 1e6);
-      }).join(",");
+      }).join(",") + (verifiedOnly && verifiedOnly.checked ? "&verified=1" : "");
       if (window.location.hash === text) return;
       try { window.history.replaceState(null, "", text); } catch (e) { window.location.hash = text; }
     }
     function recompute() {
       var w = readInputs();
-      var unc = combinedUncertainty(data.models, data.terms, w, data.confidence || 0.95);
+      var models = data.models.map(function (m) {
+        return { key: m.key, name: m.name, coverage: m.coverage, replicates: restrict(m.replicates, m) };
+      });
+      var unc = combinedUncertainty(models, data.terms, w, data.confidence || 0.95);
       Array.prototype.forEach.call(tbody.rows, function (r) {
         var m = byKey[r.getAttribute("data-model")];
         var cell = r.querySelector("td.combined");
         if (!m || !cell) return;
-        var c = combined(m.values, data.terms, w, m.coverage);
+        var c = combined(restrict(m.values, m), data.terms, w, m.coverage);
         cell.setAttribute("data-value", c.score === null ? "" : String(c.score));
         cell.querySelector(".num").textContent = c.score === null ? "—" : c.score.toFixed(3);
         var p = cell.querySelector(".partial");
@@ -236,7 +249,7 @@
     }
     function applyHash() {
       var w = hashWeights();
-      if (!w) return;
+      if (!w) { if (verifiedOnly && verifiedOnly.checked) recompute(); return; }
       inputs.forEach(function (inp) {
         var t = inp.getAttribute("data-task");
         if (Object.prototype.hasOwnProperty.call(w, t)) inp.value = String(w[t]);
@@ -246,6 +259,7 @@
     inputs.forEach(function (inp) {
       inp.addEventListener("input", function () { writeHash(recompute()); });
     });
+    if (verifiedOnly) verifiedOnly.addEventListener("change", function () { writeHash(recompute()); });
     var reset = document.getElementById("weights-reset");
     if (reset) reset.addEventListener("click", function () {
       inputs.forEach(function (inp) { inp.value = inp.getAttribute("data-default"); });

@@ -29,8 +29,11 @@ def validate(
     package/URL sources, pickles need trusted: true, no keyword that switches on unpickling or
     names a file), a known family, a `family: ase` calculator on the allow-list, and sha256/size and
     the loading gate's byte check of any copy of the weights already on this machine. Results:
-    complete fields and provenance, a present predictions file, and metrics and bootstrap intervals
-    that recompute exactly from it. Imports, executes and unpickles nothing that was submitted.
+    complete fields and provenance, a present predictions file, metrics and bootstrap intervals
+    that recompute exactly from it, and, when the result has one, a verification sidecar
+    (<task>.verified.json, from `mlipzoo verify`) consistent with it: same predictions sha256, the
+    sample its seed draws, its outcome following from its findings. Imports, executes and
+    unpickles nothing that was submitted.
     """
     from mlip_zoo.leaderboard.validate import validate_files
 
@@ -41,6 +44,7 @@ def validate(
         for r in rows:
             if r["ok"]:
                 how = f"; references {r['references']}" if "references" in r else ""
+                how += f"; {r['verification']}" if "verification" in r else ""
                 out.print(f"[green]ok[/] {escape(r['file'])} ({r.get('key', r['kind'])}{escape(how)})", highlight=False)
             else:
                 err.print(f"[red]invalid[/] {escape(r['error'])}", highlight=False)
