@@ -230,7 +230,7 @@ def verify_result(path: Path, *, sample: int | None = None, seed: int = 0, budge
     verified at all (its predictions torn from the record, another card, another dataset...)."""
     from mlip_zoo.evaluators.clusters import clusters_for, run_shards
     from mlip_zoo.evaluators.plan import RunOptions, make_plan
-    from mlip_zoo.evaluators.result import code_version, hardware, package_versions
+    from mlip_zoo.evaluators.result import PACKAGES, code_version, hardware, package_versions
     from mlip_zoo.evaluators.store import predictions_file
     from mlip_zoo.evaluators.worker import run_shard
 
@@ -290,7 +290,8 @@ def verify_result(path: Path, *, sample: int | None = None, seed: int = 0, budge
     env_ = plan.environment
     packages = package_versions()
     if env_ is not None:  # the model ran with the environment's packages
-        packages = {k: v for k, v in env_.info()["packages"].items() if k in packages or k in card.requires}
+        seen = env_.info()["packages"]
+        packages = {name: seen[name] for name in PACKAGES if name in seen}
     verification = VerificationRecord(
         result=path.name, model=record.model, task=record.task, task_version=record.task_version,
         result_sha256=sha256_of(path), predictions_sha256=record.predictions_sha256,
@@ -374,7 +375,8 @@ def check_verification(path: Path, record: ResultRecord | None = None) -> Verifi
         if s.submitted != rows[s.index]["status"]:
             raise bad(f"structure {s.id}: records status {s.submitted!r}, its row says {rows[s.index]['status']!r}")
         if both_ok and set(s.columns) != set(tolerance):
-            raise bad(f"structure {s.id}: compares columns {sorted(s.columns)}, the tolerances name {sorted(tolerance)}")
+            raise bad(f"structure {s.id}: compares columns {sorted(s.columns)}, the tolerances name "
+                      f"{sorted(tolerance)}")
         columns_ok = all(c.get("ok") is True for c in s.columns.values()) if both_ok else True
         if s.agree != (statuses_agree and columns_ok):
             raise bad(f"structure {s.id}: `agree` is {s.agree} but its statuses and columns say otherwise")

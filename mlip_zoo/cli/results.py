@@ -156,7 +156,8 @@ def verify(
     workers: Annotated[int, typer.Option(min=0, help="Dask workers; 0 runs in this process (a model with its own "
                                                      "environment always runs on a worker of it).")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "cpu",
-    env: Annotated[str, typer.Option("--env", help="auto, isolated or shared: where a card with `requires` runs.")] = "auto",
+    env: Annotated[str, typer.Option(
+        "--env", help="auto, isolated or shared: where a card with `requires` runs.")] = "auto",
     record: Annotated[bool, typer.Option(
         "--record/--no-record", help="Write the verification beside the result (<task>.verified.json).")] = True,
     as_json: JsonOpt = False,
@@ -194,7 +195,7 @@ def verify(
             table.add_column(col, justify="left" if col in ("structure", "agrees") else "right", overflow="fold")
         for s in v.structures:
             cells = [("—" if (c := s.columns.get(k)) is None or c["max_abs_diff"] is None else
-                      f"{'' if c['ok'] else '[red]'}{c['max_abs_diff']:.2g}{'' if c['ok'] else '[/]'}") for k in v.tolerance]
+                      f"{c['max_abs_diff']:.2g}" if c["ok"] else f"[red]{c['max_abs_diff']:.2g}[/]") for k in v.tolerance]
             table.add_row(escape(s.id), s.submitted, s.rerun, *cells,
                           "[green]yes[/]" if s.agree else f"[red]NO[/] {escape(s.why or '')}")
         out.print(table)
