@@ -117,6 +117,12 @@ class TaskConfig(BaseModel):
     # task cannot be verified from a sample (ttr trains on the whole test set). Like
     # ``label_tolerance``, a statement about reproducibility: it stays out of the fingerprint.
     verify: VerifySettings | None = None
+    # How far (relative) a metric recomputed from the predictions by `validate`/`reproduce` may sit
+    # from the claimed one: another CPU sums in another order (SIMD width, BLAS threads). Sums of
+    # errors agree to ~1e-15; a task whose metrics come out of a fit, which amplifies round-off by
+    # its conditioning, states its own bound and why. A statement about reproducibility, like
+    # ``label_tolerance``: it stays out of the fingerprint.
+    recompute_rel_tol: float = Field(1e-12, gt=0, le=1e-6)
 
     @model_validator(mode="after")
     def _tolerances_name_metrics(self) -> TaskConfig:
@@ -128,7 +134,7 @@ class TaskConfig(BaseModel):
     def fingerprint(self) -> str:
         """What the task's numbers depend on: everything but how the work is cut and the intervals drawn."""
         data = self.model_dump(mode="json", exclude={"bootstrap", "shard_atoms", "label_tolerance",
-                                                        "reference_functional", "verify"})
+                                                        "reference_functional", "verify", "recompute_rel_tol"})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

@@ -119,6 +119,22 @@ def test_fits_many_at_once_name_each_failure():
         fit_birch_murnaghan(volumes[1], energies[1])
 
 
+def test_a_flat_curve_is_named_not_fitted():
+    """A model that sees no change (Cs's neighbours beyond its cutoff) gives a flat curve: its
+    cubic would fit round-off, so it fails with its span named; a soft but real curve (WIEN2k Cs)
+    is fitted."""
+    cs = (117.08, 1.98, 3.65)  # WIEN2k Cs: V0 Å³/atom, B0 GPa, B1
+    volumes = np.array([cs[0] * FACTORS] * 3)
+    energies = np.array([np.full(7, -0.85),  # exactly flat
+                         -0.85 + 1.2e-7 * (np.arange(7) % 2),  # float32's last bit flickering
+                         birch_murnaghan_energy(volumes[2], *cs)])
+    fits = fit_birch_murnaghan_many(volumes, energies)
+    assert fits.ok.tolist() == [False, False, True]
+    assert fits.reasons[0].startswith("flat: the energies span 0 eV/atom")
+    assert "1.2e-07 eV/atom" in fits.reasons[1]
+    assert fits.b0[2] == pytest.approx(cs[1], rel=1e-6)
+
+
 # --- The dataset ----------------------------------------------------------------------------
 
 

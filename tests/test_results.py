@@ -118,6 +118,8 @@ def test_submit_scaffolds_a_valid_card(tmp_path):
     assert runner.invoke(app, ["validate", str(tmp_path / "my-lj.yaml")]).exit_code == 0
 
 
+@pytest.mark.slow
+@pytest.mark.labels  # made on another CPU: recomputed here, within each task's recompute_rel_tol
 def test_committed_results_of_the_repo_validate():
     repo_results = Path(__file__).resolve().parents[1] / "results"
     assert repo_results.is_dir(), "the repository ships the default run's results in results/"

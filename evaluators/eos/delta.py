@@ -34,6 +34,14 @@ DELTA_WINDOW = (0.94, 1.06)  # calcDelta's integration window, times the mean V0
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(32)
 
 
+# A curve whose energies span less than this (eV/atom) over its volumes is flat: the model sees no
+# change (every neighbour beyond its cutoff, as Cs's 5.3 Å bonds for a 5 Å model). Its cubic would
+# fit round-off: a float32 energy of a few eV is resolved to ~1e-7 eV, and an exactly flat curve
+# gives V0, B0, B1 that change with the CPU's summation order. Real soft solids span far more
+# over ±6 % of volume (WIEN2k Cs ~2.5e-3 eV/atom, Rn ~6e-4).
+FLAT_SPAN = 1e-5
+
+
 class EOSFitError(ValueError):
     """An energy-volume curve has no Birch–Murnaghan minimum inside its volumes (or is malformed)."""
 
@@ -82,6 +90,9 @@ def fit_birch_murnaghan_many(volumes, energies) -> BMFits:
     half = np.where(half > 0, half, 1.0)
     t = (x - mid[:, None]) / half[:, None]
     bad |= (np.diff(np.sort(t, axis=1), axis=1) > 1e-9).sum(axis=1) < 3  # a cubic needs 4 distinct volumes
+    span = np.ptp(e, axis=1)
+    flat = ~bad & (span < FLAT_SPAN)
+    bad |= flat
     # E(t) = c0 + c1 t + c2 t² + c3 t³ by least squares; with t in [-1, 1] the normal equations
     # are well conditioned, and solving them for all curves at once is cheap.
     vander = t[:, :, None] ** np.arange(4)
@@ -111,7 +122,11 @@ def fit_birch_murnaghan_many(volumes, energies) -> BMFits:
     ok = ~bad & inside & np.isfinite(b1) & (b0 > 0)
     reasons: list[str | None] = [None] * n
     for i in np.flatnonzero(~ok):
-        if bad[i]:
+        if flat[i]:
+            reasons[i] = (f"flat: the energies span {span[i]:.2g} eV/atom over the computed volumes, under the "
+                          f"{FLAT_SPAN:g} eV/atom a fit resolves above round-off (the model sees no change, e.g. "
+                          "every neighbour beyond its cutoff)")
+        elif bad[i]:
             reasons[i] = "energies or volumes are not finite and positive, or fewer than 4 volumes differ"
         elif not has_min[i]:
             reasons[i] = "the fitted E(V) has no minimum (E'(x) has no root with E''(x) > 0)"
