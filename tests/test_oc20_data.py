@@ -258,3 +258,17 @@ def test_fetch_oc20_unreachable_prints_every_url_and_target(tmp_path):
         assert f"http://127.0.0.1:9/{archive.filename} -> {tmp_path / 'oc20' / archive.filename}" in result.stderr
     code, result = _cli("data", "fetch", "oc20")
     assert code == 2 and "oc20 needs --split, one of val_id, val_ood_ads" in result.stderr
+
+
+def test_fetch_oc20_uses_a_tarball_copied_in_by_hand_once_checked(tmp_path, monkeypatch):
+    (tmp_path / "pair").mkdir()
+    _write_pair(tmp_path / "pair", "0", _frames(1), ["random1,frame0,0.5"], xz=True)
+    tarball = _tarball(tmp_path / "pair", name="s2ef_val_ood_both")
+    monkeypatch.setitem(oc20_fetch.ARCHIVES, "val_ood_both", dataclasses.replace(
+        oc20_fetch.ARCHIVES["val_ood_both"], md5=hashlib.md5(tarball).hexdigest()))
+    (tmp_path / "oc20").mkdir()
+    (tmp_path / "oc20" / "s2ef_val_ood_both.tar").write_bytes(tarball)  # no network: the copy is used
+    report = oc20_fetch.fetch("val_ood_both", tmp_path, mirror="http://127.0.0.1:9", timeout=2)
+    assert report["status"] == "local" and report["pinned"]
+    (record,) = iter_records(Path(report["datasets"][0]))
+    assert record.info["split"] == "ood_both" and record_id(record, 0) == "1_0"

@@ -97,32 +97,42 @@ def _transfer(url: str, part: Path, timeout: float, on_progress: Progress | None
     return "resumed" if resumed else "downloaded"
 
 
+def verify(path: Path, *, md5: str | None = None, sha256: str | None = None, lock: Path | None = None,
+           key: str | None = None, source: str | None = None) -> dict:
+    """Check a file against its published ``md5``/``sha256`` and the sha256 pinned for ``key`` in
+    ``lock``, pinning its sha256 there when neither is known (trust on first use). Returns
+    ``{md5, sha256, pinned}``; a mismatch deletes the file and raises DownloadChecksumError
+    naming ``source`` (its URL), both values and the fix."""
+    source = source or str(path)
+    pinned = read_lock(lock).get(key or source, {}).get("sha256") if lock is not None else None
+    got = digests(path)
+    expected = [("md5", md5, "the published"), ("sha256", sha256, "the published"),
+                ("sha256", pinned, f"the one its first download pinned in {lock}")]
+    for algorithm, value, whose in expected:
+        if value and got[algorithm] != value.lower():
+            path.unlink(missing_ok=True)
+            fix = (f" If the file changed upstream on purpose, delete the entry {key or source!r} in {lock} and "
+                   "fetch again to pin the new one." if value is pinned else "")
+            raise DownloadChecksumError(f"{source}: {algorithm} {got[algorithm]} differs from {whose} {value}: the "
+                                        f"file is corrupt or was tampered with; nothing was kept.{fix}")
+    new_pin = lock is not None and not sha256 and not pinned
+    if new_pin:
+        _pin(lock, key or source, {"url": source, "sha256": got["sha256"], "md5": got["md5"],
+                                   "pinned": time.strftime("%Y-%m-%d", time.gmtime())})
+    return {**got, "pinned": new_pin}
+
+
 def download(url: str, target: Path, *, md5: str | None = None, sha256: str | None = None,
              lock: Path | None = None, key: str | None = None, timeout: float = 60.0,
              on_progress: Progress | None = None) -> dict:
-    """Download ``url`` to ``target`` and check it: against ``md5``/``sha256`` where published,
-    and against the sha256 pinned for ``key`` in ``lock`` (pinned there by the first download
-    when no sha256 is published). Returns ``{path, status, md5, sha256, pinned}``; ``status`` is
+    """Download ``url`` to ``target`` and ``verify`` it (published ``md5``/``sha256``, the sha256
+    pinned for ``key`` in ``lock``). Returns ``{path, status, md5, sha256, pinned}``; ``status`` is
     'downloaded' or 'resumed'. Raises DownloadError (partial file kept) or DownloadChecksumError
     (nothing kept)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
-    pinned = read_lock(lock).get(key or url, {}).get("sha256") if lock is not None else None
     status = _transfer(url, part, timeout, on_progress)
-    got = digests(part)
-    expected = [("md5", md5, "the published"), ("sha256", sha256, "the published"),
-                ("sha256", pinned, f"the one its first download pinned in {lock}")]
-    for algorithm, value, whose in expected:
-        if value and got[algorithm] != value.lower():
-            part.unlink(missing_ok=True)
-            fix = (f" If the file changed upstream on purpose, delete the entry {key or url!r} in {lock} and fetch "
-                   "again to pin the new one." if value is pinned else "")
-            raise DownloadChecksumError(f"{url}: {algorithm} {got[algorithm]} differs from {whose} {value}: the "
-                                        f"download is corrupt or was tampered with; nothing was kept.{fix}")
+    got = verify(part, md5=md5, sha256=sha256, lock=lock, key=key, source=url)
     os.replace(part, target)
-    new_pin = lock is not None and not sha256 and not pinned
-    if new_pin:
-        _pin(lock, key or url, {"url": url, "sha256": got["sha256"], "md5": got["md5"],
-                                "pinned": time.strftime("%Y-%m-%d", time.gmtime())})
-    return {"path": str(target), "status": status, **got, "pinned": new_pin}
+    return {"path": str(target), "status": status, **got}

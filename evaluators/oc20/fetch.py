@@ -3,7 +3,8 @@
 The files and their md5 sums are the ones OC20 publishes (fairchem's ``DATASET.md``; the URLs are
 those of fairchem's ``core/scripts/download_data.py``). Each tarball is downloaded to
 ``<dir>/oc20/`` (resumable, md5-checked, its sha256 pinned in ``<dir>/oc20/downloads.lock`` by the
-first download so a later copy, from a mirror say, must be the same bytes), then unpacked there
+first download so a later copy, from a mirror say, must be the same bytes; a tarball already there,
+copied in by hand, is checked the same way instead), then unpacked there
 without a conversion step: the S2EF pairs stay ``N.extxyz.xz`` + ``N.txt.xz`` and are read as they
 are (``raw.py``); the IS2RE bundle's LMDBs are read with ``--trust-pickle``.
 
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from mlip_zoo.errors import DatasetError, DownloadChecksumError, DownloadError
 from mlip_zoo.evaluators.oc20.raw import is_s2ef_raw
-from mlip_zoo.zoo.download import download
+from mlip_zoo.zoo.download import download, verify
 
 BASE_URL = "https://dl.fbaipublicfiles.com/opencatalystproject/data/"
 LOCK = "downloads.lock"
@@ -104,8 +105,11 @@ def fetch(split: str, directory: Path, *, mirror: str | None = None, keep_archiv
         status = "present"
     else:
         try:
-            got = download(url, tarball, md5=archive.md5, lock=root / LOCK, key=archive.filename, timeout=timeout,
-                           on_progress=on_progress)
+            if tarball.exists():  # a copy put there by hand (or kept with --keep-archive): checked the same way
+                got = {**verify(tarball, md5=archive.md5, lock=root / LOCK, key=archive.filename), "status": "local"}
+            else:
+                got = download(url, tarball, md5=archive.md5, lock=root / LOCK, key=archive.filename,
+                               timeout=timeout, on_progress=on_progress)
         except DownloadChecksumError as exc:
             raise DatasetError(str(exc)) from None
         except DownloadError as exc:

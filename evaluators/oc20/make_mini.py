@@ -385,7 +385,6 @@ def generate(out: Path, seed: int = 0, limit: int | None = None) -> dict:
         splits[split] = splits.get(split, 0) + 1
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "s2ef.json").unlink(missing_ok=True)  # the S2EF frames' former file (an ASE db)
     write_s2ef_raw(out / "s2ef", s2ef)
     files = {"is2re.json": {"sha256": ase_json_db(out / "is2re.json", is2re, ("pos_relaxed",)), "n": len(is2re)},
              "s2ef": {"sha256": sha256_file(out / "s2ef"), "n": len(s2ef)}}
