@@ -1,24 +1,27 @@
 """Reading datasets as streams of ``ase.Atoms``, in the formats the reference data come in.
 
-- extxyz (optionally gzipped): ``info`` carries ids and labels, ``move_mask`` the fixed atoms;
+- extxyz (optionally gzip- or xz-compressed): ``info`` carries ids and labels, ``move_mask`` the
+  fixed atoms;
 - ASE databases (``.db``, ``.json``) and fairchem v2's ``.aselmdb`` (through ase-db-backends);
 - OC20's legacy LMDB of pickled PyG ``Data`` objects, only with ``trust_pickle=True``, because
-  unpickling can run arbitrary code;
-- the layouts a task's own package reads (``DatasetFormat``: Matbench Discovery's WBM folders,
-  its dimer curves), which tasks declare as ``Evaluator.formats``; they are consulted first.
+  unpickling can run arbitrary code (IS2RE records hold adsorption energies: ``energy_kind``);
+- the layouts a task's own package reads (``DatasetFormat``: OC20's raw S2EF folders, Matbench
+  Discovery's WBM folders, its dimer curves), which tasks declare as ``Evaluator.formats``; they
+  are consulted first.
 
 Records are yielded one at a time; nothing here holds a whole dataset in memory.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import importlib.resources
 import io
 import json
+import lzma
 import os
+import re
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -115,7 +118,7 @@ def _check_kind(path: Path) -> None:
                            f"or a folder holding {folders}")
 
 
-GENERIC_FORMATS = ("extxyz(.gz), an ASE db (.db/.json), .aselmdb, a legacy OC20 .lmdb (file or folder of them) with "
+GENERIC_FORMATS = ("extxyz(.gz/.xz), an ASE db (.db/.json), .aselmdb, a legacy OC20 .lmdb (file or folder of them) with "
                    "--trust-pickle")
 
 
@@ -143,7 +146,7 @@ def dataset_format(path: Path) -> str:
         folders = " nor ".join([*(f.folder for f in _task_formats() if f.folder), "a folder of legacy OC20 *.lmdb files"])
         raise DatasetError(f"{path}: a folder, and neither {folders}; give --dataset one dataset file instead: "
                            f"{_formats_hint()}")
-    if name.endswith((".extxyz", ".xyz", ".extxyz.gz", ".xyz.gz")):
+    if name.endswith(tuple(f"{stem}{z}" for stem in (".extxyz", ".xyz") for z in ("", ".gz", ".xz"))):
         return "extxyz"
     if name.endswith(".aselmdb"):
         return "aselmdb"
@@ -169,7 +172,7 @@ def iter_records(path: Path, *, trust_pickle: bool = False) -> Iterator[Atoms]:
     if (task_format := _task_format(kind)) is not None:
         yield from task_format.read(path)
     elif kind == "extxyz":
-        yield from _iter_extxyz(path)
+        yield from iter_extxyz(path)
     elif kind == "aselmdb":
         yield from _iter_ase_db(path, "aselmdb")
     elif kind == "asedb":
@@ -182,35 +185,49 @@ def iter_records(path: Path, *, trust_pickle: bool = False) -> Iterator[Atoms]:
         yield from _iter_legacy_lmdb(path)
 
 
-# Bounds on reading extxyz, so a small file cannot take the memory of the machine (a gzip bomb):
-# a line is at most MAX_LINE characters (real ones are < 1 kB; ase would hold a newline-free
-# stream as one string), and a .gz may decompress to at most GZIP_RATIO times its own size (or
-# GZIP_FLOOR bytes, whichever is more): extxyz compresses 3-6x, while deflate reaches ~1000x
-# only on degenerate input. Decompression is streamed, so memory stays at a line and a record.
+# Bounds on reading text data, so a small file cannot take the memory of the machine (a
+# decompression bomb): a line is at most MAX_LINE characters (real ones are < 1 kB; ase would hold
+# a newline-free stream as one string), and a .gz/.xz may decompress to at most PACKED_RATIO times
+# its own size (or PACKED_FLOOR bytes, whichever is more): extxyz compresses 3-10x, while deflate
+# and LZMA reach ~1000x only on degenerate input. Decompression is streamed, so memory stays at a
+# line and a record.
 MAX_LINE = 4 << 20
-GZIP_RATIO = 50
-GZIP_FLOOR = 32 << 20
+PACKED_RATIO = 50
+PACKED_FLOOR = 32 << 20
 
 
-class _BoundedText:
-    """Lines of an extxyz file, refusing over-long ones and a gzip stream that decompresses past its cap."""
+class BoundedText:
+    """Lines of a text file, plain or .gz/.xz, refusing over-long ones and a compressed stream that
+    decompresses past its cap. A context manager; ``readline`` as a file's."""
 
-    def __init__(self, path: Path, text, raw=None, cap: int | None = None):
-        self.path, self.text, self.raw, self.cap = path, text, raw, cap
+    def __init__(self, path: Path):
+        self.path, self.cap = path, None
+        if path.name.endswith((".gz", ".xz")):
+            self.raw = gzip.open(path, "rb") if path.name.endswith(".gz") else lzma.open(path, "rb")
+            self.cap = max(PACKED_FLOOR, PACKED_RATIO * os.path.getsize(path))
+            self.text = io.TextIOWrapper(self.raw, encoding="utf-8")
+        else:
+            self.raw = self.text = open(path, encoding="utf-8")
+
+    def __enter__(self) -> BoundedText:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.text.close()
 
     def readline(self) -> str:
         line = self.text.readline(MAX_LINE + 1)
         if len(line) > MAX_LINE:
-            raise DatasetError(f"{self.path}: a line longer than {MAX_LINE >> 20} MiB (no newline); not an extxyz "
-                               "file: check the file, or regenerate it")
+            raise DatasetError(f"{self.path}: a line longer than {MAX_LINE >> 20} MiB (no newline); not a text data "
+                               "file: check the file, or fetch it again")
         if self.cap is not None and self.raw.tell() > self.cap:
-            raise DatasetError(f"{self.path}: decompresses to more than {self.cap / 2**20:.3g} MiB ({GZIP_RATIO}x its "
-                               "size): refused as a likely gzip bomb; if it is genuine, decompress it yourself "
-                               "and pass the .extxyz")
+            raise DatasetError(f"{self.path}: decompresses to more than {self.cap / 2**20:.3g} MiB ({PACKED_RATIO}x "
+                               "its size): refused as a likely decompression bomb; if it is genuine, decompress it "
+                               "yourself and pass the uncompressed file")
         return line
 
 
-def _xyz_frames(f: _BoundedText) -> Iterator[Atoms]:
+def _xyz_frames(f: BoundedText) -> Iterator[Atoms]:
     """ase's extxyz frames, read forward only: ase's own reader first scans the whole file and then
     seeks back, which re-decompresses a .gz from its start for every frame. Same grammar: a blank
     line ends the file; up to 3 VEC lines follow a frame's atoms."""
@@ -238,22 +255,18 @@ def _xyz_frames(f: _BoundedText) -> Iterator[Atoms]:
         yield _read_xyz_frame(iter(lines), natoms, nvec=nvec)
 
 
-def _iter_extxyz(path: Path) -> Iterator[Atoms]:
+def iter_extxyz(path: Path) -> Iterator[Atoms]:
+    """The frames of an extxyz file (plain, .gz or .xz), one at a time; a DatasetError naming the
+    file and the frame for anything unreadable."""
     n_read = 0
     try:
-        with contextlib.ExitStack() as stack:
-            if path.name.endswith(".gz"):
-                raw = stack.enter_context(gzip.open(path, "rb"))
-                cap = max(GZIP_FLOOR, GZIP_RATIO * os.path.getsize(path))
-                f = _BoundedText(path, stack.enter_context(io.TextIOWrapper(raw)), raw, cap)
-            else:
-                f = _BoundedText(path, stack.enter_context(open(path)))
+        with BoundedText(path) as f:
             for atoms in _xyz_frames(f):
                 n_read += 1
                 yield atoms
     except DatasetError:
         raise
-    except (ValueError, IndexError, KeyError, OSError, EOFError) as exc:
+    except (ValueError, IndexError, KeyError, OSError, EOFError, lzma.LZMAError) as exc:
         raise DatasetError(f"{path}: corrupt extxyz at record {n_read} (0-based): {exc}") from exc
 
 
@@ -315,6 +328,16 @@ def _iter_ase_db(path: Path, kind: str | None) -> Iterator[Atoms]:
         raise DatasetError(f"{path}: cannot read as an ASE database ({type(exc).__name__}: {exc})") from exc
 
 
+# OC20's subsplits, as its files and folders name them (``s2ef_val_id``, ``val_ood_ads``,
+# ``test_ood_both``); records carry the subsplit alone (``id``...), as the task configs list them.
+_OC20_SPLIT = re.compile(r"^(?:s2ef_|is2re_)?(?:val|test)_(id|ood_ads|ood_cat|ood_both)$")
+
+
+def oc20_split(*names: str) -> str | None:
+    """The OC20 subsplit the first matching name (a folder's, a file's stem) says, else None."""
+    return next((m.group(1) for name in names if (m := _OC20_SPLIT.match(name))), None)
+
+
 def _iter_legacy_lmdb(path: Path) -> Iterator[Atoms]:
     import pickle
 
@@ -322,13 +345,17 @@ def _iter_legacy_lmdb(path: Path) -> Iterator[Atoms]:
 
     files = sorted(path.glob("*.lmdb")) if path.is_dir() else [path]
     for f in files:
+        split = oc20_split(f.parent.name)  # fairchem's is2re/all/val_id/data.lmdb
         env = lmdb.open(str(f), subdir=False, readonly=True, lock=False, readahead=False, meminit=False)
         with env.begin() as txn:
             for key, value in txn.cursor():
                 if key == b"length":
                     continue
                 data = pickle.loads(value)  # trusted by the caller (--trust-pickle)
-                yield _pyg_to_atoms(data, f"{f}:{key.decode(errors='replace')}")
+                atoms = _pyg_to_atoms(data, f"{f}:{key.decode(errors='replace')}")
+                if split is not None:
+                    atoms.info.setdefault("split", split)
+                yield atoms
         env.close()
 
 
@@ -364,6 +391,8 @@ def _pyg_to_atoms(data, where: str) -> Atoms:
     for key in ("y_init", "y_relaxed"):
         if get(key) is not None:
             atoms.info[key] = float(np.asarray(get(key)).reshape(-1)[0])
+    if "y_relaxed" in atoms.info:  # OC20's IS2RE LMDBs hold adsorption energies (no reference is stored)
+        atoms.info["energy_kind"] = "adsorption"
     if get("pos_relaxed") is not None:
         atoms.new_array("pos_relaxed", np.asarray(get("pos_relaxed"), dtype=float))
     return atoms

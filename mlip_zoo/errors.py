@@ -49,6 +49,16 @@ class UntrustedCheckpointError(WeightsError, PermissionError):
     """A checkpoint needs full unpickling (which can run code) and the card does not say ``trusted: true``."""
 
 
+class DownloadError(MlipZooError, OSError):
+    """A file could not be downloaded: unreachable, refused, or cut short (the partial file is kept,
+    and the same command resumes it)."""
+
+
+class DownloadChecksumError(DownloadError, ValueError):
+    """A downloaded file's checksum differs from the published one or the one pinned in a lock
+    file. Nothing is kept."""
+
+
 class PredictionError(MlipZooError, RuntimeError):
     """A model could not produce a valid prediction for one structure."""
 

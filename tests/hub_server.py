@@ -9,6 +9,7 @@ and answers unknown repos, revisions and files with the Hub's ``X-Error-Code`` v
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlparse
@@ -93,11 +94,15 @@ class FakeHub:
 
 class FileServer:
     """Plain HTTP GET of ``files[path] = bytes`` on loopback, like a release asset or S3 object:
-    no checksum header of any kind, so only trust on first use can pin what it serves."""
+    no checksum header of any kind, so only trust on first use can pin what it serves. It honours
+    ``Range: bytes=N-`` (206, as CDNs do) and records each request's Range header in ``ranges``;
+    ``cut_next = N`` makes the next answer stop after N bytes of its body (a killed transfer)."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.requests: list[str] = []
+        self.ranges: list[str | None] = []
+        self.cut_next: int | None = None
         self._server: ThreadingHTTPServer | None = None
         self.url = ""
 
@@ -111,17 +116,34 @@ class FileServer:
             def do_GET(self):
                 path = unquote(urlparse(self.path).path)
                 served.requests.append(path)
+                served.ranges.append(self.headers.get("Range"))
                 content = served.files.get(path)
                 if content is None:
                     self.send_response(404)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                self.send_response(200)
+                start = 0
+                if (wanted := re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")) is not None:
+                    start = int(wanted.group(1))
+                    if start >= len(content):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(content)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(content) - 1}/{len(content)}")
+                else:
+                    self.send_response(200)
+                body = content[start:]
                 self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(content)))
+                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(content)
+                if served.cut_next is not None:
+                    body, served.cut_next = body[:served.cut_next], None
+                    self.close_connection = True
+                self.wfile.write(body)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()

@@ -462,20 +462,23 @@ def test_unknown_dataset_format_is_refused_before_hashing(tmp_path, monkeypatch)
 
 
 @catalogue
+@pytest.mark.parametrize("suffix", [".gz", ".xz"])
 @pytest.mark.parametrize("payload, message", [
-    (b" " * (6 << 20), r"a line longer than 4 MiB \(no newline\); not an extxyz file"),  # ase held it as one string
-    (b"1\n\nH 0 0 0\n" * 100_000, r"decompresses to more than 0.25 MiB \(50x its size\): refused as a likely gzip bomb"),
+    (b" " * (6 << 20), r"a line longer than 4 MiB \(no newline\); not a text data file"),  # ase held it as one string
+    (b"1\n\nH 0 0 0\n" * 100_000,
+     r"decompresses to more than 0.25 MiB \(50x its size\): refused as a likely decompression bomb"),
 ], ids=["one-line", "tiny-frames"])
-def test_gzip_bomb_is_refused_while_streaming(tmp_path, monkeypatch, payload, message):
+def test_decompression_bomb_is_refused_while_streaming(tmp_path, monkeypatch, payload, message, suffix):
     import gzip
+    import lzma
 
     import mlip_zoo.evaluators.data as data
 
-    monkeypatch.setattr(data, "GZIP_FLOOR", 1 << 18)  # the real floor (32 MiB) takes longer to reach
-    path = tmp_path / "bomb.extxyz.gz"
-    path.write_bytes(gzip.compress(payload, compresslevel=9))
+    monkeypatch.setattr(data, "PACKED_FLOOR", 1 << 18)  # the real floor (32 MiB) takes longer to reach
+    path = tmp_path / f"bomb.extxyz{suffix}"
+    path.write_bytes(gzip.compress(payload, compresslevel=9) if suffix == ".gz" else lzma.compress(payload))
     assert path.stat().st_size * 50 < len(payload)
-    with pytest.raises(DatasetError, match=rf"bomb.extxyz.gz: {message}"):
+    with pytest.raises(DatasetError, match=rf"bomb.extxyz{suffix}: {message}"):
         for _ in data.iter_records(path):  # streamed: memory holds a line and a record, never the stream
             pass
 

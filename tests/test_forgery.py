@@ -125,7 +125,7 @@ def test_result_made_with_an_edited_card(results, card_dir):
 def test_ten_best_of_sixty_structures(results):
     path, table = s2ef(results)
     forge(path, table.take(np.arange(0, 60, 6)))  # the 10 it did best on, in dataset order
-    with pytest.raises(ResultError, match=r"predictions row \d+ is structure '.*', record \d+ of s2ef.json is .*"
+    with pytest.raises(ResultError, match=r"predictions row \d+ is structure '.*', record \d+ of s2ef is .*"
                                           r"rows are the dataset's records in its order"):
         validate_result(path)
 
@@ -135,7 +135,7 @@ def test_first_ten_of_sixty_without_a_limit(results):
     path, table = s2ef(results)
     record = json.loads(path.read_text())
     forge(path, table.slice(0, 10), dataset={**record["dataset"], "limit": None})
-    with pytest.raises(ResultError, match=r"the predictions end at row 10, before record 10 of s2ef.json; "
+    with pytest.raises(ResultError, match=r"the predictions end at row 10, before record 10 of s2ef; "
                                           r"a result holds a row for every record"):
         validate_result(path)
 
@@ -145,7 +145,7 @@ def test_sixty_rows_claiming_a_limit_of_thirty(results):
     path, table = s2ef(results)
     record = json.loads(path.read_text())
     forge(path, table, dataset={**record["dataset"], "limit": 30})
-    with pytest.raises(ResultError, match=r"predictions hold structure '.*' and more beyond its first 30 records of s2ef.json"):
+    with pytest.raises(ResultError, match=r"predictions hold structure '.*' and more beyond its first 30 records of s2ef"):
         validate_result(path)
 
 
@@ -156,7 +156,7 @@ def test_reference_columns_that_are_not_the_datasets_labels(results):
     table = table.set_column(table.schema.get_field_index("energy_true"), "energy_true",
                              pc.add(table.column("energy_true"), 0.1))
     forge(path, table)
-    with pytest.raises(ResultError, match=r"structure 'oc20mini-[\d_]+': energy_true differ\(s\) from what s2ef.json gives"):
+    with pytest.raises(ResultError, match=r"structure '[\d_]+': energy_true differ\(s\) from what s2ef gives"):
         validate_result(path)
 
 
@@ -256,7 +256,7 @@ def test_schema_2_result_still_validates_against_an_embedded_dataset(results):
     record = json.loads(path.read_text())
     del record["predictions_sha256"], record["references"]
     path.write_text(json.dumps({**record, "schema_version": 2}))
-    assert validate_result(path).references == "re-derived from s2ef.json"
+    assert validate_result(path).references == "re-derived from s2ef"
 
 
 def test_idless_frames_over_two_shards_get_unique_ids(tmp_path):

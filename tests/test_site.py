@@ -35,9 +35,15 @@ COPY_CARD = f"""\
 
 
 def own_copy(folder: Path, name: str) -> Path:
-    """An oc20-mini file as a user's own dataset: no manifest names a labeller, so it is ranked."""
-    target = folder / f"my-{name}"
-    target.write_bytes((datasets_dir() / "oc20-mini" / name).read_bytes())
+    """An oc20-mini file (or raw S2EF folder) as a user's own dataset: no manifest names a
+    labeller, so it is ranked."""
+    import shutil
+
+    source, target = datasets_dir() / "oc20-mini" / name, folder / f"my-{name}"
+    if source.is_dir():
+        shutil.copytree(source, target)
+    else:
+        target.write_bytes(source.read_bytes())
     return target
 
 
@@ -52,7 +58,7 @@ def site(tmp_path_factory) -> Path:
         mp.setenv("MLIPZOO_CACHE", str(root / "cache"))
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("MLIPZOO_CARDS", str(cards))
-        s2ef, is2re = own_copy(root, "s2ef.json"), own_copy(root, "is2re.json")
+        s2ef, is2re = own_copy(root, "s2ef"), own_copy(root, "is2re.json")
         evaluate("emt", "oc20-s2ef", RunOptions(out=results, workers=0, limit=30, dataset=s2ef))
         evaluate("emt", "oc20-is2re", RunOptions(out=results, workers=0, limit=6, dataset=is2re))
         evaluate("emt", "oc20-is2rs", RunOptions(out=results, workers=0, limit=6, dataset=is2re))
@@ -244,7 +250,7 @@ def test_site_marks_models_it_cannot_tell_apart(tmp_path, card_dir, monkeypatch)
     pair is marked not significant on the index and in the task's ranking table."""
     card_dir("emt-twin", "key: emt-twin\nname: EMT twin\nversion: '1'\nfamily: emt\nlicense: MIT\ntargets: EFS\n")
     monkeypatch.setenv("MLIPZOO_CARDS", str(card_dir.dir))
-    data = own_copy(tmp_path, "s2ef.json")
+    data = own_copy(tmp_path, "s2ef")
     for model in ("emt", "emt-twin"):
         evaluate(model, "oc20-s2ef", RunOptions(out=tmp_path / "results", workers=0, limit=8, dataset=data))
     out = build_site(tmp_path / "results", tmp_path / "site").parent

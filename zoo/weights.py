@@ -21,8 +21,6 @@ import os
 import shutil
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -356,18 +354,17 @@ def _url_cache_path(card: ModelCard, wf: WeightFile) -> Path:
 
 def _url_download(url: str, dest: Path, tried: _Attempts) -> Path | None:
     """Download to ``<dest>.download`` beside the cache; ``_verify`` moves it to ``dest`` only once
-    its hash is right, so a changed upstream file can never replace a verified cached copy."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp, done = dest.with_name(dest.name + ".part"), dest.with_name(dest.name + ".download")
+    its hash is right, so a changed upstream file can never replace a verified cached copy. A
+    download cut short resumes on the next attempt (zoo/download.py)."""
+    from mlip_zoo.errors import DownloadError
+    from mlip_zoo.zoo.download import download
+
+    done = dest.with_name(dest.name + ".download")
     try:
-        request = urllib.request.Request(url, headers={"User-Agent": "mlip-zoo"})
-        with urllib.request.urlopen(request, timeout=60) as response, open(tmp, "wb") as f:
-            shutil.copyfileobj(response, f)
-        os.replace(tmp, done)
+        download(url, done)
         return done
-    except (urllib.error.URLError, OSError) as exc:
-        tmp.unlink(missing_ok=True)
-        tried.add(f"URL {url}", f"failed: {getattr(exc, 'reason', exc)}")
+    except DownloadError as exc:
+        tried.add(f"URL {url}", f"failed: {exc}")
         return None
 
 

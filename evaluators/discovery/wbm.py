@@ -294,24 +294,16 @@ WBM_FORMAT = DatasetFormat(name="wbm", description="a Matbench Discovery WBM lay
                            folder="a Matbench Discovery WBM layout")
 
 
-def md5_file(path: Path) -> str:
-    h = hashlib.md5()  # the published checksums are md5; sha256 of what we fetch is recorded too
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fetch(dest: Path, keys: list[str] | None = None, *, mirror: str | None = None, timeout: float = 30.0,
           on_progress=None) -> dict[str, dict]:
     """Download the WBM/MP files into ``dest`` (matbench-discovery's layout), md5-checked.
 
     ``mirror`` is a base URL holding the same relative paths (an institutional copy); by default
-    each file comes from its figshare URL. Files already present with the right md5 are kept. A
-    network failure raises a DatasetError that says so and names the URL, so the user can fetch the
-    file elsewhere and copy it in."""
-    import urllib.error
-    import urllib.request
+    each file comes from its figshare URL. Files already present with the right md5 are kept; a
+    download cut short resumes on the next call. A network failure raises a DatasetError that
+    says so and names the URL, so the user can fetch the file elsewhere and copy it in."""
+    from mlip_zoo.errors import DownloadChecksumError, DownloadError
+    from mlip_zoo.zoo.download import digests, download
 
     report: dict[str, dict] = {}
     for key in keys or [k for k in WBM_FILES if k != "mp_computed_structure_entries"]:
@@ -319,32 +311,18 @@ def fetch(dest: Path, keys: list[str] | None = None, *, mirror: str | None = Non
             raise DatasetError(f"unknown WBM file {key!r}; known: {', '.join(WBM_FILES)}")
         spec = WBM_FILES[key]
         target = dest / spec.path
-        if target.exists() and md5_file(target) == spec.md5:
+        if target.exists() and digests(target)["md5"] == spec.md5:
             report[key] = {"path": str(target), "status": "present", "md5": spec.md5}
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.part")
         url = f"{mirror.rstrip('/')}/{spec.path}" if mirror else spec.url
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
-                total = int(response.headers.get("Content-Length") or 0) or None
-                done = 0
-                while block := response.read(1 << 20):
-                    out.write(block)
-                    done += len(block)
-                    if on_progress:
-                        on_progress(key, done, total)
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            tmp.unlink(missing_ok=True)
+            got = download(url, target, md5=spec.md5, timeout=timeout,
+                           on_progress=(lambda done, total, key=key: on_progress(key, done, total)) if on_progress else None)
+        except DownloadChecksumError as exc:
+            raise DatasetError(str(exc)) from None
+        except DownloadError as exc:
             raise DatasetError(
-                f"cannot download {key} from {url}: {exc}. This machine cannot reach it; "
-                f"download it where the network allows and copy it to {target} (md5 {spec.md5}), or point "
-                "the task at files you have with --dataset DIR.") from exc
-        digest = md5_file(tmp)
-        if digest != spec.md5:
-            tmp.unlink(missing_ok=True)
-            raise DatasetError(f"{url}: md5 {digest} differs from the published {spec.md5}; "
-                               "the download is incomplete or the file changed upstream. Nothing was kept.")
-        tmp.replace(target)
-        report[key] = {"path": str(target), "status": "downloaded", "md5": digest}
+                f"{exc}. Where this machine cannot reach it, download it where the network allows and copy it to "
+                f"{target} (md5 {spec.md5}), or point the task at files you have with --dataset DIR.") from None
+        report[key] = {"path": str(target), "status": got["status"], "md5": got["md5"], "sha256": got["sha256"]}
     return report

@@ -8,21 +8,32 @@ model is for catalysis.
 What is OC20-like: adsorbates come from fairchem-data-oc's OC20 adsorbate list; slabs carry OC20's
 tags (0 fixed subsurface, 1 surface, 2 adsorbate) with the tag-0 atoms held by ``FixAtoms``; the
 splits follow OC20's scheme (id, ood_ads, ood_cat, ood_both) by holding out two metals and a third
-of the adsorbates. What is not: slabs are fcc(111) of the seven EMT metals only, and energies are
-total EMT energies, not adsorption energies.
+of the adsorbates; the S2EF frames are in OC20's raw layout, read by the same code as the real
+files. What is not: slabs are fcc(111) of the seven EMT metals only.
 
-Files are ASE databases (JSON backend: the row model of fairchem v2's ``.aselmdb``, with every
-float at full precision, which extxyz's 8 decimals would not keep; byte-reproducible for a given
-seed and library versions):
+Energies are total EMT energies, and every structure carries the reference that turns its total
+energy into an adsorption energy, built as OC20 builds its own: ``E_ads = E_total - E_slab -
+sum of the adsorbate atoms' gas-phase references``, with EMT's clean-slab energy (the slab relaxed
+with the task protocol, tag-0 layers fixed) and EMT's gas references from relaxed H2, H2O, CO and
+N2 (H = H2/2, O = H2O - H2, C = CO - O, N = N2/2), each rounded to 1e-6 eV.
 
-- ``is2re.json``: one initial structure per system; key-value pairs ``sid``, ``split``,
-  ``y_init``, ``y_relaxed`` (eV, total) and ``n_steps`` (the protocol relaxation's steps); tags
-  and the FixAtoms constraint on the row; ``data.pos_relaxed`` the EMT-relaxed positions.
-- ``s2ef.json``: first, middle and last frame of every converged protocol relaxation (path-sensitive
-  ones included: single points, exact EMT evaluations of the stored positions, reproduce anyway),
-  with EMT energy and forces on all atoms (fixed ones included); key-value pairs ``sid``, ``fid``
-  (optimizer step), ``split``.
-- ``manifest.json``: seed, relaxation protocol, drop criteria, split sizes, what
+Files (byte-reproducible for a given seed and library versions):
+
+- ``s2ef/``: OC20's raw S2EF layout, one pair per split (``0`` id, ``1`` ood_ads, ``2`` ood_cat,
+  ``3`` ood_both, named in ``s2ef/manifest.json``): ``N.extxyz.xz`` + ``N.txt.xz``, compressed
+  as the published tarballs are. The frames are the first, middle and last of every converged
+  protocol relaxation (path-sensitive ones included: single points, exact EMT evaluations of the
+  stored positions, reproduce anyway), with EMT energy and forces on all atoms (fixed ones
+  included); each txt line is ``random<sid>,frame<fid>,<reference energy>`` (fid: the optimizer
+  step). Every float is written at full precision (``repr``: positions, cell, energy and forces
+  read back bit for bit, where ASE's writer keeps 8 decimals), so the labels are EMT evaluated on
+  exactly the positions a reader gets.
+- ``is2re.json``: an ASE database (JSON backend: the row model of fairchem v2's ``.aselmdb``,
+  floats at full precision): one initial structure per system; key-value pairs ``sid``, ``split``,
+  ``y_init``, ``y_relaxed`` (eV, total), ``energy_kind`` (``total``), ``reference_energy`` (eV)
+  and ``n_steps`` (the protocol relaxation's steps); tags and the FixAtoms constraint on the row;
+  ``data.pos_relaxed`` the EMT-relaxed positions.
+- ``manifest.json``: seed, relaxation protocol, references, drop criteria, split sizes, what
   was dropped and why, and each file's sha256.
 
 Relaxed labels that reproduce (issue #16). A relaxation amplifies the last bits of its floating-point
@@ -52,19 +63,23 @@ import argparse
 import hashlib
 import importlib.resources
 import json
+import lzma
 import pickle
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from ase import Atoms
-from ase.build import add_adsorbate, fcc111
+from ase.build import add_adsorbate, fcc111, molecule
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.constraints import FixAtoms
+from ase.optimize import BFGS
 
 from mlip_zoo.evaluators.base import load_task_config
+from mlip_zoo.evaluators.data import free_mask, sha256_file
 from mlip_zoo.evaluators.relax import RelaxProtocol, Relaxation, relax
 from mlip_zoo.zoo import load_potential
 from mlip_zoo.zoo.weights import sha256_of
@@ -81,6 +96,8 @@ ID_METALS = ("Al", "Cu", "Ag", "Ni", "Pt")
 OOD_METALS = ("Au", "Pd")
 SITES = ("ontop", "bridge", "fcc", "hcp")
 N_ADSORBATES, MAX_ADSORBATE_ATOMS, PER_SPLIT = 12, 5, 40
+SPLITS = ("id", "ood_ads", "ood_cat", "ood_both")  # s2ef/<index>.extxyz.xz holds SPLITS[index]
+REF_DECIMALS = 6  # references are conventions: rounded, so they read the same on every machine
 
 
 class _AseNumpyUnpickler(pickle.Unpickler):
@@ -115,11 +132,50 @@ def choose_adsorbates(ads, rng) -> tuple[list[int], list[int]]:
     return [k for k in chosen if k not in held], held
 
 
-def build_system(metal: str, ads: tuple[Atoms, str, np.ndarray], rng) -> Atoms:
-    """An unrelaxed adsorbate on metal(111), tagged and constrained as in OC20."""
+def clean_slab(metal: str) -> Atoms:
+    """metal(111), tagged and constrained as in OC20: the top layer free (tag 1), the rest fixed (0)."""
     slab = fcc111(metal, size=(2, 2, 3), vacuum=7.0)
     # ase numbers layers 1..3 from the top; OC20 tags the top layer 1 and the rest 0 (fixed).
     slab.set_tags(np.where(slab.get_tags() == 1, 1, 0))
+    slab.set_constraint(FixAtoms(mask=slab.get_tags() == 0))
+    return slab  # info keeps ase.build's adsorbate_info, which add_adsorbate reads
+
+
+def slab_energies(metals, potential) -> dict[str, float]:
+    """EMT energy of each clean slab relaxed with the task protocol (OC20's E_slab)."""
+    out = {}
+    for metal in metals:
+        result = relax(clean_slab(metal), potential, PROTOCOL)
+        if not result.converged:
+            raise RuntimeError(f"the clean {metal}(111) slab did not relax in {result.steps} steps")
+        out[metal] = round(float(result.energy), REF_DECIMALS)
+    return out
+
+
+def gas_references() -> dict[str, float]:
+    """OC20's per-atom gas-phase references, from EMT's relaxed H2, H2O, CO and N2."""
+    energy = {}
+    for name in ("H2", "H2O", "CO", "N2"):
+        gas = molecule(name)
+        gas.calc = EMT()
+        if not BFGS(gas, logfile=None).run(fmax=1e-4, steps=500):
+            raise RuntimeError(f"EMT's {name} did not relax")
+        energy[name] = float(gas.get_potential_energy())
+    h = energy["H2"] / 2
+    o = energy["H2O"] - energy["H2"]
+    refs = {"H": h, "O": o, "C": energy["CO"] - o, "N": energy["N2"] / 2}
+    return {el: round(value, REF_DECIMALS) for el, value in refs.items()}
+
+
+def reference_energy(atoms: Atoms, metal: str, slabs: dict[str, float], gas: dict[str, float]) -> float:
+    """E_slab + the adsorbate atoms' gas references: total - this = adsorption energy."""
+    adsorbate = np.asarray(atoms.get_chemical_symbols())[atoms.get_tags() == 2]
+    return round(slabs[metal] + sum(gas[str(el)] for el in adsorbate), REF_DECIMALS)
+
+
+def build_system(metal: str, ads: tuple[Atoms, str, np.ndarray], rng) -> Atoms:
+    """An unrelaxed adsorbate on metal(111), tagged and constrained as in OC20."""
+    slab = clean_slab(metal)
     molecule, _, binding = ads
     molecule, b = molecule.copy(), int(binding[0])
     molecule.set_tags(2)
@@ -188,6 +244,44 @@ def ase_json_db(path: Path, images: list[Atoms], arrays: tuple[str, ...] = ()) -
     return sha256_of(path)
 
 
+def _floats(values) -> str:
+    return " ".join(repr(float(v)) for v in values)  # shortest text that reads back bit for bit
+
+
+def extxyz_frame(atoms: Atoms) -> str:
+    """One frame in OC20's extxyz columns (species, pos, move_mask, tags, forces), energy in the
+    comment line, every float at full precision."""
+    energy, forces = atoms.calc.results["energy"], atoms.calc.results["forces"]
+    free = free_mask(atoms)
+    pbc = " ".join("T" if p else "F" for p in atoms.pbc)
+    lines = [str(len(atoms)),
+             f'Lattice="{_floats(atoms.cell[:].ravel())}" '
+             "Properties=species:S:1:pos:R:3:move_mask:L:1:tags:I:1:forces:R:3 "
+             f'energy={float(energy)!r} pbc="{pbc}"']
+    for sym, pos, move, tag, force in zip(atoms.get_chemical_symbols(), atoms.positions, free, atoms.get_tags(),
+                                          forces, strict=True):
+        lines.append(f"{sym} {_floats(pos)} {'T' if move else 'F'} {int(tag)} {_floats(force)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_s2ef_raw(folder: Path, frames: list[Atoms]) -> None:
+    """OC20's raw layout: per split ``<index>.extxyz.xz`` + ``<index>.txt.xz`` (xz as the published
+    tarballs), and a manifest naming each file's split."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    stems = {}
+    for index, split in enumerate(SPLITS):
+        mine = [a for a in frames if a.info["split"] == split]
+        if not mine:
+            continue
+        xyz = "".join(extxyz_frame(a) for a in mine)
+        txt = "".join(f"random{a.info['sid']},frame{a.info['fid']},{a.info['reference_energy']!r}\n" for a in mine)
+        for name, text in ((f"{index}.extxyz.xz", xyz), (f"{index}.txt.xz", txt)):
+            (folder / name).write_bytes(lzma.compress(text.encode(), preset=9))
+        stems[str(index)] = split
+    (folder / "manifest.json").write_text(json.dumps({"splits": stems}, indent=2, sort_keys=True) + "\n")
+
+
 def fmax_trace(protocol: RelaxProtocol) -> tuple[Callable[[Atoms, int], None], list[float]]:
     """An ``on_step`` hook recording, per optimizer step, the largest force the optimizer sees (the
     cell filter's, when the protocol has one: built at step 0 from the same cell as relax's own)."""
@@ -248,12 +342,15 @@ def generate(out: Path, seed: int = 0, limit: int | None = None) -> dict:
     adsorbates = load_adsorbates()
     ads_id, ads_ood = choose_adsorbates(adsorbates, np.random.default_rng([seed, 0]))
     emt = load_potential("emt")
+    gas = gas_references()
+    slabs = slab_energies((*ID_METALS, *OOD_METALS), emt)
     is2re, s2ef, splits, dropped, reasons = [], [], {}, [], {}
     for i, (split, metal, ads_key) in enumerate(plan(ads_id, ads_ood, seed)[:limit]):
-        sid = "oc20mini-%04d" % i  # numbered before relaxing, so a dropped system leaves a gap
+        sid = i  # an integer, as OC20's (random<sid>); numbered before relaxing, so a dropped system leaves a gap
         initial = build_system(metal, adsorbates[ads_key], np.random.default_rng([seed, 2, i]))
+        reference = reference_energy(initial, metal, slabs, gas)
         frames: dict[int, np.ndarray] = {}
-        name = f"{sid} {metal}/{adsorbates[ads_key][1]}"
+        name = f"system {sid:04d} {metal}/{adsorbates[ads_key][1]}"
         hook, trace = fmax_trace(PROTOCOL)
 
         def on_step(a: Atoms, step: int) -> None:
@@ -271,7 +368,7 @@ def generate(out: Path, seed: int = 0, limit: int | None = None) -> dict:
                 snap = initial.copy()
                 snap.positions = frames[step]
                 energy, forces = emt_label(snap)
-                snap.info = {"sid": sid, "fid": int(step), "split": split}
+                snap.info = {"sid": sid, "fid": int(step), "split": split, "reference_energy": reference}
                 snap.calc = SinglePointCalculator(snap, energy=energy, forces=forces)
                 s2ef.append(snap)
         why = path_check(initial, r, trace, emt, PROTOCOL, np.random.default_rng([seed, 3, i]))
@@ -282,14 +379,15 @@ def generate(out: Path, seed: int = 0, limit: int | None = None) -> dict:
         y_init, _ = emt_label(initial)
         frame = initial.copy()
         frame.info = {"sid": sid, "split": split, "y_init": y_init, "y_relaxed": float(r.energy),
-                      "n_steps": int(r.steps)}
+                      "energy_kind": "total", "reference_energy": reference, "n_steps": int(r.steps)}
         frame.new_array("pos_relaxed", r.atoms.get_positions())
         is2re.append(frame)
         splits[split] = splits.get(split, 0) + 1
 
     out.mkdir(parents=True, exist_ok=True)
-    files = {name: {"sha256": ase_json_db(out / name, images, arrays), "n": len(images)}
-             for name, images, arrays in (("is2re.json", is2re, ("pos_relaxed",)), ("s2ef.json", s2ef, ()))}
+    write_s2ef_raw(out / "s2ef", s2ef)
+    files = {"is2re.json": {"sha256": ase_json_db(out / "is2re.json", is2re, ("pos_relaxed",)), "n": len(is2re)},
+             "s2ef": {"sha256": sha256_file(out / "s2ef"), "n": len(s2ef)}}
     manifest = {
         "name": "oc20-mini", "label": LABEL,
         "description": (f"{LABEL}, generated in OC20's format: not OC20. Small fairchem-data-oc adsorbates on "
@@ -306,7 +404,13 @@ def generate(out: Path, seed: int = 0, limit: int | None = None) -> dict:
                           "jitter_distance_A": JITTER_DISTANCE},
         "files": files, "splits": splits, "dropped": len(dropped),
         "dropped_by_reason": dict(sorted(reasons.items())), "dropped_systems": dropped,
-        "energy": "total EMT energy, eV (not an adsorption energy)",
+        "energy_kind": "total",
+        "energy": ("total EMT energies, eV; each structure's reference_energy (eV) turns them into adsorption "
+                   "energies: E_ads = E_total - reference_energy"),
+        "reference_energy": {"scheme": "OC20's: E_slab (clean slab relaxed with the task protocol) + the adsorbate "
+                                       "atoms' gas references (H = H2/2, O = H2O - H2, C = CO - O, N = N2/2; "
+                                       "molecules relaxed with BFGS to fmax 1e-4 eV/A)",
+                             "labelled_by": "emt", "slab_energies": slabs, "gas_references": gas},
         **({"limit": limit} if limit is not None else {}),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -328,7 +432,7 @@ def main(argv: list[str] | None = None) -> None:
     for line in result["dropped"]:
         print(f"    dropped {line}")
     for name, entry in m["files"].items():
-        size = (args.out / name).stat().st_size
+        size = sum(p.stat().st_size for p in [args.out / name, *(args.out / name).glob("*")] if p.is_file())
         print(f"  {name}: {entry['n']} frames, {size / 1024:.0f} KiB, sha256 {entry['sha256']}")
 
 

@@ -30,6 +30,7 @@ from mlip_zoo.evaluators.base import Evaluator, Terms
 from mlip_zoo.evaluators.data import free_mask, record_id
 from mlip_zoo.evaluators.oc20 import metrics as m
 from mlip_zoo.evaluators.oc20.metrics import Metric
+from mlip_zoo.evaluators.oc20.raw import S2EF_RAW_FORMAT
 from mlip_zoo.evaluators.relax import RelaxProtocol, relax_many
 from mlip_zoo.zoo.potential import Potential
 
@@ -141,6 +142,7 @@ class _OC20Task(Evaluator):
     column per metric), gives the metrics and the bootstrap's fast path."""
 
     kept = ("id", "split", "status")  # the columns reduce keeps besides the terms
+    formats = (S2EF_RAW_FORMAT,)  # OC20's raw S2EF folders, read as published
 
     @abstractmethod
     def _ok_terms(self, ok: pa.Table) -> Terms:
