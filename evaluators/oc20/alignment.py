@@ -214,7 +214,7 @@ def aligned_terms(rows: pa.Table, ok: np.ndarray, energy_threshold: float, mse: 
     scored = ~np.fromiter((i in chosen for i in ids), bool, len(ids))
     row, z, n = _triplets(part.column("align:elements"), part.column("align:counts"))
     elements = np.array([atomic_numbers[symbol] for symbol in data["coefficients"]], dtype=np.int64)
-    basis = np.asarray(data["_basis"], dtype=float).reshape(elements.size, -1)
+    basis = np.asarray(data["_basis"], dtype=float).reshape(elements.size, data["rank"])
     coefficient = np.zeros(_Z)
     coefficient[elements] = list(data["coefficients"].values())
     shift = np.bincount(row, weights=n * coefficient[z], minlength=part.num_rows)
