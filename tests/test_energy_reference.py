@@ -310,3 +310,13 @@ def test_chgnet_on_oc20_mini_is_scored_aligned_and_refused_on_adsorption_labels_
     write(data, frames, format="extxyz")
     with pytest.raises(DatasetError, match="holds adsorption energies.*energy_target 'total'.*--no-align"):
         _run("chgnet-0.3.0", "oc20-s2ef", data, tmp_path / "refused", align=False)
+
+
+def test_energy_parity_plots_labels_of_the_models_kind():
+    task = evaluator_for("oc20-s2ef")
+    rows = [{"id": f"r{i}", "split": "id", "n_atoms": 1, "status": "ok", "reason": None, "seconds": 0.1,
+             "energy_true": 4.0, "energy_pred": 10.0, "forces_true": [0.0] * 3, "forces_pred": [0.0] * 3,
+             "free": [True], "energy_kind": "adsorption", "energy_reference": ref, "energy_pred_kind": "total",
+             "numbers": [29]} for i, ref in enumerate([6.0, None])]
+    plots = task.plots(pa.Table.from_pylist(rows, schema=task.schema), {})
+    assert plots["energy"] == {"x": [10.0], "y": [10.0]} and plots["n_ok"] == 2

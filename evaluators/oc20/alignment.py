@@ -143,38 +143,41 @@ def _triplets(elements: pa.ChunkedArray, counts: pa.ChunkedArray) -> tuple[np.nd
     return np.repeat(np.arange(lengths.size), lengths), z, n
 
 
-def calibration_ids(ids: list[str], settings: Calibration) -> list[str]:
+def calibration_ids(ids: list[str] | pa.Array | pa.ChunkedArray, settings: Calibration) -> list[str]:
     """The declared calibration subset of these ids (see the module docstring), sorted."""
-    unique = sorted(set(ids))
+    unique = pc.unique(pa.chunked_array([pa.array(ids, pa.string())]) if isinstance(ids, list)
+                       else pc.cast(ids, pa.string())).to_pylist()
     k = min(settings.max_rows, math.ceil(settings.fraction * len(unique)))
-    scored = sorted(unique, key=lambda i: hashlib.sha256(f"{settings.seed}:{i}".encode()).digest())
-    return sorted(scored[:k])
+    return sorted(sorted(unique, key=lambda i: hashlib.sha256(f"{settings.seed}:{i}".encode()).digest())[:k])
+
+
+def _in(ids: pa.ChunkedArray, chosen: list[str]) -> np.ndarray:
+    return pc.is_in(pc.cast(ids, pa.string()), value_set=pa.array(chosen, pa.string())).to_numpy(zero_copy_only=False)
 
 
 def fit(rows: pa.Table, settings: Calibration) -> dict[str, Any]:
     """The alignment of reduced rows (``align:*`` columns): the calibration ids, the coefficients
     fitted on those of them that were scored ok, and the basis of the compositions they span."""
-    ids = [str(i) for i in rows.column("id").to_pylist()]
-    chosen = calibration_ids(ids, settings)
+    chosen = calibration_ids(rows.column("id"), settings)
     ok = pc.equal(rows.column("status"), "ok").to_numpy(zero_copy_only=False)
-    first: dict[str, int] = {}  # one row per id: the same id twice (a resample) must not weigh twice
-    for i, rid in enumerate(ids):
-        first.setdefault(rid, i)
-    use = np.array(sorted(first[rid] for rid in chosen if ok[first[rid]]), dtype=np.int64)
-    part = rows.take(pa.array(use, pa.int64()))
+    use = np.flatnonzero(ok & _in(rows.column("id"), chosen))
+    # one row per id: the same id twice (rows drawn with replacement) must not weigh twice
+    use = use[np.unique(np.asarray(rows.column("id").take(pa.array(use)).to_pylist(), dtype=str),
+                        return_index=True)[1]] if use.size else use
+    part = rows.take(pa.array(np.sort(use), pa.int64()))
     row, z, n = _triplets(part.column("align:elements"), part.column("align:counts"))
     elements = np.unique(z)
-    matrix = np.zeros((use.size, elements.size))
+    matrix = np.zeros((part.num_rows, elements.size))
     np.add.at(matrix, (row, np.searchsorted(elements, z)), n)
     error = _numbers(part, "align:pred") - _numbers(part, "align:label")
     coefficients = np.zeros(elements.size)
     basis = np.zeros((elements.size, 0))
-    if use.size and elements.size:
+    if part.num_rows and elements.size:
         coefficients = np.linalg.lstsq(matrix, error, rcond=RCOND)[0]
         _, s, vt = np.linalg.svd(matrix, full_matrices=False)
         basis = vt[s > RCOND * s[0]].T if s[0] > 0 else basis
     return {"method": METHOD, "intercept": False, "calibration": settings.model_dump(),
-            "calibration_ids": chosen, "n_fitted": int(use.size), "rank": int(basis.shape[1]),
+            "calibration_ids": chosen, "n_fitted": int(part.num_rows), "rank": int(basis.shape[1]),
             "coefficients": {chemical_symbols[int(e)]: float(c) for e, c in zip(elements, coefficients, strict=True)},
             "_basis": basis.tolist()}
 
@@ -209,9 +212,7 @@ def aligned_terms(rows: pa.Table, ok: np.ndarray, energy_threshold: float, mse: 
     force criterion), and ``aligned_coverage``, over the rows outside the calibration subset."""
     data = json.loads(rows.schema.metadata[FIT])
     part = rows.filter(pa.array(ok))
-    ids = [str(i) for i in part.column("id").to_pylist()]
-    chosen = set(data["calibration_ids"])
-    scored = ~np.fromiter((i in chosen for i in ids), bool, len(ids))
+    scored = ~_in(part.column("id"), data["calibration_ids"])
     row, z, n = _triplets(part.column("align:elements"), part.column("align:counts"))
     elements = np.array([atomic_numbers[symbol] for symbol in data["coefficients"]], dtype=np.int64)
     basis = np.asarray(data["_basis"], dtype=float).reshape(elements.size, data["rank"])

@@ -171,6 +171,7 @@ class _OC20Task(Evaluator):
     column per metric), gives the metrics and the bootstrap's fast path."""
 
     kept = ("id", "split", "status")  # the columns reduce keeps besides the terms
+    plot_columns = (*plotting.PARITY_COLUMNS, "energy_kind", "energy_reference", "energy_pred_kind")
 
     @abstractmethod
     def _ok_terms(self, ok: pa.Table) -> Terms:
@@ -206,6 +207,19 @@ class _OC20Task(Evaluator):
     def fitted(self, rows: pa.Table) -> dict[str, Any] | None:
         found = alignment.fitted(rows)
         return {"alignment": found} if found is not None else None
+
+    def plots(self, table: pa.Table, metrics: dict[str, Any]) -> dict[str, Any] | None:
+        """The generic plots, the energy parity against labels of the model's kind (a label of
+        another kind, with no reference to convert it, has no point on it)."""
+        if "energy_kind" not in table.column_names:
+            return super().plots(table, metrics)
+        labels, comparable = alignment.comparable_labels(table)
+        like = table.set_column(table.schema.get_field_index("energy_true"), "energy_true", pa.array(labels))
+        out = super().plots(like, metrics)
+        if out is not None and not comparable.all():
+            energy = plotting.parity_plots(like.filter(pa.array(comparable))).get("energy")
+            out.pop("energy", None) if energy is None else out.update(energy=energy)
+        return out
 
     def _alignment_inputs(self, table: pa.Table, ok: np.ndarray, extra: dict[str, np.ndarray]) -> dict[str, Any]:
         """The reduced columns the alignment fits and scores from, on every row: the label (of the
@@ -407,7 +421,7 @@ class IS2RE(_Relaxation):
 
 
 class IS2RS(_Relaxation):
-    plot_columns = (*plotting.PARITY_COLUMNS, "pos_true", "pos_pred", "cell")
+    plot_columns = (*_OC20Task.plot_columns, "pos_true", "pos_pred", "cell")
 
     def plots(self, table: pa.Table, metrics: dict[str, Any]) -> dict[str, Any] | None:
         """The generic plots, and the ADwT curve: per system the mean minimum-image distance over
