@@ -320,3 +320,17 @@ def test_energy_parity_plots_labels_of_the_models_kind():
              "numbers": [29]} for i, ref in enumerate([6.0, None])]
     plots = task.plots(pa.Table.from_pylist(rows, schema=task.schema), {})
     assert plots["energy"] == {"x": [10.0], "y": [10.0]} and plots["n_ok"] == 2
+
+
+def test_cli_no_align_refuses_and_says_how_to_align(tmp_path):
+    from typer.testing import CliRunner
+
+    from mlip_zoo.cli import app
+
+    data = s2ef_set(tmp_path, "adsorption", False, n=4)
+    args = ["eval", "emt", "oc20-s2ef", "--dataset", str(data), "--workers", "0", "--out", str(tmp_path / "out"),
+            "--wandb", "disabled"]
+    refused = CliRunner().invoke(app, [*args, "--no-align"])
+    assert refused.exit_code != 0 and "energy_target 'total'" in refused.output and "--no-align" in refused.output
+    wrong = CliRunner().invoke(app, ["eval", "emt", "oc20-is2rs", "--no-align", "--out", str(tmp_path / "o2")])
+    assert wrong.exit_code != 0 and "no energy alignment" in wrong.output
