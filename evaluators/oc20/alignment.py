@@ -211,7 +211,8 @@ def aligned_terms(rows: pa.Table, ok: np.ndarray, energy_threshold: float, mse: 
     IS2RE or ``energy_forces_within_threshold_aligned`` for S2EF (``align:within`` holds the
     force criterion), and ``aligned_coverage``, over the rows outside the calibration subset."""
     data = json.loads(rows.schema.metadata[FIT])
-    part = rows.filter(pa.array(ok))
+    needed = ["id", *(c for c in rows.column_names if c.startswith("align:"))]
+    part = rows.select(needed).filter(pa.array(ok))  # the few columns it reads, not a copy of every term
     scored = ~_in(part.column("id"), data["calibration_ids"])
     row, z, n = _triplets(part.column("align:elements"), part.column("align:counts"))
     elements = np.array([atomic_numbers[symbol] for symbol in data["coefficients"]], dtype=np.int64)
