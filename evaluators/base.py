@@ -240,6 +240,13 @@ class Evaluator(ABC):
         """Why a dataset record cannot be used by this task (None when it can)."""
         return None
 
+    def compatible(self, card: ModelCard, atoms: Atoms) -> str | None:
+        """Why this model's outputs cannot be scored against this record like with like (OC20: an
+        adsorption label and a total-energy model, with nothing to convert one into the other);
+        None when they can. Checked on the driver for every record before it reaches a model, so
+        a refused pairing costs no model time."""
+        return None
+
     @abstractmethod
     def run(self, potential: Potential, records: list[Atoms]) -> list[dict]:
         """One row per record, in order, matching ``schema``. A structure that fails gets
@@ -284,6 +291,25 @@ class Evaluator(ABC):
         """The figures of the task page, given every model's ``plots`` data (model -> data); the
         speed-vs-accuracy figure every page has is not listed."""
         return []
+
+    def fit(self, rows: pa.Table) -> pa.Table:
+        """Constants some metrics fit to the predictions as a whole (OC20: the per-element energy
+        alignment), computed once from every (reduced) row and carried in the returned table's
+        schema metadata, which resamples keep (``take``): the bootstrap treats them as fixed.
+        Scoring calls it after ``reduce``; ``metrics`` fits on its own when given rows without.
+        Default: none, the rows as they are."""
+        return rows
+
+    def fitted(self, rows: pa.Table) -> dict[str, Any] | None:
+        """What a result records of ``fit``'s constants (``provenance.fitted``), which
+        ``mlipzoo reproduce`` recomputes and compares. None: nothing was fitted."""
+        return None
+
+    def for_record(self, record: Any) -> TaskConfig:
+        """The protocol a result (a ResultRecord) was scored with, for recomputing it: the config,
+        with any setting the result records in its provenance (OC20: the alignment, which a run
+        may switch off)."""
+        return self.config
 
     def provenance(self) -> dict[str, Any]:
         """Inputs besides the dataset that this task's numbers depend on (e.g. a cached file of

@@ -76,6 +76,10 @@ class Provenance(_Part):
     bootstrap: dict[str, Any] | None = None
     task_inputs: dict[str, Any] | None = None  # Evaluator.provenance(): inputs besides the dataset
     environment: dict[str, Any] | None = None  # the isolated model environment it ran in
+    # Constants fitted to the predictions that metrics depend on (Evaluator.fitted; OC20:
+    # ``alignment``: method, calibration rule and ids, per-element coefficients in eV/atom);
+    # `mlipzoo reproduce` refits them and compares.
+    fitted: dict[str, Any] | None = None
 
 
 class ResultRecord(_Part):

@@ -113,7 +113,7 @@ class ReferenceDigest:
 
 def build_record(*, plan, metrics: dict, intervals: dict, bootstrap: dict, n_structures: int,
                  failures: list[dict], predictions_sha256: str, references: dict[str, Any], started: dt.datetime,
-                 wall_time_s: float, n_workers: int) -> ResultRecord:
+                 wall_time_s: float, n_workers: int, fitted: dict[str, Any] | None = None) -> ResultRecord:
     """The record of one run of ``plan`` (evaluators/plan.py); ``failures`` holds ``{"id", "reason"}``
     of every structure that failed."""
     card, task, dataset, env = plan.card, plan.config, plan.dataset, plan.environment
@@ -133,5 +133,5 @@ def build_record(*, plan, metrics: dict, intervals: dict, bootstrap: dict, n_str
             card_sha256=card_sha256(card), weights_sha256=dict(plan.weights), task_config_sha256=task.fingerprint(),
             code_version=code_version(), packages=packages, hardware=hardware(n_workers, plan.device),
             started=started.isoformat(timespec="seconds"), wall_time_s=round(wall_time_s, 3), device=plan.device,
-            bootstrap=bootstrap, task_inputs=task_inputs or None,
+            bootstrap=bootstrap, task_inputs=task_inputs or None, fitted=fitted,
             environment={"hash": env.hash, "requires": list(card.requires)} if env is not None else None))

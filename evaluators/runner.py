@@ -97,7 +97,8 @@ def run_plan(plan: Plan, opts: RunOptions, clusters: Clusters | None, progress: 
                                   bootstrap=scored.bootstrap, n_structures=scored.n_structures,
                                   failures=scored.failures, predictions_sha256=sha256_of(predictions),
                                   references=scored.references, started=started,
-                                  wall_time_s=time.perf_counter() - t0, n_workers=opts.workers)
+                                  wall_time_s=time.perf_counter() - t0, n_workers=opts.workers,
+                                  fitted=scored.fitted)
             store.commit(record, predictions)
         finally:
             predictions.unlink(missing_ok=True)

@@ -31,18 +31,20 @@ class Score:
     n_structures: int
     failures: list[dict[str, Any]]  # {"id", "reason"} of every failed structure, in row order
     references: dict[str, Any]  # ReferenceDigest.record()
+    fitted: dict[str, Any] | None = None  # Evaluator.fitted: constants fitted to the predictions
 
 
 def reduce_all(evaluator: Evaluator, batches: Iterable[pa.Table],
                each: Callable[[pa.Table], None] | None = None) -> pa.Table | None:
-    """The task's reduced rows of every batch, concatenated (None when there are no batches);
-    ``each`` sees every batch first (the runner copies it into the predictions file)."""
+    """The task's reduced rows of every batch, concatenated, with the constants its metrics fit to
+    all of them (``Evaluator.fit``; None when there are no batches); ``each`` sees every batch
+    first (the runner copies it into the predictions file)."""
     reduced = []
     for batch in batches:
         if each is not None:
             each(batch)
         reduced.append(evaluator.reduce(batch))
-    return pa.concat_tables(reduced, promote_options="none") if reduced else None
+    return evaluator.fit(pa.concat_tables(reduced, promote_options="none")) if reduced else None
 
 
 def score(evaluator: Evaluator, batches: Iterable[pa.Table], settings: BootstrapSettings | None = None,
@@ -66,7 +68,7 @@ def score(evaluator: Evaluator, batches: Iterable[pa.Table], settings: Bootstrap
         return None
     metrics = evaluator.metrics(rows)
     intervals, bootstrap = uncertainty.intervals(evaluator, rows, metrics, settings or evaluator.config.bootstrap)
-    return Score(metrics, intervals, bootstrap, n, failures, digest.record())
+    return Score(metrics, intervals, bootstrap, n, failures, digest.record(), evaluator.fitted(rows))
 
 
 def row_groups(path: Path, columns: list[str] | None = None) -> Iterator[pa.Table]:

@@ -34,7 +34,7 @@ def cut(plan: Plan) -> Iterator[tuple[int, list[Atoms]]]:
     for i, atoms in number_records(records):  # ids of id-less records by dataset index, not shard index
         if plan.limit is not None and i >= plan.limit:
             break
-        why = evaluator.accepts(atoms)
+        why = evaluator.accepts(atoms) or evaluator.compatible(plan.card, atoms)
         if why:
             raise DatasetError(f"{dataset.path}: record {record_id(atoms, i)}: {why}")
         rid = record_id(atoms, i)

@@ -16,7 +16,10 @@ Which values get an interval:
 - a resample in which a metric is undefined (NaN/None, e.g. no stable material drawn, or
   ``metrics()`` raising ``ValueError``/``ArithmeticError`` on a degenerate draw) is left out of
   that metric's percentiles and counted in ``undefined``; when fewer than half the resamples are
-  defined the interval is ``None``.
+  defined the interval is ``None``;
+- constants a task fits to all its rows (``Evaluator.fit``: OC20's per-element energy alignment)
+  are fitted once, on the full table, and held fixed in every resample: the intervals do not
+  include the uncertainty of the fit itself.
 
 Resamples are count vectors: ``W[b, i]`` is how often row ``i`` is drawn in resample ``b``. One
 seed gives the same ``W`` for every table with the same number of rows and strata, so two
@@ -185,6 +188,7 @@ def replicates(evaluator: Evaluator, table: pa.Table, settings: BootstrapSetting
     so both draw the same rows); ``metrics`` is ``evaluator.metrics(table)`` when the caller has
     it already."""
     settings = settings or evaluator.config.bootstrap
+    table = evaluator.fit(table)  # constants fitted to all the rows (OC20's alignment) stay fixed in resamples
     n_rows = table.num_rows
     if strata is None:
         strata = strata_labels(table, settings)

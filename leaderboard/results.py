@@ -80,7 +80,10 @@ def task_of(path: Path, record: ResultRecord) -> TaskConfig:
     if config.version != record.task_version:
         raise ResultError(f"{path}: result is for {record.task} version {record.task_version}, this mlip-zoo "
                           f"implements version {config.version}; rerun the evaluation")
-    return config
+    try:
+        return evaluator_for(config).for_record(record)
+    except (MlipZooError, ValueError, KeyError, TypeError) as exc:
+        raise ResultError(f"{path}: provenance does not say how it was scored ({exc}); rerun the evaluation") from None
 
 
 def _open_predictions(stored: StoredResult, evaluator: Evaluator):
@@ -133,7 +136,9 @@ def recompute(path: Path) -> Comparison:
     tol = config.recompute_rel_tol
     diffs = (_differences(record.metrics, recomputed, tol)
              + _differences(record.intervals, scored.intervals, tol, "intervals.")
-             + _differences(record.provenance.bootstrap or {}, scored.bootstrap, tol, "provenance.bootstrap."))
+             + _differences(record.provenance.bootstrap or {}, scored.bootstrap, tol, "provenance.bootstrap.")
+             + _differences(record.provenance.fitted or {}, json.loads(json.dumps(scored.fitted or {})), tol,
+                            "provenance.fitted."))
     return Comparison(path, record.metrics, recomputed, diffs, scored.intervals)
 
 

@@ -84,6 +84,20 @@ def with_options(task: str, options: dict) -> TaskConfig:
     return TaskConfig.model_validate({**config.model_dump(), "options": {**config.options, **options}})
 
 
+def with_alignment(task: str | TaskConfig, on: bool) -> TaskConfig:
+    """The task's protocol with its per-element energy alignment on (the calibration subset its
+    config declares) or off (``--align/--no-align``; evaluators/oc20/alignment.py)."""
+    config = load_task_config(task) if isinstance(task, str) else task
+    declared = load_task_config(config.key).options.get("alignment")
+    if "alignment" not in config.options:
+        raise ConfigError(f"task {config.key} has no energy alignment; --align/--no-align are for oc20-s2ef and "
+                          "oc20-is2re")
+    if on and declared is None:
+        raise ConfigError(f"configs/tasks/{config.key}.yaml declares no calibration subset (options.alignment); "
+                          "set {fraction, max_rows, seed} there to align")
+    return config.model_copy(update={"options": {**config.options, "alignment": declared if on else None}})
+
+
 def evaluate_one(model: str, task: str | TaskConfig, opts: RunOptions, wandb_mode: str = "offline",
                  reporter: Reporter | None = None, clusters: Clusters | None = None) -> ResultRecord:
     """Evaluate, then hand the written result to the W&B sink (whose failure costs nothing local).

@@ -33,6 +33,7 @@ def s2ef_batches(n_frames: int, atoms: int = 70, per_group: int = 29, seed: int 
         free = np.ones((k, atoms), bool)
         free[:, : atoms // 4] = False
         energy_true = rng.normal(-300.0, 20.0, k)
+        numbers = rng.choice(np.array([1, 6, 8, 29], np.uint8), (k, atoms))  # what the alignment counts
         def lists(values: np.ndarray) -> pa.ListArray:  # one list per row, built without Python loops
             offsets = pa.array(np.arange(k + 1, dtype=np.int32) * values.shape[1])
             return pa.ListArray.from_arrays(offsets, pa.array(values.ravel()))
@@ -44,6 +45,8 @@ def s2ef_batches(n_frames: int, atoms: int = 70, per_group: int = 29, seed: int 
             "seconds": rng.uniform(0.01, 0.02, k),
             "energy_true": energy_true, "energy_pred": energy_true + rng.normal(0.0, 0.1, k),
             "forces_true": lists(forces_true), "forces_pred": lists(forces_pred), "free": lists(free),
+            "energy_kind": ["total"] * k, "energy_reference": pa.nulls(k, pa.float64()),
+            "energy_pred_kind": ["total"] * k, "numbers": lists(numbers),
         }, schema=evaluator.schema)
 
 
@@ -69,6 +72,6 @@ def write_s2ef_result(root: Path, n_frames: int, *, atoms: int = 70, seed: int =
                               task_config_sha256=evaluator.config.fingerprint(), code_version=code_version(),
                               packages=package_versions(), hardware=hardware(0, "cpu"),
                               started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                              wall_time_s=0.0, device="cpu", bootstrap=scored.bootstrap))
+                              wall_time_s=0.0, device="cpu", bootstrap=scored.bootstrap, fitted=scored.fitted))
     store.commit(record, tmp)
     return path

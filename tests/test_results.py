@@ -109,7 +109,7 @@ def test_tampered_package_weights_are_caught_by_validate(tmp_path):
 
 
 def test_submit_scaffolds_a_valid_card(tmp_path):
-    answers = "\n".join(["my-lj", "LJ argon", "1", "ase", "MIT", "EFS", "", "", "", "Ar-only",
+    answers = "\n".join(["my-lj", "LJ argon", "1", "ase", "MIT", "EFS", "total", "", "", "", "Ar-only",
                          "ase.calculators.lj:LennardJones", "none", ""])
     result = runner.invoke(app, ["submit", "--out", str(tmp_path)], input=answers)
     assert result.exit_code == 0, result.output

@@ -27,7 +27,7 @@ def _with(key: str, **options) -> TaskConfig:
 
 def test_unknown_key_is_refused_with_the_known_keys():
     with pytest.raises(ConfigError, match=r"task oc20-s2ef: invalid options: options.energy_treshold: unknown key "
-                                          r"\(known: energy_threshold, force_threshold\)"):
+                                          r"\(known: energy_threshold, force_threshold, alignment\)"):
         evaluator_for(_with("oc20-s2ef", energy_treshold=0.02))
 
 

@@ -34,6 +34,13 @@ CARD_MAX_BYTES = 256 * 1024
 
 Capability = Literal["stress", "magmom", "radius_refinement", "test_time_training", "charge_spin"]
 
+# What the model's energy is. ``total``: the total energy of the structure in its training data's
+# reference (every universal potential, EMT, xTB). ``oc20-adsorption``: OC20's adsorption energy,
+# the total minus the clean slab and the gas-phase references of the adsorbate's atoms (the S2EF
+# and IS2RE targets, so every model trained on OC20's S2EF labels). Tasks compare a model's energy
+# with labels of the same kind, or refuse (see evaluators/oc20/alignment.py).
+EnergyTarget = Literal["total", "oc20-adsorption"]
+
 # Suffixes whose loading means full unpickling (can run arbitrary code). This only lets `validate`
 # ask for `trusted: true` early; the file itself is judged from its bytes before any loading
 # (checkpoints.assert_safe_checkpoint), whatever its name or declared format.
@@ -162,6 +169,7 @@ class ModelCard(_Strict):
     # The level of theory whose energies the model reproduces. Reference tasks compare like with
     # like where their data allow (diatomics has r2SCAN curves) and flag the difference otherwise.
     functional: str = "PBE"
+    energy_target: EnergyTarget = "total"
     model_params: int | None = Field(default=None, ge=0)
     targets: Literal["E", "EF", "EFS", "EFSM"]
     elements: list[str] = []

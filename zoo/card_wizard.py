@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args
 
-from mlip_zoo.zoo.card import KEY_PATTERN
+from mlip_zoo.zoo.card import KEY_PATTERN, EnergyTarget
 from mlip_zoo.zoo.registry import families
 
 
@@ -28,6 +28,9 @@ def ask_card(ask: Ask, tell: Callable[[str], None]) -> dict[str, Any]:
     card["family"] = _choose(ask, tell, "Family", sorted(families()))
     card["license"] = ask("License of the weights (SPDX id if there is one)")
     card["targets"] = _choose(ask, tell, "Targets", ["E", "EF", "EFS", "EFSM"], default="EFS")
+    # what the OC20 tasks compare its energy with: adsorption energies only for OC20 S2EF-trained models
+    card["energy_target"] = _choose(ask, tell, "Energy target: total, or OC20's adsorption energy for a model "
+                                    "trained on OC20 S2EF labels", list(get_args(EnergyTarget)), default="total")
     for field_name, question in (("repo", "Code repository URL"), ("paper", "Paper URL"), ("doi", "DOI URL")):
         answer = ask(f"{question} (blank to skip)", default="", show_default=False)
         if answer:

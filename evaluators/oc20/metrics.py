@@ -126,6 +126,14 @@ def s2ef_terms(energy_true, energy_pred, forces_true, forces_pred, free, system,
     ``forces_true``/``forces_pred`` are every system's (n_i, 3) forces stacked in system order,
     ``free`` the stacked free-atom mask and ``system`` the system index of each stacked atom.
     """
+    return s2ef_terms_and_worst(energy_true, energy_pred, forces_true, forces_pred, free, system,
+                                energy_threshold=energy_threshold, force_threshold=force_threshold)[0]
+
+
+def s2ef_terms_and_worst(energy_true, energy_pred, forces_true, forces_pred, free, system, *,
+                         energy_threshold=0.02, force_threshold=0.03) -> tuple[Terms, np.ndarray]:
+    """``s2ef_terms``, and per system the largest free-atom force component error (the force
+    half of EFwT, which the aligned EFwT reuses with its own energy error)."""
     et, ep = _check_energies(energy_true, energy_pred)
     n = et.size
     ft, fp = np.asarray(forces_true, dtype=float), np.asarray(forces_pred, dtype=float)
@@ -154,7 +162,7 @@ def s2ef_terms(energy_true, energy_pred, forces_true, forces_pred, free, system,
             "forcesz_mae": (per_system(df[:, 2]), n_free), "forces_cosine_similarity": (per_system(cosine), n_free),
             "forces_magnitude_error": (per_system(magnitude), n_free),
             "energy_forces_within_threshold": (((de < energy_threshold) & (worst < force_threshold)).astype(float),
-                                               ones)}
+                                               ones)}, worst
 
 
 def _stack(per_system: Sequence, width: int | None = 3) -> np.ndarray:

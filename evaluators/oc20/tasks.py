@@ -9,6 +9,12 @@ they share a work key and the runner relaxes each structure once for both.
 
 A structure whose atoms are all fixed is a failed row in every task (reason ``NO_FREE_ATOMS``):
 its forces and positions metrics are undefined (fairchem's EFwT raises on it).
+
+Energies are compared like with like, and with the task option ``alignment`` also after a
+per-element linear reference fitted on a calibration subset (``*_aligned`` metrics): see
+alignment.py. Rows carry what that needs from the dataset (the label's ``energy_kind``, its
+``energy_reference``, the atoms' ``numbers``) and from the card (``energy_pred_kind``), so every
+number recomputes from the predictions file.
 """
 
 from __future__ import annotations
@@ -26,12 +32,15 @@ from ase import Atoms
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlip_zoo.evaluators import plots as plotting
-from mlip_zoo.evaluators.base import Evaluator, Terms
+from mlip_zoo.evaluators.base import Evaluator, TaskConfig, Terms
 from mlip_zoo.evaluators.data import free_mask, record_id
+from mlip_zoo.evaluators.oc20 import alignment
 from mlip_zoo.evaluators.oc20 import metrics as m
+from mlip_zoo.evaluators.oc20.alignment import Calibration
 from mlip_zoo.evaluators.oc20.metrics import Metric
 from mlip_zoo.evaluators.oc20.raw import S2EF_RAW_FORMAT
 from mlip_zoo.evaluators.relax import RelaxProtocol, relax_many
+from mlip_zoo.zoo.card import ModelCard
 from mlip_zoo.zoo.potential import Potential
 
 _COMMON = [
@@ -43,6 +52,17 @@ _COMMON = [
     pa.field("seconds", pa.float64()),
 ]
 _VEC = pa.list_(pa.float64())
+# What energies a row compares (alignment.py): the label's kind and reference, the model's kind,
+# and the atoms' elements (the per-element alignment counts them).
+_ENERGY = [pa.field("energy_kind", pa.string()), pa.field("energy_reference", pa.float64()),
+           pa.field("energy_pred_kind", pa.string()), pa.field("numbers", pa.list_(pa.uint8()))]
+_ENERGY_REFERENCES = ("energy_kind", "energy_reference", "numbers")
+
+
+def _energy_columns(atoms: Atoms, potential: Potential) -> dict[str, Any]:
+    return {"energy_kind": alignment.label_kind(atoms), "energy_reference": alignment.reference_of(atoms),
+            "energy_pred_kind": alignment.TARGET_KIND[potential.card.energy_target],
+            "numbers": atoms.numbers.astype(np.uint8).tolist()}
 
 
 def _split(atoms: Atoms) -> str:
@@ -86,6 +106,16 @@ def _check_lengths(table: pa.Table, expected: np.ndarray, **lengths: np.ndarray)
             row = int(bad[0])
             raise ValueError(f"predictions row {table.column('id')[row].as_py()!r}: {column} has {got[row]} "
                              f"values for {expected[row] // 3} atoms; the shard is corrupt, delete it and rerun")
+
+
+def _like_with_like(terms: Terms, comparable: np.ndarray, energy_keys: tuple[str, ...]) -> Terms:
+    """The raw energy metrics count only rows whose label is of the model's kind (a row without
+    one is scored aligned only: alignment.py); the arrays of these keys share one numel, as before."""
+    if comparable.all():
+        return terms
+    numel = comparable.astype(float)
+    return {key: (total * numel, numel) if key in energy_keys else (total, numel_)
+            for key, (total, numel_) in terms.items()}
 
 
 def _by_split(table: pa.Table, ok_terms: Terms, splits: list[str]) -> Terms:
@@ -143,10 +173,67 @@ class _OC20Task(Evaluator):
 
     kept = ("id", "split", "status")  # the columns reduce keeps besides the terms
     formats = (S2EF_RAW_FORMAT,)  # OC20's raw S2EF folders, read as published
+    plot_columns = (*plotting.PARITY_COLUMNS, "energy_kind", "energy_reference", "energy_pred_kind")
 
     @abstractmethod
     def _ok_terms(self, ok: pa.Table) -> Terms:
         """Per-row terms of the task's metrics over a table of ok rows."""
+
+    def _ok_columns(self, ok: pa.Table) -> tuple[Terms, dict[str, np.ndarray]]:
+        """``_ok_terms``, and per-row values the alignment reads besides the energies (S2EF: whether
+        the forces are within EFwT's threshold)."""
+        return self._ok_terms(ok), {}
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The declared calibration subset when the task aligns energies (option ``alignment``)."""
+        return getattr(self.options, "alignment", None)
+
+    def compatible(self, card: ModelCard, atoms: Atoms) -> str | None:
+        if "alignment" not in type(self.options).model_fields:  # IS2RS scores no energy
+            return None
+        return alignment.refusal(atoms, card.energy_target, self.calibration is not None)
+
+    def for_record(self, record) -> TaskConfig:
+        """The alignment a result was scored with is the one its provenance records (none: off)."""
+        if "alignment" not in type(self.options).model_fields:
+            return self.config
+        fitted = (record.provenance.fitted or {}).get("alignment")
+        return self.config.model_copy(update={"options": {**self.config.options,
+                                                          "alignment": fitted["calibration"] if fitted else None}})
+
+    def fit(self, rows: pa.Table) -> pa.Table:
+        rows = self.reduce(rows)
+        return rows if self.calibration is None else alignment.with_fit(rows, self.calibration)
+
+    def fitted(self, rows: pa.Table) -> dict[str, Any] | None:
+        found = alignment.fitted(rows)
+        return {"alignment": found} if found is not None else None
+
+    def plots(self, table: pa.Table, metrics: dict[str, Any]) -> dict[str, Any] | None:
+        """The generic plots, the energy parity against labels of the model's kind (a label of
+        another kind, with no reference to convert it, has no point on it)."""
+        if "energy_kind" not in table.column_names:
+            return super().plots(table, metrics)
+        labels, comparable = alignment.comparable_labels(table)
+        like = table.set_column(table.schema.get_field_index("energy_true"), "energy_true", pa.array(labels))
+        out = super().plots(like, metrics)
+        if out is not None and not comparable.all():
+            energy = plotting.parity_plots(like.filter(pa.array(comparable))).get("energy")
+            out.pop("energy", None) if energy is None else out.update(energy=energy)
+        return out
+
+    def _alignment_inputs(self, table: pa.Table, ok: np.ndarray, extra: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The reduced columns the alignment fits and scores from, on every row: the label (of the
+        model's kind where the dataset allows, else as it is), the prediction, the composition."""
+        labels, comparable = alignment.comparable_labels(table)
+        raw = np.asarray(table.column("energy_true").to_numpy(zero_copy_only=False), dtype=float)
+        elements, counts = alignment.compositions(table.column("numbers"))
+        columns = {"align:label": pa.array(np.where(comparable, labels, raw)),
+                   "align:pred": table.column("energy_pred"), "align:elements": elements, "align:counts": counts}
+        for name, values in extra.items():
+            columns[f"align:{name}"] = pa.array(_spread(values, ok))
+        return columns
 
     def reduce(self, table: pa.Table) -> pa.Table:
         """A ``<metric>:total`` column per metric and one column per distinct numel (a count of free
@@ -158,7 +245,10 @@ class _OC20Task(Evaluator):
         columns = {name: table.column(name) for name in self.kept}
         numels: dict[int, str] = {}  # id of a numel array -> its column
         owner = {}
-        for key, (total, numel) in self._ok_terms(table.filter(ok)).items():
+        terms, extra = self._ok_columns(table.filter(ok))
+        if self.calibration is not None:
+            columns.update(self._alignment_inputs(table, ok, extra))
+        for key, (total, numel) in terms.items():
             if id(numel) not in numels:
                 numels[id(numel)] = f"numel{len(numels)}"
                 columns[numels[id(numel)]] = pa.array(_spread(numel, ok))
@@ -171,6 +261,10 @@ class _OC20Task(Evaluator):
         owner = json.loads(rows.schema.metadata[REDUCED])
         numels = {name: _numbers(rows, name)[ok] for name in dict.fromkeys(owner.values())}  # shared, as in reduce
         ok_terms = {key: (_numbers(rows, f"{key}:total")[ok], numels[name]) for key, name in owner.items()}
+        if self.calibration is not None:  # the reference fitted once, on every row: fixed in resamples
+            rows = self.fit(rows)
+            ok_terms.update(alignment.aligned_terms(rows, ok, self.options.energy_threshold,
+                                                    mse=isinstance(self, IS2RE)))
         return _by_split(rows, ok_terms, self.config.splits)
 
     def metrics(self, table: pa.Table) -> dict[str, Any]:
@@ -181,6 +275,7 @@ class S2EFOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     energy_threshold: float = Field(gt=0)  # eV: EwT counts |error| below it
     force_threshold: float = Field(gt=0)  # eV/Å: EFwT's force bound
+    alignment: Calibration | None = None  # the per-element alignment's calibration subset; None: off
 
 
 class RelaxOptions(BaseModel):
@@ -190,20 +285,21 @@ class RelaxOptions(BaseModel):
 
 class IS2REOptions(RelaxOptions):
     energy_threshold: float = Field(gt=0)  # eV: EwT counts |error| below it
+    alignment: Calibration | None = None  # the per-element alignment's calibration subset; None: off
 
 
 class S2EF(_OC20Task):
     # the prediction columns that come from the dataset, not the model (``id`` is always one)
-    reference_columns = ("split", "n_atoms", "energy_true", "forces_true", "free")
+    reference_columns = ("split", "n_atoms", "energy_true", "forces_true", "free", *_ENERGY_REFERENCES)
     Options = S2EFOptions
     schema = pa.schema([*_COMMON, pa.field("energy_true", pa.float64()), pa.field("energy_pred", pa.float64()),
                         pa.field("forces_true", _VEC), pa.field("forces_pred", _VEC),
-                        pa.field("free", pa.list_(pa.bool_()))])
+                        pa.field("free", pa.list_(pa.bool_())), *_ENERGY])
 
     def accepts(self, atoms: Atoms) -> str | None:
         if atoms.calc is None or "energy" not in atoms.calc.results or "forces" not in atoms.calc.results:
             return "S2EF needs reference energy and forces on every record"
-        return None
+        return alignment.check_record(atoms)
 
     def figures(self, data: dict[str, dict[str, Any]]) -> list[plotting.Figure]:
         return [plotting.ENERGY_PARITY, plotting.FORCES_PARITY]
@@ -224,32 +320,40 @@ class S2EF(_OC20Task):
                     "reason": None, "seconds": time.perf_counter() - t0,
                     "energy_true": float(atoms.calc.results["energy"]), "energy_pred": pred.energy,
                     "forces_true": np.asarray(atoms.calc.results["forces"], float).ravel().tolist(),
-                    "forces_pred": pred.forces.ravel().tolist(), "free": free.tolist()})
+                    "forces_pred": pred.forces.ravel().tolist(), "free": free.tolist(),
+                    **_energy_columns(atoms, potential)})
             except Exception as exc:  # recorded, never fatal: one structure must not sink a run
                 rows.append(_failed(atoms, i, exc, time.perf_counter() - t0))
         return rows
 
     def _ok_terms(self, ok: pa.Table) -> Terms:
+        return self._ok_columns(ok)[0]
+
+    def _ok_columns(self, ok: pa.Table) -> tuple[Terms, dict[str, np.ndarray]]:
         forces_true, n_true = _stacked(ok, "forces_true")
         forces_pred, n_pred = _stacked(ok, "forces_pred")
         free, n_atoms = _stacked(ok, "free")
         _check_lengths(ok, 3 * n_atoms, forces_true=n_true, forces_pred=n_pred)
-        return m.s2ef_terms(_numbers(ok, "energy_true"), _numbers(ok, "energy_pred"), forces_true.reshape(-1, 3),
-                            forces_pred.reshape(-1, 3), free,
-                            np.repeat(np.arange(ok.num_rows), n_atoms),
-                            energy_threshold=self.options.energy_threshold,
-                            force_threshold=self.options.force_threshold)
+        labels, comparable = alignment.comparable_labels(ok)
+        predicted = _numbers(ok, "energy_pred")
+        terms, worst = m.s2ef_terms_and_worst(np.where(comparable, labels, predicted), predicted,
+                                              forces_true.reshape(-1, 3), forces_pred.reshape(-1, 3), free,
+                                              np.repeat(np.arange(ok.num_rows), n_atoms),
+                                              energy_threshold=self.options.energy_threshold,
+                                              force_threshold=self.options.force_threshold)
+        return _like_with_like(terms, comparable, ("energy_mae", "energy_forces_within_threshold")), \
+            {"within": (worst < self.options.force_threshold).astype(float)}
 
 
 class _Relaxation(_OC20Task):
     """Relax each initial structure with the model; rows carry energy and positions."""
     # the prediction columns that come from the dataset, not the model (``id`` is always one)
-    reference_columns = ("split", "n_atoms", "energy_true", "pos_true", "cell", "pbc", "free")
+    reference_columns = ("split", "n_atoms", "energy_true", "pos_true", "cell", "pbc", "free", *_ENERGY_REFERENCES)
 
     schema = pa.schema([*_COMMON, pa.field("energy_true", pa.float64()), pa.field("energy_pred", pa.float64()),
                         pa.field("pos_true", _VEC), pa.field("pos_pred", _VEC), pa.field("cell", _VEC),
                         pa.field("pbc", pa.list_(pa.bool_())), pa.field("free", pa.list_(pa.bool_())),
-                        pa.field("converged", pa.bool_()), pa.field("steps", pa.int32())])
+                        pa.field("converged", pa.bool_()), pa.field("steps", pa.int32()), *_ENERGY])
 
     Options = RelaxOptions
 
@@ -259,13 +363,14 @@ class _Relaxation(_OC20Task):
 
     def work_key(self) -> str:
         # Same dataset + same relaxation protocol = same rows, whichever of IS2RE/IS2RS asks.
-        # "rows 2": structures without free atoms are failed rows (older shards scored them).
-        return "oc20-relax:rows 2:" + self.protocol.model_dump_json()
+        # "rows 2": structures without free atoms are failed rows (older shards scored them);
+        # "rows 3": rows carry the energy kinds and the atoms' numbers.
+        return "oc20-relax:rows 3:" + self.protocol.model_dump_json()
 
     def accepts(self, atoms: Atoms) -> str | None:
         if "y_relaxed" not in atoms.info or "pos_relaxed" not in atoms.arrays:
             return "IS2RE/IS2RS need info['y_relaxed'] and the per-atom array 'pos_relaxed'"
-        return None
+        return alignment.check_record(atoms)
 
     def run(self, potential: Potential, records: list[Atoms]) -> list[dict]:
         rows = []
@@ -285,7 +390,8 @@ class _Relaxation(_OC20Task):
                 "pos_true": np.asarray(atoms.arrays["pos_relaxed"], float).ravel().tolist(),
                 "pos_pred": result.atoms.get_positions().ravel().tolist(),
                 "cell": np.asarray(atoms.cell, float).ravel().tolist(), "pbc": [bool(p) for p in atoms.pbc],
-                "free": free.tolist(), "converged": result.converged, "steps": result.steps})
+                "free": free.tolist(), "converged": result.converged, "steps": result.steps,
+                **_energy_columns(atoms, potential)})
         return rows
 
 
@@ -297,8 +403,11 @@ class IS2RE(_Relaxation):
         return [plotting.Figure("energy", "Relaxed energy parity", unit="eV")]
 
     def _ok_terms(self, ok: pa.Table) -> Terms:
-        return m.is2re_terms(_numbers(ok, "energy_true"), _numbers(ok, "energy_pred"),
-                             energy_threshold=self.options.energy_threshold)
+        labels, comparable = alignment.comparable_labels(ok)
+        predicted = _numbers(ok, "energy_pred")
+        terms = m.is2re_terms(np.where(comparable, labels, predicted), predicted,
+                              energy_threshold=self.options.energy_threshold)
+        return _like_with_like(terms, comparable, tuple(terms))
 
     def metric_terms(self, table: pa.Table) -> Terms:
         rows = self.reduce(table)
@@ -314,7 +423,7 @@ class IS2RE(_Relaxation):
 
 
 class IS2RS(_Relaxation):
-    plot_columns = (*plotting.PARITY_COLUMNS, "pos_true", "pos_pred", "cell")
+    plot_columns = (*_OC20Task.plot_columns, "pos_true", "pos_pred", "cell")
 
     def plots(self, table: pa.Table, metrics: dict[str, Any]) -> dict[str, Any] | None:
         """The generic plots, and the ADwT curve: per system the mean minimum-image distance over

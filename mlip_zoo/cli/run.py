@@ -122,6 +122,11 @@ def eval_(
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow legacy OC20 LMDBs (unpickling runs code).")] = False,
     reference: Annotated[Optional[Path], typer.Option(help="ood-shift/ttr: your own labelled training set "
                                                            "(any dataset format) to measure shift against.")] = None,
+    align: Annotated[Optional[bool], typer.Option("--align/--no-align", help="oc20-s2ef/oc20-is2re: score the "
+                                                 "energies also after a per-element linear reference fitted on the "
+                                                 "task's calibration subset (*_aligned metrics; on by default), or not. "
+                                                 "Without it, a model whose energies are of another kind than the "
+                                                 "dataset's (total vs adsorption, no reference) is refused.")] = None,
     wandb: WandbOpt = "offline",
     env: EnvOpt = "auto",
     as_json: JsonOpt = False,
@@ -133,14 +138,16 @@ def eval_(
     fail (model error, NaN, element not covered) are listed in the result, never fatal.
     """
     from mlip_zoo.evaluators.runner import RunOptions
-    from mlip_zoo.leaderboard.runs import evaluate_one, with_reference
+    from mlip_zoo.leaderboard.runs import evaluate_one, with_alignment, with_reference
 
     try:
         opts = RunOptions(out=out_dir, dataset=dataset, device=device, workers=workers, scheduler=scheduler,
                           cluster=cluster, cluster_config=cluster_config, limit=limit, trust_pickle=trust_pickle,
                           env=_env_mode(env))
-        record = evaluate_one(model, with_reference(task, reference) if reference else task, opts,
-                              _wandb_mode(wandb), ConsoleReporter())
+        protocol = with_reference(task, reference) if reference else task
+        if align is not None:
+            protocol = with_alignment(protocol, align)
+        record = evaluate_one(model, protocol, opts, _wandb_mode(wandb), ConsoleReporter())
     except MlipZooError as exc:
         raise fail(exc) from None
     if as_json:
