@@ -34,10 +34,14 @@ if TYPE_CHECKING:
     from mlip_zoo.evaluators.data import DatasetFormat
 
 # Per-row terms of ratio-of-sums metrics: dotted metric name -> (total, numel), one value per row;
-# the metric is sum(total) / sum(numel) (see Evaluator.metric_terms).
-Terms = dict[str, tuple[np.ndarray, np.ndarray]]
+# the metric is sum(total) / sum(numel) (see Evaluator.metric_terms). A third array, ``rows``
+# (ascending row indices), restricts a metric to those rows: sum(total[rows]) / sum(numel[rows]),
+# so per-split metrics share the overall arrays instead of copying them per split.
+Terms = dict[str, tuple[np.ndarray, ...]]
 
 EVALUATOR_GROUP = "mlip_zoo.evaluators"
+# Schema metadata key of a table that is already a task's reduced rows (``Evaluator.reduce``).
+REDUCED = b"mlipzoo.reduced"
 
 
 class MetricSpec(BaseModel):
@@ -327,7 +331,10 @@ class Evaluator(ABC):
         """Optional fast path for the bootstrap. For metrics that are a ratio of sums over rows,
         ``value = sum(total) / sum(numel)``, the per-row ``(total, numel)`` arrays (length
         ``table.num_rows``; zeros for rows the metric ignores), keyed by the dotted name of the
-        metric in ``metrics()`` (``"splits.id.energy_mae"``). The bootstrap then evaluates every
+        metric in ``metrics()`` (``"splits.id.energy_mae"``); a metric over some rows only (a
+        split) may add those rows' ascending indices, ``(total, numel, rows)``, and share the arrays
+        of the metric over every row (the bootstrap is fastest when such row sets do not overlap).
+        The bootstrap then evaluates every
         resample at once instead of calling ``metrics()`` per resample, and checks the terms
         against ``metrics()``. Metrics left out are recomputed with ``metrics()``."""
         return {}

@@ -23,6 +23,12 @@ from mlip_zoo.evaluators.base import BootstrapSettings, Evaluator
 from mlip_zoo.evaluators.result import ReferenceDigest, reference_columns
 
 
+# Reduced batches are joined into one chunk every so many: a shard's reduced rows are a few
+# hundred bytes of numbers, but each small table costs kilobytes of Arrow and numpy objects,
+# which would otherwise dominate the memory of a run of a million structures.
+COMBINE_BATCHES = 256
+
+
 @dataclass
 class Score:
     metrics: dict[str, Any]
@@ -39,12 +45,17 @@ def reduce_all(evaluator: Evaluator, batches: Iterable[pa.Table],
     """The task's reduced rows of every batch, concatenated, with the constants its metrics fit to
     all of them (``Evaluator.fit``; None when there are no batches); ``each`` sees every batch
     first (the runner copies it into the predictions file)."""
-    reduced = []
+    combined: list[pa.Table] = []  # one chunk per column each
+    pending: list[pa.Table] = []
     for batch in batches:
         if each is not None:
             each(batch)
-        reduced.append(evaluator.reduce(batch))
-    return evaluator.fit(pa.concat_tables(reduced, promote_options="none")) if reduced else None
+        pending.append(evaluator.reduce(batch))
+        if len(pending) == COMBINE_BATCHES:
+            combined.append(pa.concat_tables(pending, promote_options="none").combine_chunks())
+            pending = []
+    parts = combined + pending
+    return evaluator.fit(pa.concat_tables(parts, promote_options="none").combine_chunks()) if parts else None
 
 
 def score(evaluator: Evaluator, batches: Iterable[pa.Table], settings: BootstrapSettings | None = None,

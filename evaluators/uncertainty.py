@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mlip_zoo.errors import DatasetError, MetricError
 from mlip_zoo.evaluators.base import BootstrapSettings, Evaluator, Terms
@@ -85,15 +86,45 @@ def percentile_interval(values: np.ndarray, confidence: float) -> list[float] | 
 # Resamples
 
 
+def labels(column: pa.ChunkedArray) -> np.ndarray:
+    """A column's values as ``str`` (a null as "None"), in an object array whose rows share one
+    string per distinct value: 8 bytes a row, however long the labels."""
+    encoded = pc.dictionary_encode(pc.fill_null(pc.cast(column, pa.string()), "None")).combine_chunks()
+    distinct = np.array(encoded.dictionary.to_pylist() + [None], dtype=object)[:-1]  # 1-D even when empty
+    return distinct[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
 def strata_labels(table: pa.Table, settings: BootstrapSettings) -> np.ndarray | None:
     """The stratum of each row, or None (one stratum) when the table has no such column."""
     if settings.strata is None or settings.strata not in table.column_names:
         return None
-    return np.asarray([str(v) for v in table.column(settings.strata).to_pylist()], dtype=object)
+    return labels(table.column(settings.strata))
+
+
+SHARED_CELLS = 4_000_000  # resamples x rows up to which the count matrices are kept for reuse (32 MB)
+_shared: dict[tuple, list[np.ndarray]] = {}
 
 
 def resample_counts(n: int, settings: BootstrapSettings, strata: np.ndarray | None = None
                     ) -> Iterator[np.ndarray]:
+    """``_draw_counts``, drawn once per (rows, strata, settings) when small: every model ranked on
+    the same structures reuses the same resamples (common random numbers) instead of drawing
+    them again. Callers must not modify the matrices."""
+    if n * settings.resamples > SHARED_CELLS:
+        yield from _draw_counts(n, settings, strata)
+        return
+    key = (n, settings.seed, settings.resamples, None if strata is None else tuple(strata.tolist()))
+    if key not in _shared:
+        if len(_shared) >= 16:
+            _shared.clear()
+        _shared[key] = list(_draw_counts(n, settings, strata))
+        for counts in _shared[key]:
+            counts.setflags(write=False)
+    yield from _shared[key]
+
+
+def _draw_counts(n: int, settings: BootstrapSettings, strata: np.ndarray | None = None
+                 ) -> Iterator[np.ndarray]:
     """Count matrices of up to 128 resamples each (``settings.resamples`` rows in all), shape
     ``(chunk, n)``. Resample ``b`` draws, for each stratum in sorted order, as many rows as the
     stratum has, uniformly with replacement from it; the draws depend only on the seed, ``n``
@@ -119,6 +150,22 @@ def resample_counts(n: int, settings: BootstrapSettings, strata: np.ndarray | No
 def _rows_of(counts: np.ndarray) -> np.ndarray:
     """The row indices one count vector draws (sorted; metrics do not depend on row order)."""
     return np.repeat(np.arange(counts.size), counts.astype(np.int64))
+
+
+def sorted_median(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``np.median`` of every resample's multiset, given ``values`` in ascending order and
+    ``counts[b, j]``, how often resample ``b`` draws ``values[j]``: the one or two middle values
+    found from cumulative counts, no sort per resample. NaN for a resample that draws nothing
+    (``values`` must hold no NaN)."""
+    counts = np.asarray(counts, dtype=float)
+    total = counts.sum(axis=1)
+    if values.size == 0:
+        return np.full(len(counts), np.nan)
+    cum = np.cumsum(counts, axis=1)
+    lo = (cum <= ((total - 1) // 2)[:, None]).sum(axis=1)  # the value at position (N-1)//2 of the sorted draw
+    hi = (cum <= (total // 2)[:, None]).sum(axis=1)  # ... and at N//2 (the same one when N is odd)
+    lo, hi = np.minimum(lo, values.size - 1), np.minimum(hi, values.size - 1)
+    return np.where(total > 0, (values[lo] + values[hi]) / 2, np.nan)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,21 +208,53 @@ def _ratio(total: np.ndarray, numel: np.ndarray) -> np.ndarray:
 
 def _checked_terms(evaluator: Evaluator, terms: Terms, n_rows: int, point: dict[str, Any], keys: list[str]
                    ) -> Terms:
-    """The evaluator's fast-path terms for ``keys``, checked against the full-table metrics."""
+    """The evaluator's fast-path terms for ``keys``, checked against the full-table metrics, each
+    as ``(total, numel, rows)`` (``rows`` a slice of every row when the task gave none)."""
     out = {}
-    for key, (total, numel) in terms.items():
+    every = slice(None)
+    for key, (total, numel, *rows) in terms.items():
         if key not in keys:
             continue
         total, numel = np.asarray(total, dtype=float), np.asarray(numel, dtype=float)
         if total.shape != (n_rows,) or numel.shape != (n_rows,):
             raise MetricError(f"task {evaluator.key}: metric_terms[{key!r}] must be two arrays of "
                               f"{n_rows} values (one per row), got {total.shape} and {numel.shape}")
-        whole = float(_ratio(np.array([total.sum()]), np.array([numel.sum()]))[0])
+        rows = np.asarray(rows[0], dtype=np.int64) if rows else every
+        whole = float(_ratio(np.array([total[rows].sum()]), np.array([numel[rows].sum()]))[0])
         if not _close(whole, _number(point[key])):
             raise MetricError(f"task {evaluator.key}: metric_terms gives {key} = {whole!r} but metrics() gives "
                               f"{point[key]!r}; fix the task's metric_terms (or drop the key from it)")
-        out[key] = (total, numel)
+        out[key] = (total, numel, rows)
     return out
+
+
+def _in_blocks(terms: Terms, n_rows: int) -> tuple[np.ndarray | None, Terms]:
+    """A row order in which every term's rows are one contiguous block, and the terms in that
+    order with their rows as slices: a split's weighted sums are then products of views, with no
+    copy per split. (None, terms with slices) when every row set is contiguous already (a run over
+    one split); (None, terms) unchanged when row sets overlap (each chunk then gathers its rows)."""
+    blocks = list({id(rows): rows for _, _, rows in terms.values() if not isinstance(rows, slice)}.values())
+    if all(b.size == 0 or b[-1] - b[0] + 1 == b.size for b in blocks):  # contiguous already (one split...)
+        where = {id(b): slice(int(b[0]), int(b[-1]) + 1) if b.size else slice(0, 0) for b in blocks}
+        return None, {key: (total, numel, rows if isinstance(rows, slice) else where[id(rows)])
+                      for key, (total, numel, rows) in terms.items()}
+    placed = np.concatenate(blocks)
+    seen = np.bincount(placed, minlength=n_rows)
+    if seen.max(initial=0) > 1:
+        return None, terms
+    order = np.concatenate([placed, np.flatnonzero(seen == 0)])
+    starts = np.cumsum([0] + [len(b) for b in blocks])
+    where = {id(b): slice(int(starts[i]), int(starts[i + 1])) for i, b in enumerate(blocks)}
+    moved: dict[int, np.ndarray] = {}  # arrays shared between terms stay shared
+
+    def reordered(values: np.ndarray) -> np.ndarray:
+        if id(values) not in moved:
+            moved[id(values)] = values[order]
+        return moved[id(values)]
+
+    out = {key: (reordered(total), reordered(numel), rows if isinstance(rows, slice) else where[id(rows)])
+           for key, (total, numel, rows) in terms.items()}
+    return order, out
 
 
 def replicates(evaluator: Evaluator, table: pa.Table, settings: BootstrapSettings | None = None, *,
@@ -195,14 +274,16 @@ def replicates(evaluator: Evaluator, table: pa.Table, settings: BootstrapSetting
     point = flatten_metrics(evaluator.metrics(table) if metrics is None else metrics)
     wanted = [k for k, v in point.items() if is_estimate(v) and (keys is None or k in keys)]
     fast = _checked_terms(evaluator, evaluator.metric_terms(table), n_rows, point, wanted)
+    order, fast = _in_blocks(fast, n_rows)
     vector = evaluator.resampler(table)  # every resample of a chunk at once, from its count matrix
     slow = [k for k in wanted if k not in fast]
     values = {k: np.full(settings.resamples, np.nan) for k in wanted}
     start = 0
     for counts in resample_counts(n_rows, settings, strata):
-        weights = counts
-        for key, (total, numel) in fast.items():
-            values[key][start:start + len(counts)] = _ratio(weights @ total, weights @ numel)
+        weights = counts if order is None or not fast else counts[:, order]
+        for key, (total, numel, rows) in fast.items():
+            w = weights[:, rows]
+            values[key][start:start + len(counts)] = _ratio(w @ total[rows], w @ numel[rows])
         if fast and start == 0:  # the fast path must also agree with metrics() under duplication
             drawn = _metrics_or_undefined(evaluator, table.take(_rows_of(counts[0])))
             for key in fast:

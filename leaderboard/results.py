@@ -125,8 +125,8 @@ def recompute(path: Path) -> Comparison:
                           "evaluation to get them")
     config = task_of(path, record)
     evaluator = evaluator_for(config)
-    file = _open_predictions(stored, evaluator)
-    if not file.metadata.num_rows:
+    # The file's metadata (~350 bytes a row group) is dropped before scoring opens it again.
+    if not _open_predictions(stored, evaluator).metadata.num_rows:
         raise ResultError(f"{path}: the predictions file holds no rows")
     try:
         scored = scoring.score(evaluator, scoring.row_groups(stored.predictions), config.bootstrap)
@@ -235,6 +235,7 @@ def validate_result(path: Path, *, cards: Path | None = None, datasets: Sequence
         odd = sorted({f["id"] for f in claimed} ^ {f["id"] for f in failures})[:3]
         raise ResultError(f"{path}: failures/n_failed ({record.n_failed}) are not the {len(failures)} failed rows of "
                           f"{source.name} (ids in one but not the other: {', '.join(map(str, odd)) or 'none; the order or reasons differ'})")
+    del file, rows  # recompute opens the file again: one copy of its metadata at a time
     comparison = recompute(path)
     return Validation(comparison, how, record)
 

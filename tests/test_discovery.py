@@ -68,6 +68,23 @@ def test_subset_metrics_equal_matbench_discovery_1_3_1_where_the_definitions_agr
         assert ours[name]["DAF"] == pytest.approx(reference["Precision"] / prevalence, rel=1e-12), name
 
 
+def test_most_stable_subset_is_the_head_of_a_stable_sort_with_ties_and_nans():
+    """The linear-time selection (a partition, then the boundary's ties in row order) picks what a
+    stable sort with NaN last picks, for every size: ties at the boundary, NaN rows among the
+    chosen when fewer values are defined, repeated values everywhere."""
+    rng = np.random.default_rng(3)
+    values = rng.integers(0, 6, 300).astype(float)  # many ties
+    values[rng.choice(300, 40, replace=False)] = np.nan
+    unique = rng.random(300) < 0.6
+    uniq = np.flatnonzero(unique)
+    order = uniq[np.argsort(np.nan_to_num(values[uniq], nan=np.inf), kind="stable")]
+    for k in (0, 1, 5, 17, 50, uniq.size - 20, uniq.size - 1, uniq.size, uniq.size + 3):
+        want = np.zeros(300, bool)
+        want[order[:k]] = True
+        got = m.subsets(values, unique, k)["most_stable"]
+        assert (got == want).all(), k
+
+
 def test_daf_of_the_most_stable_subset_divides_by_the_unique_prototypes_prevalence():
     """Four unique prototypes, two stable (prevalence 0.5); a perfect model's two most stable are both
     stable: precision 1, DAF 1 / 0.5 = 2 (dividing by the subset's own prevalence, 1, gave 1)."""

@@ -216,6 +216,72 @@ def test_fast_path_equals_metrics_on_every_resample(task, noise, tmp_path):
                                                                         "aligned_coverage"))
 
 
+@pytest.mark.parametrize("task", ["eos", "symmetry"])
+def test_resamplers_equal_metrics_on_every_resample(task):
+    """eos (delta_median from cumulative counts) and symmetry (every max and mean) resample all
+    at once; on a committed result, every resample equals metrics() on the rows it draws."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(TESTS.parent / "results" / "chgnet-0.3.0" / f"{task}.parquet")
+    evaluator = evaluator_for(task)
+    assert evaluator.resampler(table) is not None
+    settings = BootstrapSettings(resamples=100, seed=5)
+    fast = u.replicates(evaluator, table, settings)
+    reference = u.replicates(_without_fast_path(evaluator), table, settings)
+    assert set(fast.values) == set(reference.values)
+    for key, values in fast.values.items():
+        np.testing.assert_allclose(values, reference.values[key], rtol=1e-9, atol=1e-12, err_msg=key)
+    headline = fast.values[evaluator.config.headline]
+    assert np.ptp(headline) > 0
+
+
+def test_sorted_median_is_numpys_median_of_the_draw():
+    rng = np.random.default_rng(2)
+    values = np.sort(rng.normal(size=9))
+    counts = rng.integers(0, 3, (200, 9)).astype(float)
+    counts[0] = 0  # draws nothing
+    counts[1] = [0, 0, 0, 0, 4, 0, 0, 0, 0]
+    got = u.sorted_median(values, counts)
+    assert np.isnan(got[0])
+    want = [np.median(np.repeat(values, c.astype(int))) for c in counts[1:]]
+    np.testing.assert_array_equal(got[1:], want)
+
+
+def test_split_metrics_share_the_overall_terms_and_keep_a_nan_in_its_split():
+    """Per-split terms are the overall arrays plus the split's rows (no copy per split): each
+    split's metrics and resamples are those of its rows alone, a NaN prediction in one split
+    reaches neither the other split nor its intervals, and splits interleaved row by row are
+    resampled exactly as the metrics() of every drawn table say."""
+    import pyarrow.compute as pc
+
+    from synthetic import s2ef_batches
+
+    table = pa.concat_tables(s2ef_batches(90, atoms=6, per_group=30, seed=4))
+    energy = table.column("energy_pred").to_numpy().copy()
+    ood = np.flatnonzero(pc.equal(table.column("split"), "ood").to_numpy(zero_copy_only=False))
+    energy[ood[2]] = np.nan
+    table = table.set_column(table.column_names.index("energy_pred"), "energy_pred", pa.array(energy))
+    evaluator = evaluator_for("oc20-s2ef")
+    metrics = evaluator.metrics(table)
+    alone = evaluator.metrics(table.filter(pc.equal(table.column("split"), "id")))
+    for key, value in metrics["splits"]["id"].items():
+        want = alone["splits"]["id"][key]
+        assert value == pytest.approx(want, rel=1e-12), key
+        assert key == "n" or want == pytest.approx(alone[key], rel=1e-12), key
+    assert math.isnan(metrics["splits"]["ood"]["energy_mae"]) and math.isnan(metrics["energy_mae"])
+    assert math.isfinite(metrics["splits"]["ood"]["forces_mae"])
+    terms = evaluator.metric_terms(table)
+    assert terms["splits.id.forces_mae"][0] is terms["forces_mae"][0]  # shared, not copied
+    settings = BootstrapSettings(resamples=100, seed=1)
+    fast = u.replicates(evaluator, table, settings)
+    reference = u.replicates(_without_fast_path(evaluator), table, settings)
+    assert set(fast.values) == set(reference.values)
+    for key, values in fast.values.items():
+        np.testing.assert_allclose(values, reference.values[key], rtol=1e-9, atol=1e-12, err_msg=key)
+    assert np.isfinite(fast.values["splits.id.energy_mae"]).all()
+    assert fast.interval("splits.id.energy_mae") is not None
+
+
 def test_terms_that_disagree_with_metrics_are_refused(runs):
     import pyarrow.parquet as pq
 

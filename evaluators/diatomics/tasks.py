@@ -18,7 +18,7 @@ import pyarrow as pa
 from ase import Atoms
 from pydantic import BaseModel, ConfigDict, Field
 
-from mlip_zoo.evaluators.base import Evaluator, Terms
+from mlip_zoo.evaluators.base import REDUCED, Evaluator, Terms
 from mlip_zoo.evaluators.data import record_id
 from mlip_zoo.evaluators.diatomics import metrics as m
 from mlip_zoo.evaluators.diatomics.data import DIATOMICS_FORMAT
@@ -29,6 +29,7 @@ SMOOTHNESS = ("tortuosity", "energy_diff_flips", "energy_jump", "force_flips", "
 VS_REFERENCE = ("energy_mae", "force_mae", "bond_length_error", "well_depth_error", "vib_freq_error",
                 "wall_dist_mae")
 PER_ELEMENT = (*VS_REFERENCE, *SMOOTHNESS)
+ROW_METRICS = (*SMOOTHNESS, *VS_REFERENCE)  # element_metrics' keys, in its order
 _VEC = pa.list_(pa.float64())
 
 
@@ -135,11 +136,25 @@ class Diatomics(Evaluator):
     # -----------------------------------------------------------------------------------------
     # Metrics
 
+    def reduce(self, table: pa.Table) -> pa.Table:
+        """Each dimer's metrics as columns (NaN where undefined, null where the dimer is not
+        scored): the curve analysis runs once per row, however often the rows are scored again
+        (the bootstrap, rankings); the curves stay in the predictions file."""
+        if table.schema.metadata and REDUCED in table.schema.metadata:
+            return table
+        protocol = self.protocol
+        per_row = [element_metrics(r, protocol) if r["status"] == "ok" and not r["skipped"] else None
+                   for r in table.select(self.schema.names).to_pylist()]
+        columns = {name: table.column(name) for name in ("id", "status", "element", "skipped")}
+        for key in ROW_METRICS:
+            columns[key] = pa.array([None if x is None else float(x[key]) for x in per_row], pa.float64())
+        return pa.table(columns).replace_schema_metadata({REDUCED: b"diatomics"})
+
     def _per_row(self, table: pa.Table) -> list[dict[str, float] | None]:
         """Per row: its element's metrics (NaN where undefined), or None when not scored."""
-        protocol = self.protocol
-        return [element_metrics(r, protocol) if r["status"] == "ok" and not r["skipped"] else None
-                for r in table.to_pylist()]
+        rows = self.reduce(table)
+        values = [rows.column(key).to_pylist() for key in ROW_METRICS]
+        return [None if row[0] is None else dict(zip(ROW_METRICS, row, strict=True)) for row in zip(*values)]
 
     def metrics(self, table: pa.Table) -> dict[str, Any]:
         per_row = self._per_row(table)

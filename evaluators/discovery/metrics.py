@@ -88,13 +88,28 @@ def stable_metrics(each_true, each_pred, *, prevalence: float | None = None) -> 
 def subsets(each_pred: np.ndarray, unique: np.ndarray, most_stable_n: int) -> dict[str, np.ndarray]:
     """Boolean masks of the three subsets. "Most stable" ranks unique prototypes by each_pred, ties
     in row order and failed predictions (NaN) last, as the reference's stable pandas sort does."""
-    uniq_idx = np.flatnonzero(unique)
-    values = each_pred[uniq_idx]
-    order = uniq_idx[np.lexsort((values, np.isnan(values)))]  # lexsort is stable
     most_stable = np.zeros(len(each_pred), bool)
-    most_stable[order[:most_stable_n]] = True
+    most_stable[_lowest(each_pred, np.flatnonzero(unique), most_stable_n)] = True
     return {"full_test_set": np.ones(len(each_pred), bool), "unique_prototypes": unique.astype(bool),
             "most_stable": most_stable}
+
+
+def _lowest(values: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` of ``rows`` (ascending) with the lowest ``values``, ties in row order and NaN last:
+    the first ``k`` of a stable sort, found in linear time (a partition, then the boundary's ties
+    in row order)."""
+    if k >= rows.size:
+        return rows
+    if k <= 0:
+        return rows[:0]
+    v = values[rows]
+    kth = np.partition(v, k - 1)[k - 1]  # NaN partitions last, as it sorts
+    if np.isnan(kth):
+        below, tied = ~np.isnan(v), np.isnan(v)
+    else:
+        below, tied = v < kth, v == kth
+    ties = np.flatnonzero(tied)[:k - np.count_nonzero(below)]
+    return rows[np.concatenate([np.flatnonzero(below), ties])]
 
 
 def discovery_metrics(each_true, e_form_pred, e_form_dft, unique, most_stable_n: int) -> dict[str, Any]:
@@ -107,8 +122,10 @@ def discovery_metrics(each_true, e_form_pred, e_form_dft, unique, most_stable_n:
     uniq_prevalence = float(np.mean(each_true[unique] <= STABILITY_THRESHOLD)) if unique.any() else NAN
     out: dict[str, Any] = {}
     for name, mask in masks.items():
-        values = stable_metrics(each_true[mask], each_pred[mask],
-                                prevalence=None if name == "full_test_set" else uniq_prevalence)
+        if name == "full_test_set":  # every row: no copy
+            values = stable_metrics(each_true, each_pred)
+        else:
+            values = stable_metrics(each_true[mask], each_pred[mask], prevalence=uniq_prevalence)
         out[name] = {**{k: _clean(v) for k, v in values.items()}, "n": int(mask.sum())}
     return out
 

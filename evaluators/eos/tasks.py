@@ -23,6 +23,7 @@ from ase import Atoms
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlip_zoo.evaluators.base import Evaluator, TaskConfig, Terms
+from mlip_zoo.evaluators.uncertainty import sorted_median
 from mlip_zoo.evaluators.data import record_id
 from mlip_zoo.evaluators.eos.delta import delta, fit_birch_murnaghan, fit_birch_murnaghan_many
 from mlip_zoo.zoo.potential import Potential
@@ -169,6 +170,17 @@ class EOS(Evaluator):
                          for i in np.flatnonzero(s.scored).tolist()},
             "failures": {s.element[i]: s.reasons[i] for i in np.flatnonzero(~s.scored)},
         }
+
+    def resampler(self, table: pa.Table):
+        """``delta_median`` of every resample: the scored rows sorted by Δ once, each resample's
+        median read from its cumulative counts (every other estimate is a ratio-of-sums term)."""
+        s = self.scores(table)
+        rows = np.flatnonzero(s.scored & ~np.isnan(s.delta))
+        if rows.size < s.scored.sum():  # a NaN Δ makes np.median NaN: leave it to metrics()
+            return None
+        rows = rows[np.argsort(s.delta[rows], kind="stable")]
+        values = s.delta[rows]
+        return lambda counts: {"delta_median": sorted_median(values, counts[:, rows])}
 
     def metric_terms(self, table: pa.Table) -> Terms:
         """Every mean, the coverage and each element's values as ratios of per-row sums, so the

@@ -101,8 +101,13 @@ def force_cosine(forces_pred: np.ndarray, forces_true: np.ndarray) -> np.ndarray
 
 
 def totals(terms: Terms) -> dict[str, Metric]:
-    """The metrics of all systems: each term's (sum total, sum numel)."""
-    return {k: Metric(float(total.sum()), int(numel.sum())) for k, (total, numel) in terms.items()}
+    """Each term's (sum total, sum numel): over all systems, or over its ``rows`` when it has them."""
+    out = {}
+    for key, (total, numel, *rows) in terms.items():
+        if rows:
+            total, numel = total[rows[0]], numel[rows[0]]
+        out[key] = Metric(float(total.sum()), int(numel.sum()))
+    return out
 
 
 def is2re_terms(energy_true, energy_pred, *, energy_threshold=0.02) -> Terms:

@@ -32,7 +32,7 @@ from ase import Atoms
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlip_zoo.evaluators import plots as plotting
-from mlip_zoo.evaluators.base import Evaluator, TaskConfig, Terms
+from mlip_zoo.evaluators.base import REDUCED, Evaluator, TaskConfig, Terms
 from mlip_zoo.evaluators.data import free_mask, record_id
 from mlip_zoo.evaluators.oc20 import alignment
 from mlip_zoo.evaluators.oc20 import metrics as m
@@ -40,6 +40,7 @@ from mlip_zoo.evaluators.oc20.alignment import Calibration
 from mlip_zoo.evaluators.oc20.metrics import Metric
 from mlip_zoo.evaluators.oc20.raw import S2EF_RAW_FORMAT
 from mlip_zoo.evaluators.relax import RelaxProtocol, relax_many
+from mlip_zoo.evaluators.uncertainty import labels
 from mlip_zoo.zoo.card import ModelCard
 from mlip_zoo.zoo.potential import Potential
 
@@ -118,35 +119,22 @@ def _like_with_like(terms: Terms, comparable: np.ndarray, energy_keys: tuple[str
             for key, (total, numel_) in terms.items()}
 
 
-def _by_split(table: pa.Table, ok_terms: Terms, splits: list[str]) -> Terms:
+def _by_split(table: pa.Table, terms: Terms, splits: list[str]) -> Terms:
     """Per-row terms of every reported metric, overall and per split (``splits.<s>.<metric>``,
-    plus ``splits.<s>.n`` counting the split's rows), from the terms of the table's ok rows;
-    failed rows add nothing."""
+    plus ``splits.<s>.n`` counting the split's rows), from the overall terms (failed rows add
+    nothing). A split's terms are the overall arrays and the split's ok rows: no copy per split,
+    and a NaN in one split cannot reach another."""
     ok = pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False)
-    split = np.asarray(table.column("split").to_pylist(), dtype=object)
-    # Metrics that share a numel array (a count of free atoms, of systems) keep sharing it, here
-    # and in concat_terms: a third of the memory the terms of a large run take. The arrays the
-    # caches are keyed by stay alive in ok_terms and out, so their ids cannot be reused.
-    spread: dict[int, np.ndarray] = {}
-
-    def on_all_rows(values: np.ndarray) -> np.ndarray:  # failed rows add nothing
-        if id(values) not in spread:
-            spread[id(values)] = np.zeros(table.num_rows)
-            spread[id(values)][ok] = values
-        return spread[id(values)]
-
-    out: Terms = {key: (on_all_rows(total), on_all_rows(numel)) for key, (total, numel) in ok_terms.items()}
-    ones = np.ones(table.num_rows)
-    for s in dict.fromkeys([*splits, *sorted(set(split[ok].tolist()))]):
+    split = labels(table.column("split"))
+    out: Terms = dict(terms)
+    ones = np.broadcast_to(1.0, table.num_rows)  # a view: no memory per row
+    for s in dict.fromkeys([*splits, *sorted(set(np.unique(split[ok]).tolist()))]):
         if s == "all":
             continue
-        mask, masked = ok & (split == s), {}
-        for key in ok_terms:  # np.where, not a product: a NaN in one split must not leak into another
-            for values in out[key]:
-                if id(values) not in masked:
-                    masked[id(values)] = np.where(mask, values, 0.0)
-            out[f"splits.{s}.{key}"] = (masked[id(out[key][0])], masked[id(out[key][1])])
-        out[f"splits.{s}.n"] = (mask.astype(float), ones)
+        rows = np.flatnonzero(ok & (split == s))
+        for key, (total, numel) in terms.items():
+            out[f"splits.{s}.{key}"] = (total, numel, rows)
+        out[f"splits.{s}.n"] = (ones, ones, rows)
     return out
 
 
@@ -158,12 +146,9 @@ def _report(terms: Terms, splits: list[str]) -> dict[str, Any]:
     seen = {k.removeprefix("splits.").rsplit(".", 1)[0] for k in terms if k.startswith("splits.") and k.endswith(".n")}
     out: dict[str, Any] = {k: values[k] for k in overall if k in values}
     out["splits"] = {s: {**{k: values.get(f"splits.{s}.{k}") for k in overall if f"splits.{s}.{k}" in terms},
-                         "n": int(terms[f"splits.{s}.n"][0].sum())}
+                         "n": len(terms[f"splits.{s}.n"][2])}
                      for s in [*[s for s in splits if s in seen], *sorted(seen - set(splits))]}
     return out
-
-
-REDUCED = b"mlipzoo.reduced"  # schema metadata of a table that is already a task's reduced rows
 
 
 class _OC20Task(Evaluator):
@@ -257,15 +242,18 @@ class _OC20Task(Evaluator):
 
     def metric_terms(self, table: pa.Table) -> Terms:
         rows = self.reduce(table)
-        ok = pc.equal(rows.column("status"), "ok").to_numpy(zero_copy_only=False)
         owner = json.loads(rows.schema.metadata[REDUCED])
-        numels = {name: _numbers(rows, name)[ok] for name in dict.fromkeys(owner.values())}  # shared, as in reduce
-        ok_terms = {key: (_numbers(rows, f"{key}:total")[ok], numels[name]) for key, name in owner.items()}
+        # the reduced columns hold 0 on failed rows; numels stay shared, as in reduce
+        numels = {name: _numbers(rows, name) for name in dict.fromkeys(owner.values())}
+        terms = {key: (_numbers(rows, f"{key}:total"), numels[name]) for key, name in owner.items()}
         if self.calibration is not None:  # the reference fitted once, on every row: fixed in resamples
             rows = self.fit(rows)
-            ok_terms.update(alignment.aligned_terms(rows, ok, self.options.energy_threshold,
-                                                    mse=isinstance(self, IS2RE)))
-        return _by_split(rows, ok_terms, self.config.splits)
+            ok = pc.equal(rows.column("status"), "ok").to_numpy(zero_copy_only=False)
+            spread: dict[int, np.ndarray] = {}  # aligned metrics sharing a numel keep sharing it
+            for key, pair in alignment.aligned_terms(rows, ok, self.options.energy_threshold,
+                                                     mse=isinstance(self, IS2RE)).items():
+                terms[key] = tuple(spread.setdefault(id(a), _spread(a, ok)) for a in pair)
+        return _by_split(rows, terms, self.config.splits)
 
     def metrics(self, table: pa.Table) -> dict[str, Any]:
         return _report(self.metric_terms(table), self.config.splits)

@@ -90,6 +90,42 @@ class Symmetry(Evaluator):
             rows.append(row)
         return rows
 
+    def _drifts(self, rows: list[dict[str, Any]]) -> list[float | None]:
+        """Each row's NVE drift (None for a row without an NVE trace)."""
+        nve = self.protocol.nve
+        return [nve_drift(r["nve_times_ps"], r["nve_energy_per_atom"], nve.drop_fraction, nve.window)
+                if r["nve_energy_per_atom"] else None for r in rows]
+
+    def resampler(self, table: pa.Table):
+        """Every max and mean of every resample at once: per row the max, sum and count of each
+        error column; a resample's max is the largest row max among the rows it draws, its mean
+        a ratio of weighted sums."""
+        everything = table.to_pylist()
+        ok = np.flatnonzero([r["status"] == "ok" for r in everything])
+        rows = [everything[i] for i in ok]
+        per_row = {f"{c}": [r[c] or [] for r in rows] for c in ERROR_COLUMNS}
+        per_row["net_force"] = [[r["net_force"]] if r["net_force"] is not None else [] for r in rows]
+        per_row["nve_drift"] = [[d] if d is not None else [] for d in self._drifts(rows)]
+        stats = {}
+        for name, lists in per_row.items():
+            n = np.array([len(v) for v in lists], dtype=float)
+            stats[name] = (n, np.array([float(np.max(v)) if v else -np.inf for v in lists]),
+                           np.array([float(np.sum(v)) for v in lists]))
+
+        def resampled(counts: np.ndarray) -> dict[str, np.ndarray]:
+            drawn = np.asarray(counts, dtype=float)[:, ok]
+            out = {}
+            for name, (n, top, total) in stats.items():
+                present = (drawn > 0) & (n > 0)
+                top_drawn = np.where(present, top, -np.inf).max(axis=1, initial=-np.inf)
+                out[f"{name}_max"] = np.where(present.any(axis=1), top_drawn, np.nan)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    out[f"{name}_mean"] = np.where(drawn @ n > 0, (drawn @ total) / (drawn @ n), np.nan)
+            del out["net_force_mean"]  # not a metric
+            return out
+
+        return resampled
+
     def metrics(self, table: pa.Table) -> dict[str, Any]:
         rows = [r for r in table.to_pylist() if r["status"] == "ok"]
         out: dict[str, Any] = {}
@@ -99,9 +135,7 @@ class Symmetry(Evaluator):
             out[f"{column}_mean"] = float(np.mean(values)) if values else None
         forces = [r["net_force"] for r in rows if r["net_force"] is not None]
         out["net_force_max"] = float(np.max(forces)) if forces else None
-        nve = self.protocol.nve
-        drifts = [nve_drift(r["nve_times_ps"], r["nve_energy_per_atom"], nve.drop_fraction, nve.window)
-                  for r in rows if r["nve_energy_per_atom"]]
+        drifts = [d for d in self._drifts(rows) if d is not None]
         out["nve_drift_max"] = float(np.max(drifts)) if drifts else None
         out["nve_drift_mean"] = float(np.mean(drifts)) if drifts else None
         out["nve_n"] = len(drifts)
