@@ -212,8 +212,8 @@ def test_fast_path_equals_metrics_on_every_resample(task, noise, tmp_path):
         np.testing.assert_allclose(values, reference.values[key], rtol=1e-9, atol=1e-12, err_msg=key)
         # shares that can sit at 0 or 1 in every resample (5 relaxations: 2 calibrate the alignment,
         # whose compositions span none of the other 3)
-        assert np.ptp(values[np.isfinite(values)]) > 0 or key.endswith(("within_threshold", "converged_fraction",
-                                                                        "aligned_coverage"))
+        assert np.ptp(values[np.isfinite(values)]) > 0 or key.removesuffix("_aligned").endswith(
+            ("within_threshold", "converged_fraction", "aligned_coverage"))
 
 
 @pytest.mark.parametrize("task", ["eos", "symmetry"])
@@ -265,6 +265,8 @@ def test_split_metrics_share_the_overall_terms_and_keep_a_nan_in_its_split():
     metrics = evaluator.metrics(table)
     alone = evaluator.metrics(table.filter(pc.equal(table.column("split"), "id")))
     for key, value in metrics["splits"]["id"].items():
+        if "aligned" in key:  # the alignment is fitted on every split's calibration rows, not per split
+            continue
         want = alone["splits"]["id"][key]
         assert value == pytest.approx(want, rel=1e-12), key
         assert key == "n" or want == pytest.approx(alone[key], rel=1e-12), key

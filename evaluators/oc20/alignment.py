@@ -160,7 +160,9 @@ def fit(rows: pa.Table, settings: Calibration) -> dict[str, Any]:
     fitted on those of them that were scored ok, and the basis of the compositions they span."""
     chosen = calibration_ids(rows.column("id"), settings)
     ok = pc.equal(rows.column("status"), "ok").to_numpy(zero_copy_only=False)
-    use = np.flatnonzero(ok & _in(rows.column("id"), chosen))
+    # a calibration row whose error is not finite cannot enter a least-squares fit (n_fitted says so)
+    finite = np.isfinite(_numbers(rows, "align:pred") - _numbers(rows, "align:label"))
+    use = np.flatnonzero(ok & finite & _in(rows.column("id"), chosen))
     # one row per id: the same id twice (rows drawn with replacement) must not weigh twice
     use = use[np.unique(np.asarray(rows.column("id").take(pa.array(use)).to_pylist(), dtype=str),
                         return_index=True)[1]] if use.size else use
