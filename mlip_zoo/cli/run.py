@@ -111,7 +111,9 @@ def _wandb_mode(mode: str) -> str:
 def eval_(
     model: Annotated[str, typer.Argument(help="Model card key (mlipzoo models list).")],
     task: Annotated[str, typer.Argument(help="Task key (mlipzoo tasks list).")],
-    dataset: Annotated[Optional[Path], typer.Option(help="Your own dataset file instead of the task's embedded one.")] = None,
+    dataset: Annotated[Optional[Path], typer.Option(
+        help="Your own dataset (a file, or a folder: OC20 raw S2EF, WBM, LMDB) instead of the task's embedded one.")
+    ] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Results folder: writes OUT/MODEL/TASK.json and .parquet.")] = Path("results"),
     device: DeviceOpt = "cpu",
     workers: WorkersOpt = 1,
