@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +26,7 @@ from mlip_zoo.evaluators.plan import Plan, RunOptions, make_plan
 from mlip_zoo.evaluators.record import ResultRecord
 from mlip_zoo.evaluators.result import build_record
 from mlip_zoo.evaluators.scoring import score
-from mlip_zoo.evaluators.store import ResultStore, writing
+from mlip_zoo.evaluators.store import PredictionsWriter, ResultStore, writing
 from mlip_zoo.evaluators.worker import run_shard
 from mlip_zoo.zoo.card import ModelCard
 
@@ -80,15 +79,10 @@ def run_plan(plan: Plan, opts: RunOptions, clusters: Clusters | None, progress: 
 
         predictions = store.model_dir(plan.card.key) / f".{config.key}.parquet.tmp"
         try:
-            with writing(predictions), contextlib.ExitStack() as files:
-                writer = []
-
-                def copy(shard) -> None:  # the shards, joined into one predictions file on the way
-                    if not writer:
-                        writer.append(files.enter_context(pq.ParquetWriter(predictions, shard.schema)))
-                    writer[0].write_table(shard)
-
-                scored = score(plan.evaluator, (pq.read_table(p) for p in paths), config.bootstrap, each=copy)
+            with writing(predictions), PredictionsWriter(predictions) as writer:
+                # the shards, joined into one predictions file on the way
+                scored = score(plan.evaluator, (pq.read_table(p) for p in paths), config.bootstrap,
+                               each=writer.write)
             if scored is None:
                 raise DatasetError(f"{plan.dataset.path}: no structures to evaluate (empty dataset or --limit 0)")
             from mlip_zoo.zoo.weights import sha256_of

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mlip_zoo.evaluators.base import evaluator_for
 from mlip_zoo.evaluators.record import DatasetRef, Failure, Provenance, References, ResultRecord
 from mlip_zoo.evaluators.result import card_sha256, code_version, hardware, package_versions
 from mlip_zoo.evaluators.scoring import row_groups, score
-from mlip_zoo.evaluators.store import ResultStore
+from mlip_zoo.evaluators.store import PredictionsWriter, ResultStore
 from mlip_zoo.zoo.card import get_card
 from mlip_zoo.zoo.weights import sha256_of
 
@@ -57,9 +56,9 @@ def write_s2ef_result(root: Path, n_frames: int, *, atoms: int = 70, seed: int =
     path = store.result_path("emt", "oc20-s2ef")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(".synthetic.parquet")
-    with pq.ParquetWriter(tmp, evaluator.schema) as writer:
+    with PredictionsWriter(tmp) as writer:  # as the runner joins its shards
         for batch in s2ef_batches(n_frames, atoms, seed=seed):
-            writer.write_table(batch)
+            writer.write(batch)
     scored = score(evaluator, row_groups(tmp))
     card = get_card("emt")
     record = ResultRecord(
