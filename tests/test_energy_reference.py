@@ -297,7 +297,7 @@ def test_chgnet_on_oc20_mini_is_scored_aligned_and_refused_on_adsorption_labels_
     assert metrics["energy_mae_aligned"] < 0.1 * metrics["energy_mae"]
     assert record.provenance.fitted["alignment"]["n_fitted"] == 30  # ceil(0.25 * 120)
 
-    dataset = resolve_dataset("oc20-mini", "s2ef.json")
+    dataset = resolve_dataset("oc20-mini", "s2ef")
     frames = []
     for atoms in iter_records(dataset.path):
         energy = atoms.calc.results["energy"] - atoms.info.pop("reference_energy", 0.0)
