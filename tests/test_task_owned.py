@@ -39,7 +39,7 @@ def test_generic_reader_and_site_import_no_task_package():
 
 
 def test_task_packages_declare_their_formats():
-    assert {f.name for f in dataset_formats()} == {"wbm", "diatomics"}
+    assert {f.name for f in dataset_formats()} == {"wbm", "diatomics", "oc20-s2ef-raw"}
     folder = data.datasets_dir() / "discovery-mini"
     assert data.dataset_format(folder) == "wbm"
     assert data.dataset_format(data.datasets_dir() / "diatomics-vasp" / "diatomics-dft.json.gz") == "diatomics"
