@@ -27,7 +27,10 @@ PAIRS = {"oc20": (("oc20-is2re", "oc20-is2rs"), 10), "discovery": (("discovery",
 def assert_within_tolerance(task: str, labelled_by: str | None, metrics: dict) -> None:
     checks = label_check(load_task_config(task), "emt", labelled_by, metrics)
     assert checks, f"{task}: no label_tolerance, or its dataset was not labelled by emt"
-    bad = [c.describe() for c in checks if not c.ok]
+    # An aligned metric needs a structure outside the calibration subset whose composition the
+    # subset spans; the few structures these tests relax may have none (aligned_coverage 0): then
+    # it is undefined, not wrong. The default run checks it on the whole set.
+    bad = [c.describe() for c in checks if not c.ok and not (c.value is None and c.metric.endswith("_aligned"))]
     assert not bad, f"{task}: {bad}"
 
 
