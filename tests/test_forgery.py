@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 import mlip_zoo.evaluators.store as result_module
 from mlip_zoo.cli import app
-from mlip_zoo.evaluators import uncertainty
+from mlip_zoo.evaluators import scoring
 from mlip_zoo.evaluators.base import evaluator_for
 from mlip_zoo.evaluators.result import ReferenceDigest
 from mlip_zoo.evaluators.runner import RunOptions, evaluate
@@ -60,9 +60,11 @@ def forge(path: Path, table: pa.Table, **fields) -> None:
     parquet = path.parent / record["predictions"]
     pq.write_table(table, parquet)
     try:
-        record["metrics"] = evaluator.metrics(table)
-        record["intervals"], record["provenance"]["bootstrap"] = uncertainty.intervals(
-            evaluator, table, record["metrics"])
+        scored = scoring.score(evaluator, [table], evaluator.config.bootstrap)  # the one scoring path
+        record["metrics"], record["intervals"] = json.loads(json.dumps([scored.metrics, scored.intervals]))
+        record["provenance"]["bootstrap"] = scored.bootstrap
+        if scored.fitted:  # constants fitted to the predictions (the OC20 alignment) follow them too
+            record["provenance"]["fitted"] = json.loads(json.dumps(scored.fitted))
     except (ValueError, TypeError, KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass  # a table metrics cannot read (wrong types): keep the copied numbers
     failed = table.filter(pc.not_equal(table.column("status"), "ok"))
