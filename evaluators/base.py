@@ -34,10 +34,10 @@ if TYPE_CHECKING:
     from mlip_zoo.evaluators.data import DatasetFormat
 
 # Per-row terms of ratio-of-sums metrics: dotted metric name -> (total, numel), one value per row;
-# the metric is sum(total) / sum(numel) (see Evaluator.metric_terms). A third array, ``rows``
-# (ascending row indices), restricts a metric to those rows: sum(total[rows]) / sum(numel[rows]),
-# so per-split metrics share the overall arrays instead of copying them per split.
-Terms = dict[str, tuple[np.ndarray, ...]]
+# the metric is sum(total) / sum(numel) (see Evaluator.metric_terms). A third element, ``rows``
+# (ascending row indices, or a slice when they are one block), restricts a metric to those rows:
+# sum(total[rows]) / sum(numel[rows]), so per-split metrics share the overall arrays.
+Terms = dict[str, tuple[np.ndarray | slice, ...]]
 
 EVALUATOR_GROUP = "mlip_zoo.evaluators"
 # Schema metadata key of a table that is already a task's reduced rows (``Evaluator.reduce``).
@@ -295,6 +295,12 @@ class Evaluator(ABC):
         """The figures of the task page, given every model's ``plots`` data (model -> data); the
         speed-vs-accuracy figure every page has is not listed."""
         return []
+
+    # Group the reduced rows by bootstrap stratum (scoring.reduce_all): for tasks whose terms are
+    # per split, so the bootstrap reads each split as a block instead of copying the terms in
+    # split order. Resamples draw the same rows either way (draws go stratum by stratum, in row
+    # order within one); only the order of floating-point sums changes.
+    group_strata: bool = False
 
     def fit(self, rows: pa.Table) -> pa.Table:
         """Constants some metrics fit to the predictions as a whole (OC20: the per-element energy

@@ -100,12 +100,18 @@ class ReferenceDigest:
     """sha256 over the sha256 of each row's ``reference_key``, in row order: what a result
     records of its references, so they can be checked where the dataset is not at hand."""
 
+    ROWS = 32
+
     def __init__(self, columns: tuple[str, ...]):
         self.columns, self._sha = columns, hashlib.sha256()
 
     def update(self, table) -> None:
-        for row in table.select(list(self.columns)).to_pylist():  # one shard or row group at a time
-            self._sha.update(hashlib.sha256(reference_key(row, self.columns)).digest())
+        table = table.select(list(self.columns))
+        # a few rows' Python values at a time: a row group's millions of floats at once would
+        # scatter the interpreter's heap, which then grows with every row group
+        for start in range(0, table.num_rows, self.ROWS):
+            for row in table.slice(start, self.ROWS).to_pylist():
+                self._sha.update(hashlib.sha256(reference_key(row, self.columns)).digest())
 
     def record(self) -> dict[str, Any]:
         return {"columns": list(self.columns), "sha256": self._sha.hexdigest()}

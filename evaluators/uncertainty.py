@@ -37,6 +37,7 @@ the same way. Other metrics call ``metrics()`` once per resample.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -86,26 +87,53 @@ def percentile_interval(values: np.ndarray, confidence: float) -> list[float] | 
 # Resamples
 
 
-def labels(column: pa.ChunkedArray) -> np.ndarray:
-    """A column's values as ``str`` (a null as "None"), in an object array whose rows share one
-    string per distinct value: 8 bytes a row, however long the labels."""
-    encoded = pc.dictionary_encode(pc.fill_null(pc.cast(column, pa.string()), "None")).combine_chunks()
-    distinct = np.array(encoded.dictionary.to_pylist() + [None], dtype=object)[:-1]  # 1-D even when empty
-    return distinct[encoded.indices.to_numpy(zero_copy_only=False)]
+@dataclass(frozen=True, eq=False)
+class Strata:
+    """A label column (a split, a stratum) as one small integer a row: ``codes[i]`` indexes
+    ``names``, the distinct labels in sorted order (a null reads "None"). A byte a row however
+    long the labels, where an array of Python strings costs eight and a list of them more."""
+
+    codes: np.ndarray
+    names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, column: pa.ChunkedArray | pa.Array) -> Strata:
+        encoded = pc.dictionary_encode(pc.fill_null(pc.cast(column, pa.string()), "None"))
+        encoded = encoded.combine_chunks() if isinstance(encoded, pa.ChunkedArray) else encoded
+        found = encoded.dictionary.to_pylist()
+        order = sorted(range(len(found)), key=found.__getitem__)
+        rank = np.empty(len(found), dtype=np.uint8 if len(found) <= 256 else np.int32)
+        rank[order] = np.arange(len(found))
+        return cls(rank[encoded.indices.to_numpy(zero_copy_only=False)], tuple(found[i] for i in order))
+
+    def __len__(self) -> int:
+        return self.codes.size
+
+    def rows(self, name: str) -> np.ndarray | slice:
+        """The rows labelled ``name``: a slice when they are one block (rows grouped by stratum,
+        see ``Evaluator.group_strata``: no index array a row), else their indices."""
+        if name not in self.names:
+            return slice(0, 0)
+        found = np.flatnonzero(self.codes == self.names.index(name))
+        return slice(int(found[0]), int(found[-1]) + 1) if found[-1] - found[0] + 1 == found.size else found
+
+    def present(self, mask: np.ndarray) -> list[str]:
+        """The labels of the rows ``mask`` selects, sorted."""
+        return [self.names[c] for c in np.unique(self.codes[mask])]
 
 
-def strata_labels(table: pa.Table, settings: BootstrapSettings) -> np.ndarray | None:
+def strata_labels(table: pa.Table, settings: BootstrapSettings) -> Strata | None:
     """The stratum of each row, or None (one stratum) when the table has no such column."""
     if settings.strata is None or settings.strata not in table.column_names:
         return None
-    return labels(table.column(settings.strata))
+    return Strata.of(table.column(settings.strata))
 
 
 SHARED_CELLS = 4_000_000  # resamples x rows up to which the count matrices are kept for reuse (32 MB)
 _shared: dict[tuple, list[np.ndarray]] = {}
 
 
-def resample_counts(n: int, settings: BootstrapSettings, strata: np.ndarray | None = None
+def resample_counts(n: int, settings: BootstrapSettings, strata: Strata | None = None
                     ) -> Iterator[np.ndarray]:
     """``_draw_counts``, drawn once per (rows, strata, settings) when small: every model ranked on
     the same structures reuses the same resamples (common random numbers) instead of drawing
@@ -113,7 +141,7 @@ def resample_counts(n: int, settings: BootstrapSettings, strata: np.ndarray | No
     if n * settings.resamples > SHARED_CELLS:
         yield from _draw_counts(n, settings, strata)
         return
-    key = (n, settings.seed, settings.resamples, None if strata is None else tuple(strata.tolist()))
+    key = (n, settings.seed, settings.resamples, None if strata is None else (strata.names, strata.codes.tobytes()))
     if key not in _shared:
         if len(_shared) >= 16:
             _shared.clear()
@@ -123,7 +151,7 @@ def resample_counts(n: int, settings: BootstrapSettings, strata: np.ndarray | No
     yield from _shared[key]
 
 
-def _draw_counts(n: int, settings: BootstrapSettings, strata: np.ndarray | None = None
+def _draw_counts(n: int, settings: BootstrapSettings, strata: Strata | None = None
                  ) -> Iterator[np.ndarray]:
     """Count matrices of up to 128 resamples each (``settings.resamples`` rows in all), shape
     ``(chunk, n)``. Resample ``b`` draws, for each stratum in sorted order, as many rows as the
@@ -131,20 +159,24 @@ def _draw_counts(n: int, settings: BootstrapSettings, strata: np.ndarray | None 
     and the strata, never on the values."""
     rng = np.random.default_rng(settings.seed)
     if strata is None:
-        groups = [np.arange(n)]
+        groups = [slice(0, n)]
     else:
         if len(strata) != n:
             raise ValueError(f"{len(strata)} strata labels for {n} rows")
-        groups = [np.flatnonzero(strata == s) for s in sorted(set(strata.tolist()))]
+        groups = [strata.rows(s) for s in strata.names]
     chunk = max(1, min(128, MAX_CELLS // max(n, 1)))
     for start in range(0, settings.resamples, chunk):
         size = min(chunk, settings.resamples - start)
         counts = np.zeros((size, n))  # float: the products below take it as it is, with no copy
         for b in range(size):
             for group in groups:
-                drawn = group[rng.integers(0, group.size, group.size)]
-                counts[b] += np.bincount(drawn, minlength=n)
+                if isinstance(group, slice):  # a block of rows: the same draw, without an index array
+                    m = group.stop - group.start
+                    counts[b, group] += np.bincount(rng.integers(0, m, m), minlength=m)
+                else:
+                    counts[b] += np.bincount(group[rng.integers(0, group.size, group.size)], minlength=n)
         yield counts
+        del counts  # one chunk alive at a time: not the last one while the next is drawn
 
 
 def _rows_of(counts: np.ndarray) -> np.ndarray:
@@ -219,7 +251,7 @@ def _checked_terms(evaluator: Evaluator, terms: Terms, n_rows: int, point: dict[
         if total.shape != (n_rows,) or numel.shape != (n_rows,):
             raise MetricError(f"task {evaluator.key}: metric_terms[{key!r}] must be two arrays of "
                               f"{n_rows} values (one per row), got {total.shape} and {numel.shape}")
-        rows = np.asarray(rows[0], dtype=np.int64) if rows else every
+        rows = every if not rows else rows[0] if isinstance(rows[0], slice) else np.asarray(rows[0], dtype=np.int64)
         whole = float(_ratio(np.array([total[rows].sum()]), np.array([numel[rows].sum()]))[0])
         if not _close(whole, _number(point[key])):
             raise MetricError(f"task {evaluator.key}: metric_terms gives {key} = {whole!r} but metrics() gives "
@@ -258,7 +290,7 @@ def _in_blocks(terms: Terms, n_rows: int) -> tuple[np.ndarray | None, Terms]:
 
 
 def replicates(evaluator: Evaluator, table: pa.Table, settings: BootstrapSettings | None = None, *,
-               strata: np.ndarray | None = None, keys: Sequence[str] | None = None,
+               strata: Strata | None = None, keys: Sequence[str] | None = None,
                metrics: dict[str, Any] | None = None) -> Replicates:
     """Every estimate's value in each resample of ``table``'s rows (``keys`` limits which).
 
@@ -274,57 +306,89 @@ def replicates(evaluator: Evaluator, table: pa.Table, settings: BootstrapSetting
     point = flatten_metrics(evaluator.metrics(table) if metrics is None else metrics)
     wanted = [k for k, v in point.items() if is_estimate(v) and (keys is None or k in keys)]
     fast = _checked_terms(evaluator, evaluator.metric_terms(table), n_rows, point, wanted)
-    order, fast = _in_blocks(fast, n_rows)
     vector = evaluator.resampler(table)  # every resample of a chunk at once, from its count matrix
     slow = [k for k in wanted if k not in fast]
+    chunks = resample_counts(n_rows, settings, strata)
+    first = next(chunks, None)
+    if first is not None:  # the fast paths must also agree with metrics() under duplication
+        _check_paths(evaluator, table, fast, vector, slow, point, first[0])
+    order, fast = _in_blocks(fast, n_rows)
     values = {k: np.full(settings.resamples, np.nan) for k in wanted}
     start = 0
-    for counts in resample_counts(n_rows, settings, strata):
+    chunks = itertools.chain(() if first is None else (first,), chunks)
+    del first  # one count matrix alive at a time (see _draw_counts)
+    for counts in chunks:
         weights = counts if order is None or not fast else counts[:, order]
         for key, (total, numel, rows) in fast.items():
             w = weights[:, rows]
             values[key][start:start + len(counts)] = _ratio(w @ total[rows], w @ numel[rows])
-        if fast and start == 0:  # the fast path must also agree with metrics() under duplication
-            drawn = _metrics_or_undefined(evaluator, table.take(_rows_of(counts[0])))
-            for key in fast:
-                if not _close(values[key][0], _number(drawn.get(key))):
-                    raise MetricError(f"task {evaluator.key}: on a resample, metric_terms gives {key} = "
-                                      f"{values[key][0]!r} but metrics() gives {drawn.get(key)!r}: {key} is not a "
-                                      "ratio of per-row sums; leave it out of metric_terms")
+        rest = slow
         if vector is not None and slow:
             chunk = vector(counts)
-            if start == 0:
-                slow = _checked_resampler(evaluator, table, counts[0], chunk, slow, point)
             for key in list(chunk):
                 if key in values and key not in fast:
                     values[key][start:start + len(counts)] = chunk[key]
             rest = [k for k in slow if k not in chunk]
-        else:
-            rest = slow
         if rest:
             for j, row in enumerate(counts):
                 drawn = _metrics_or_undefined(evaluator, table.take(_rows_of(row)))
                 for key in rest:
                     values[key][start + j] = _number(drawn.get(key))
         start += len(counts)
+        counts = weights = w = None  # this chunk goes before the next is drawn
     return Replicates(point, values, settings)
 
 
-def _checked_resampler(evaluator: Evaluator, table: pa.Table, counts: np.ndarray, chunk: dict[str, np.ndarray],
-                       slow: list[str], point: dict[str, Any]) -> list[str]:
+CHECK_ROWS = 20_000  # rows of the resample the fast paths are checked on (metrics() copies what it draws)
+
+
+def _check_counts(counts: np.ndarray) -> np.ndarray:
+    """A resample's count vector kept on an evenly spaced subset of at most ``CHECK_ROWS`` rows
+    (every split keeps rows): the checks below copy only what it draws, whatever the table size."""
+    if counts.size <= CHECK_ROWS:
+        return counts
+    kept = np.zeros_like(counts)
+    step = -(-counts.size // CHECK_ROWS)
+    kept[::step] = counts[::step]
+    return kept
+
+
+def _check_paths(evaluator: Evaluator, table: pa.Table, fast: Terms, vector, slow: list[str],
+                 point: dict[str, Any], counts: np.ndarray) -> None:
+    """Check the fast paths (terms, the task's resampler) against ``metrics()`` on one resample."""
+    check = _check_counts(counts)
+    drawn = _metrics_or_undefined(evaluator, table.take(_rows_of(check)))
+    _check_fast(evaluator, fast, check, drawn)
+    if vector is not None and slow:
+        _check_resampler(evaluator, table, vector, check, drawn, slow, point)
+
+
+def _check_fast(evaluator: Evaluator, fast: Terms, counts: np.ndarray, drawn: dict[str, Any]) -> None:
+    """Each fast-path metric on the resample ``counts`` must be what ``metrics()`` gives on the
+    rows it draws (``drawn``): a metric that is not a ratio of per-row sums fails here."""
+    for key, (total, numel, rows) in fast.items():
+        w = counts[rows]
+        got = float(_ratio(np.array([w @ total[rows]]), np.array([w @ numel[rows]]))[0])
+        if not _close(got, _number(drawn.get(key))):
+            raise MetricError(f"task {evaluator.key}: on a resample, metric_terms gives {key} = {got!r} but "
+                              f"metrics() gives {drawn.get(key)!r}: {key} is not a ratio of per-row sums; "
+                              "leave it out of metric_terms")
+
+
+def _check_resampler(evaluator: Evaluator, table: pa.Table, vector, counts: np.ndarray, drawn: dict[str, Any],
+                     slow: list[str], point: dict[str, Any]) -> None:
     """The task's vectorised resamples must give what ``metrics()`` gives on the full table (all
-    counts 1) and on the chunk's first resample; returns ``slow``, unchanged, once both agree."""
-    whole = evaluator.resampler(table)(np.ones((1, table.num_rows)))
-    drawn = _metrics_or_undefined(evaluator, table.take(_rows_of(counts)))
-    for key in chunk:
+    counts 1) and on the resample ``counts`` (whose rows' metrics are ``drawn``)."""
+    whole = vector(np.ones((1, table.num_rows)))
+    resample = vector(counts[None, :])
+    for key in resample:
         if key not in slow:
             continue
         for got, want, where in ((whole[key][0], point.get(key), "the full table"),
-                                 (chunk[key][0], drawn.get(key), "a resample")):
+                                 (resample[key][0], drawn.get(key), "a resample")):
             if not _close(float(got), _number(want)):
                 raise MetricError(f"task {evaluator.key}: on {where}, its resampler gives {key} = {got!r} but "
                                   f"metrics() gives {want!r}; fix the task's resampler")
-    return slow
 
 
 def nest(metrics: Mapping[str, Any], flat: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

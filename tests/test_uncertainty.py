@@ -357,7 +357,7 @@ def test_classification_metrics_with_undefined_resamples(recwarn):
     undefined = boot["undefined"]
     assert 0 < undefined["F1"] < 500  # resamples without a stable material: left out, counted
     # every resample of a stratified draw keeps each stratum's size
-    strata = np.array(["a"] * 10 + ["b"] * 30, dtype=object)
+    strata = u.Strata.of(pa.array(["a"] * 10 + ["b"] * 30))
     for counts in u.resample_counts(n, BootstrapSettings(resamples=100), strata):
         assert (counts[:, :10].sum(axis=1) == 10).all() and (counts[:, 10:].sum(axis=1) == 30).all()
 

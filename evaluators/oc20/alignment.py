@@ -30,6 +30,7 @@ uncertainty.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import math
 from typing import Any
@@ -50,6 +51,7 @@ METHOD = ("per-element linear reference E_pred - sum_e n_e c_e, least squares on
 RCOND = 1e-10
 FIT = b"mlipzoo.alignment"  # schema metadata of reduced rows that carry their fitted reference
 _Z = 128  # atomic numbers are below this (they are stored as uint8)
+BLOCK = 1 << 14  # rows hashed or aligned at a time
 
 
 class Calibration(BaseModel):
@@ -131,8 +133,10 @@ def compositions(numbers: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, pa.Arra
     keys, counts = np.unique(row * _Z + flat, return_counts=True)
     offsets = np.zeros(lengths.size + 1, dtype=np.int32)
     np.cumsum(np.bincount(keys // _Z, minlength=lengths.size), out=offsets[1:])
+    if counts.max(initial=0) >= 2**16:
+        raise ValueError(f"a structure has {counts.max()} atoms of one element; the alignment counts at most 65,535")
     return (pa.ListArray.from_arrays(pa.array(offsets), pa.array((keys % _Z).astype(np.uint8))),
-            pa.ListArray.from_arrays(pa.array(offsets), pa.array(counts.astype(np.int32))))
+            pa.ListArray.from_arrays(pa.array(offsets), pa.array(counts.astype(np.uint16))))
 
 
 def _triplets(elements: pa.ChunkedArray, counts: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -144,29 +148,55 @@ def _triplets(elements: pa.ChunkedArray, counts: pa.ChunkedArray) -> tuple[np.nd
 
 
 def calibration_ids(ids: list[str] | pa.Array | pa.ChunkedArray, settings: Calibration) -> list[str]:
-    """The declared calibration subset of these ids (see the module docstring), sorted."""
-    unique = pc.unique(pa.chunked_array([pa.array(ids, pa.string())]) if isinstance(ids, list)
-                       else pc.cast(ids, pa.string())).to_pylist()
-    k = min(settings.max_rows, math.ceil(settings.fraction * len(unique)))
-    return sorted(sorted(unique, key=lambda i: hashlib.sha256(f"{settings.seed}:{i}".encode()).digest())[:k])
+    """The declared calibration subset of these ids (see the module docstring), sorted.
+
+    The ids are hashed a block at a time and only the ``k`` smallest digests are kept (a heap of
+    at most ``max_rows``): the memory is that of the subset, not of every id."""
+    column = pa.chunked_array([pa.array(ids, pa.string())]) if isinstance(ids, list) else pc.cast(ids, pa.string())
+    column = column if isinstance(column, pa.ChunkedArray) else pa.chunked_array([column])
+    k = min(settings.max_rows, math.ceil(settings.fraction * _distinct(column)))
+    heap: list[tuple[int, str]] = []  # (-digest, id): heap[0] holds the largest digest kept
+    kept: set[str] = set()
+    prefix = f"{settings.seed}:".encode()
+    for start in range(0, len(column), BLOCK):
+        for rid in column.slice(start, BLOCK).to_pylist():
+            if rid is None or rid in kept:  # an id drawn twice counts once
+                continue
+            key = -int.from_bytes(hashlib.sha256(prefix + rid.encode()).digest(), "big")
+            if len(heap) < k:
+                heapq.heappush(heap, (key, rid))
+                kept.add(rid)
+            elif k and key > heap[0][0]:
+                kept.discard(heapq.heapreplace(heap, (key, rid))[1])
+                kept.add(rid)
+    return sorted(kept)
 
 
-def _in(ids: pa.ChunkedArray, chosen: list[str]) -> np.ndarray:
-    return pc.is_in(pc.cast(ids, pa.string()), value_set=pa.array(chosen, pa.string())).to_numpy(zero_copy_only=False)
+def _distinct(ids: pa.ChunkedArray) -> int:
+    """How many distinct non-null ids, from one sort (a hash of every id would cost ~100 B an id)."""
+    ids = ids.drop_null()
+    if len(ids) < 2:
+        return len(ids)
+    ordered = ids.take(pc.array_sort_indices(ids))
+    return 1 + int(pc.sum(pc.not_equal(ordered.slice(1), ordered.slice(0, len(ordered) - 1))).as_py())
 
 
-def fit(rows: pa.Table, settings: Calibration) -> dict[str, Any]:
-    """The alignment of reduced rows (``align:*`` columns): the calibration ids, the coefficients
-    fitted on those of them that were scored ok, and the basis of the compositions they span."""
+def _in(ids: pa.ChunkedArray, chosen: pa.Array) -> np.ndarray:
+    return pc.is_in(pc.cast(ids, pa.string()), value_set=chosen).to_numpy(zero_copy_only=False)
+
+
+def fit(rows: pa.Table, settings: Calibration) -> tuple[dict[str, Any], np.ndarray]:
+    """The alignment of reduced rows (``align:*`` input columns): the calibration ids, the
+    coefficients fitted on those of them that were scored ok (the record ``fitted`` returns), and
+    the basis of the compositions they span."""
     chosen = calibration_ids(rows.column("id"), settings)
     ok = pc.equal(rows.column("status"), "ok").to_numpy(zero_copy_only=False)
+    part = rows.take(pa.array(np.flatnonzero(ok & _in(rows.column("id"), pa.array(chosen, pa.string()))), pa.int64()))
     # a calibration row whose error is not finite cannot enter a least-squares fit (n_fitted says so)
-    finite = np.isfinite(_numbers(rows, "align:pred") - _numbers(rows, "align:label"))
-    use = np.flatnonzero(ok & finite & _in(rows.column("id"), chosen))
-    # one row per id: the same id twice (rows drawn with replacement) must not weigh twice
-    use = use[np.unique(np.asarray(rows.column("id").take(pa.array(use)).to_pylist(), dtype=str),
-                        return_index=True)[1]] if use.size else use
-    part = rows.take(pa.array(np.sort(use), pa.int64()))
+    part = part.filter(pa.array(np.isfinite(_numbers(part, "align:pred") - _numbers(part, "align:label"))))
+    # one row per id, the first: the same id twice (rows drawn with replacement) must not weigh twice
+    first = np.unique(np.asarray(part.column("id").to_pylist(), dtype=str), return_index=True)[1]
+    part = part.take(pa.array(np.sort(first), pa.int64())) if part.num_rows else part
     row, z, n = _triplets(part.column("align:elements"), part.column("align:counts"))
     elements = np.unique(z)
     matrix = np.zeros((part.num_rows, elements.size))
@@ -180,71 +210,90 @@ def fit(rows: pa.Table, settings: Calibration) -> dict[str, Any]:
         basis = vt[s > RCOND * s[0]].T if s[0] > 0 else basis
     return {"method": METHOD, "intercept": False, "calibration": settings.model_dump(),
             "calibration_ids": chosen, "n_fitted": int(part.num_rows), "rank": int(basis.shape[1]),
-            "coefficients": {chemical_symbols[int(e)]: float(c) for e, c in zip(elements, coefficients, strict=True)},
-            "_basis": basis.tolist()}
+            "coefficients": {chemical_symbols[int(e)]: float(c) for e, c in zip(elements, coefficients, strict=True)}
+            }, basis
+
+
+# What the aligned metrics read of a row once the fit is applied (``with_fit``): its aligned
+# |error| (0 where not scored) and these flags.
+USED, SCORED, FORCES_WITHIN = 1, 2, 4  # in the aligned metrics; outside the calibration subset; S2EF's force criterion
+INPUTS = ("align:label", "align:pred", "align:elements", "align:counts", "align:within")
 
 
 def with_fit(rows: pa.Table, settings: Calibration) -> pa.Table:
-    """The rows, carrying their fitted alignment in the schema metadata (kept by ``take``, so
-    every resample scores with the same reference); rows that carry one already are returned."""
+    """The rows with their alignment fitted and applied: the fit in the schema metadata (kept by
+    ``take``, so every resample scores with the same reference), and the fit's inputs (``INPUTS``,
+    ~50 bytes a row) replaced by what the aligned metrics read of each row, ``align:abs_error``
+    and ``align:flags`` (9 bytes). Rows that carry a fit already are returned as they are."""
     meta = rows.schema.metadata or {}
     if FIT in meta:
         return rows
-    return rows.replace_schema_metadata({**meta, FIT: json.dumps(fit(rows, settings)).encode()})
+    data, basis = fit(rows, settings)
+    error, flags = _applied(rows, data, basis)
+    out = rows.drop_columns([c for c in INPUTS if c in rows.column_names])
+    out = out.append_column("align:abs_error", pa.array(error)).append_column("align:flags", pa.array(flags))
+    return out.replace_schema_metadata({**meta, FIT: json.dumps(data).encode()})
 
 
 def fitted(rows: pa.Table) -> dict[str, Any] | None:
     """What a result records of the fit (provenance): method, calibration rule and ids, coefficients."""
     meta = rows.schema.metadata or {}
-    if FIT not in meta:
-        return None
-    data = json.loads(meta[FIT])
-    data.pop("_basis")
-    return data
+    return json.loads(meta[FIT]) if FIT in meta else None
+
+
+def _applied(rows: pa.Table, data: dict[str, Any], basis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's |aligned error| (0 where it is not scored) and flags, ``BLOCK`` rows at a time
+    (the per-element arrays of a block are all this adds). A row is scored when it is ok and
+    outside the calibration subset, and used when its composition is also determined: it lies
+    in the span of the calibration compositions (an unseen element never does)."""
+    ok = pc.equal(rows.column("status"), "ok").to_numpy(zero_copy_only=False)
+    chosen = pa.array(data["calibration_ids"], pa.string())
+    elements = np.array([atomic_numbers[symbol] for symbol in data["coefficients"]], dtype=np.int64)
+    coefficient = np.zeros(_Z)
+    coefficient[elements] = list(data["coefficients"].values())
+    column = np.full(_Z, -1)
+    column[elements] = np.arange(elements.size)
+    de, flags = np.zeros(rows.num_rows), np.zeros(rows.num_rows, dtype=np.uint8)
+    for start in range(0, rows.num_rows, BLOCK):
+        part = rows.slice(start, BLOCK)
+        here = slice(start, start + part.num_rows)
+        scored = ok[here] & ~_in(part.column("id"), chosen)
+        row, z, n = _triplets(part.column("align:elements"), part.column("align:counts"))
+        shift = np.bincount(row, weights=n * coefficient[z], minlength=part.num_rows)
+        # determined iff its squared norm equals that of its projection on the basis
+        norm = np.bincount(row, weights=n * n, minlength=part.num_rows)
+        projected = np.zeros(part.num_rows)
+        seen = column[z] >= 0
+        for j in range(basis.shape[1]):
+            along = np.bincount(row[seen], weights=n[seen] * basis[column[z[seen]], j], minlength=part.num_rows)
+            projected += along ** 2
+        used = scored & (norm > 0) & (norm - projected <= 1e-9 * norm)
+        de[here] = np.abs(np.where(used, _numbers(part, "align:pred") - shift - _numbers(part, "align:label"), 0.0))
+        within = (pc.fill_null(part.column("align:within"), False).to_numpy(zero_copy_only=False)
+                  if "align:within" in part.column_names else False)
+        flags[here] = used * USED + scored * SCORED + within * FORCES_WITHIN
+    return de, flags
 
 
 def _numbers(table: pa.Table, column: str) -> np.ndarray:
     return np.asarray(pc.fill_null(table.column(column), 0.0).to_numpy(zero_copy_only=False), dtype=float)
 
 
-def aligned_terms(rows: pa.Table, ok: np.ndarray, energy_threshold: float, mse: bool) -> Terms:
-    """Per-row terms (over the ok rows, as ``_ok_terms``) of the aligned metrics of fitted rows:
+def aligned_terms(rows: pa.Table, energy_threshold: float, mse: bool) -> Terms:
+    """Per-row terms (0 on rows not scored) of the aligned metrics of fitted rows (``with_fit``):
     ``energy_mae_aligned`` (and ``energy_mse_aligned``), ``energy_within_threshold_aligned`` for
-    IS2RE or ``energy_forces_within_threshold_aligned`` for S2EF (``align:within`` holds the
-    force criterion), and ``aligned_coverage``, over the rows outside the calibration subset."""
-    data = json.loads(rows.schema.metadata[FIT])
-    needed = ["id", *(c for c in rows.column_names if c.startswith("align:"))]
-    part = rows.select(needed).filter(pa.array(ok))  # the few columns it reads, not a copy of every term
-    scored = ~_in(part.column("id"), data["calibration_ids"])
-    row, z, n = _triplets(part.column("align:elements"), part.column("align:counts"))
-    elements = np.array([atomic_numbers[symbol] for symbol in data["coefficients"]], dtype=np.int64)
-    basis = np.asarray(data["_basis"], dtype=float).reshape(elements.size, data["rank"])
-    coefficient = np.zeros(_Z)
-    coefficient[elements] = list(data["coefficients"].values())
-    shift = np.bincount(row, weights=n * coefficient[z], minlength=part.num_rows)
-    # determined iff the composition lies in the span of the calibration compositions: its
-    # squared norm equals that of its projection on the basis (an unseen element never does)
-    column = np.full(_Z, -1)
-    column[elements] = np.arange(elements.size)
-    norm = np.bincount(row, weights=n * n, minlength=part.num_rows)
-    projected = np.zeros(part.num_rows)
-    seen = column[z] >= 0
-    for j in range(basis.shape[1]):
-        along = np.bincount(row[seen], weights=n[seen] * basis[column[z[seen]], j], minlength=part.num_rows)
-        projected += along ** 2
-    has_atoms = norm > 0
-    covered = has_atoms & (norm - projected <= 1e-9 * norm)
-    use = scored & covered
-    error = np.where(use, _numbers(part, "align:pred") - shift - _numbers(part, "align:label"), 0.0)
-    de = np.abs(error)
-    within = np.where(use, de < energy_threshold, False)
-    numel = use.astype(float)
+    IS2RE or ``energy_forces_within_threshold_aligned`` for S2EF, and ``aligned_coverage``, over
+    the rows outside the calibration subset."""
+    de = np.asarray(rows.column("align:abs_error").to_numpy(zero_copy_only=False), dtype=float)
+    flags = rows.column("align:flags").to_numpy(zero_copy_only=False)
+    used = (flags & USED) > 0
+    numel = used.astype(float)
+    within = used & (de < energy_threshold)
     terms: Terms = {"energy_mae_aligned": (de, numel)}
     if mse:
         terms["energy_mse_aligned"] = (de ** 2, numel)
         terms["energy_within_threshold_aligned"] = (within.astype(float), numel)
     else:
-        forces = _numbers(part, "align:within") > 0
-        terms["energy_forces_within_threshold_aligned"] = ((within & forces).astype(float), numel)
-    terms["aligned_coverage"] = (use.astype(float), scored.astype(float))
+        terms["energy_forces_within_threshold_aligned"] = ((within & ((flags & FORCES_WITHIN) > 0)).astype(float), numel)
+    terms["aligned_coverage"] = (numel, ((flags & SCORED) > 0).astype(float))
     return terms

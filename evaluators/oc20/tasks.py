@@ -40,7 +40,7 @@ from mlip_zoo.evaluators.oc20.alignment import Calibration
 from mlip_zoo.evaluators.oc20.metrics import Metric
 from mlip_zoo.evaluators.oc20.raw import S2EF_RAW_FORMAT
 from mlip_zoo.evaluators.relax import RelaxProtocol, relax_many
-from mlip_zoo.evaluators.uncertainty import labels
+from mlip_zoo.evaluators.uncertainty import Strata
 from mlip_zoo.zoo.card import ModelCard
 from mlip_zoo.zoo.potential import Potential
 
@@ -88,7 +88,7 @@ def _numbers(table: pa.Table, column: str) -> np.ndarray:
 
 def _spread(values: np.ndarray, ok: np.ndarray) -> np.ndarray:
     """Per-row values of the ok rows on every row of the table; failed rows add nothing."""
-    out = np.zeros(ok.size)
+    out = np.zeros(ok.size, dtype=values.dtype)
     out[ok] = values
     return out
 
@@ -121,21 +121,29 @@ def _like_with_like(terms: Terms, comparable: np.ndarray, energy_keys: tuple[str
 
 def _by_split(table: pa.Table, terms: Terms, splits: list[str]) -> Terms:
     """Per-row terms of every reported metric, overall and per split (``splits.<s>.<metric>``,
-    plus ``splits.<s>.n`` counting the split's rows), from the overall terms (failed rows add
-    nothing). A split's terms are the overall arrays and the split's ok rows: no copy per split,
-    and a NaN in one split cannot reach another."""
+    plus ``splits.<s>.n`` counting the split's ok rows), from the overall terms. A split's terms
+    are the overall arrays and the split's rows: no copy per split, and a NaN in one split cannot
+    reach another. Failed rows are in their split's rows (their terms are 0 and add nothing), so
+    rows grouped by split (``group_strata``) make each split one contiguous block."""
     ok = pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False)
-    split = labels(table.column("split"))
+    split = Strata.of(table.column("split"))
     out: Terms = dict(terms)
+    counted = ok.astype(float)
     ones = np.broadcast_to(1.0, table.num_rows)  # a view: no memory per row
-    for s in dict.fromkeys([*splits, *sorted(set(np.unique(split[ok]).tolist()))]):
+    for s in dict.fromkeys([*splits, *split.present(ok)]):
         if s == "all":
             continue
-        rows = np.flatnonzero(ok & (split == s))
+        rows = split.rows(s)
         for key, (total, numel) in terms.items():
             out[f"splits.{s}.{key}"] = (total, numel, rows)
-        out[f"splits.{s}.n"] = (ones, ones, rows)
+        out[f"splits.{s}.n"] = (counted, ones, rows)
     return out
+
+
+def _count(term: tuple[np.ndarray, np.ndarray, np.ndarray]) -> int:
+    """The ok rows a split's ``n`` term counts."""
+    counted, _, rows = term
+    return int(counted[rows].sum())
 
 
 def _report(terms: Terms, splits: list[str]) -> dict[str, Any]:
@@ -146,7 +154,7 @@ def _report(terms: Terms, splits: list[str]) -> dict[str, Any]:
     seen = {k.removeprefix("splits.").rsplit(".", 1)[0] for k in terms if k.startswith("splits.") and k.endswith(".n")}
     out: dict[str, Any] = {k: values[k] for k in overall if k in values}
     out["splits"] = {s: {**{k: values.get(f"splits.{s}.{k}") for k in overall if f"splits.{s}.{k}" in terms},
-                         "n": len(terms[f"splits.{s}.n"][2])}
+                         "n": _count(terms[f"splits.{s}.n"])}
                      for s in [*[s for s in splits if s in seen], *sorted(seen - set(splits))]}
     return out
 
@@ -157,6 +165,7 @@ class _OC20Task(Evaluator):
     column per metric), gives the metrics and the bootstrap's fast path."""
 
     kept = ("id", "split", "status")  # the columns reduce keeps besides the terms
+    group_strata = True  # every metric has per-split terms
     formats = (S2EF_RAW_FORMAT,)  # OC20's raw S2EF folders, read as published
     plot_columns = (*plotting.PARITY_COLUMNS, "energy_kind", "energy_reference", "energy_pred_kind")
 
@@ -248,11 +257,7 @@ class _OC20Task(Evaluator):
         terms = {key: (_numbers(rows, f"{key}:total"), numels[name]) for key, name in owner.items()}
         if self.calibration is not None:  # the reference fitted once, on every row: fixed in resamples
             rows = self.fit(rows)
-            ok = pc.equal(rows.column("status"), "ok").to_numpy(zero_copy_only=False)
-            spread: dict[int, np.ndarray] = {}  # aligned metrics sharing a numel keep sharing it
-            for key, pair in alignment.aligned_terms(rows, ok, self.options.energy_threshold,
-                                                     mse=isinstance(self, IS2RE)).items():
-                terms[key] = tuple(spread.setdefault(id(a), _spread(a, ok)) for a in pair)
+            terms.update(alignment.aligned_terms(rows, self.options.energy_threshold, mse=isinstance(self, IS2RE)))
         return _by_split(rows, terms, self.config.splits)
 
     def metrics(self, table: pa.Table) -> dict[str, Any]:
@@ -330,7 +335,7 @@ class S2EF(_OC20Task):
                                               energy_threshold=self.options.energy_threshold,
                                               force_threshold=self.options.force_threshold)
         return _like_with_like(terms, comparable, ("energy_mae", "energy_forces_within_threshold")), \
-            {"within": (worst < self.options.force_threshold).astype(float)}
+            {"within": worst < self.options.force_threshold}
 
 
 class _Relaxation(_OC20Task):
