@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from ase import Atoms
@@ -30,17 +31,14 @@ def cut(plan: Plan) -> Iterator[tuple[int, list[Atoms]]]:
     Each record is checked (the task accepts it, its id is unique) as it streams by."""
     evaluator, dataset = plan.evaluator, plan.dataset
     records = iter_records(dataset.path, trust_pickle=plan.trust_pickle)
-    shard, atoms_in_shard, index, seen = [], 0, 0, set()
+    shard, atoms_in_shard, index, seen = [], 0, 0, SeenIds(plan)
     for i, atoms in number_records(records):  # ids of id-less records by dataset index, not shard index
         if plan.limit is not None and i >= plan.limit:
             break
         why = evaluator.accepts(atoms) or evaluator.compatible(plan.card, atoms)
         if why:
             raise DatasetError(f"{dataset.path}: record {record_id(atoms, i)}: {why}")
-        rid = record_id(atoms, i)
-        if rid in seen:
-            raise DatasetError(f"{dataset.path}: duplicate structure id {rid!r} (record {i}); ids must be unique")
-        seen.add(rid)
+        seen.add(record_id(atoms, i), i)
         shard.append(atoms)
         atoms_in_shard += len(atoms)
         if atoms_in_shard >= plan.config.shard_atoms:
@@ -48,6 +46,50 @@ def cut(plan: Plan) -> Iterator[tuple[int, list[Atoms]]]:
             shard, atoms_in_shard, index = [], 0, index + 1
     if shard:
         yield index, shard
+
+
+class SeenIds:
+    """The ids of the records streamed so far, to refuse a duplicate as it comes: a 64-bit hash
+    an id (8 bytes, where a set of a million Python strings costs ~100 MB), the recent ones in a
+    small set merged into one sorted array now and then. A hash seen before is confirmed by
+    reading the dataset again up to that record, so a collision of two ids never refuses a
+    dataset (they are then kept exactly)."""
+
+    RECENT = 16_384  # ids held as Python ints before a merge into the sorted array
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.sorted = np.zeros(0, dtype=np.uint64)
+        self.recent: set[int] = set()
+        self.exact: set[str] = set()  # ids whose hash collided with another id's
+
+    @staticmethod
+    def _hash(rid: str) -> int:
+        return int.from_bytes(hashlib.blake2b(rid.encode(), digest_size=8).digest(), "little")
+
+    def add(self, rid: str, index: int) -> None:
+        key = self._hash(rid)
+        position = np.searchsorted(self.sorted, np.uint64(key))
+        if rid in self.exact or key in self.recent or (position < self.sorted.size and self.sorted[position] == key):
+            self._confirm(rid, index, key)
+        self.recent.add(key)
+        if len(self.recent) >= self.RECENT:
+            merged = np.concatenate([self.sorted, np.fromiter(self.recent, dtype=np.uint64, count=len(self.recent))])
+            merged.sort()
+            self.sorted, self.recent = merged, set()
+
+    def _confirm(self, rid: str, index: int, key: int) -> None:
+        """Raise if ``rid`` is the id of an earlier record; else remember it exactly."""
+        records = iter_records(self.plan.dataset.path, trust_pickle=self.plan.trust_pickle)
+        for i, atoms in number_records(records):
+            if i >= index:
+                break
+            if record_id(atoms, i) == rid:
+                raise DatasetError(f"{self.plan.dataset.path}: duplicate structure id {rid!r} (record {index}), "
+                                   f"first at record {i}; ids must be unique")
+            if self._hash(record_id(atoms, i)) == key:  # two ids, one hash: both kept as strings
+                self.exact.add(record_id(atoms, i))
+        self.exact.add(rid)
 
 
 def shard_dir(store: ResultStore, plan: Plan) -> Path:

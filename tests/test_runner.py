@@ -113,6 +113,26 @@ def test_failures_are_recorded_and_everything_else_scored(tmp_path, card_dir, mo
     assert record.metrics["energy_mae"] < 1e-9 and record.metrics["forces_mae"] < 1e-8
 
 
+def test_duplicate_ids_are_found_by_8_byte_hashes_and_a_collision_refuses_nothing(tmp_path, monkeypatch):
+    from mlip_zoo.evaluators import shards
+    from mlip_zoo.evaluators.plan import make_plan
+
+    frames = _labelled_slabs(6)
+    for i, atoms in enumerate(frames):
+        atoms.info["sid"] = f"s{i}"
+    data = tmp_path / "ids.extxyz"
+    write(data, frames, format="extxyz")
+    plan = make_plan("emt", "oc20-s2ef", RunOptions(out=tmp_path, dataset=data, workers=0))
+    monkeypatch.setattr(shards.SeenIds, "RECENT", 2)  # merges into the sorted array along the way
+    monkeypatch.setattr(shards.SeenIds, "_hash", staticmethod(lambda rid: 7))  # every id collides
+    seen = shards.SeenIds(plan)
+    for i in range(6):
+        seen.add(f"s{i}_0", i)  # distinct ids, one hash: confirmed against the dataset, kept
+    assert seen.exact == {f"s{i}_0" for i in range(6)}
+    with pytest.raises(DatasetError, match=r"duplicate structure id 's2_0' \(record 6\), first at record 2"):
+        seen.add("s2_0", 6)
+
+
 def test_duplicate_ids_and_unlabelled_records_are_dataset_errors(tmp_path):
     frames = _labelled_slabs(2)
     frames[1].info["sid"] = "t0"
