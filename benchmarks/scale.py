@@ -127,7 +127,7 @@ def in_process(kind: str, *paths: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def s2ef(sizes: list[int], atoms: int, tmp: Path) -> list[dict]:
+def s2ef(sizes: list[int], atoms: int, tmp: Path, repeats: int = 3) -> list[dict]:
     from synthetic import write_s2ef_result
 
     out = []
@@ -139,8 +139,12 @@ def s2ef(sizes: list[int], atoms: int, tmp: Path) -> list[dict]:
         size_mb = a.with_suffix(".parquet").stat().st_size / 2**20
         row = {"frames": n, "atoms": atoms, "predictions_mib": round(size_mb, 1), "write_two_s": round(written_s, 1)}
         for kind, paths in (("recompute", (a,)), ("validate", (a,)), ("compare", (a, b))):
-            got = in_process(kind, *paths)
-            row[f"{kind}_s"], row[f"{kind}_peak_mib"] = round(got["seconds"], 2), round(got["peak_rss_mib"], 1)
+            # fresh processes, median of ``repeats``: a run's peak varies by a few MiB with the
+            # allocators' timing
+            got = [in_process(kind, *paths) for _ in range(repeats)]
+            row[f"{kind}_s"] = round(statistics.median(g["seconds"] for g in got), 2)
+            row[f"{kind}_peak_mib"] = round(statistics.median(g["peak_rss_mib"] for g in got), 1)
+            row[f"{kind}_peaks_mib"] = [round(g["peak_rss_mib"], 1) for g in got]
         out.append(emit(benchmark="scale/s2ef", **row))
         shutil.rmtree(tmp / f"a{n}"), shutil.rmtree(tmp / f"b{n}")
     if len(out) == 2:
@@ -182,13 +186,14 @@ def main() -> None:
     parser.add_argument("--atoms", type=int, default=70)
     parser.add_argument("--models", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--s2ef-repeats", type=int, default=3, help="fresh processes per S2EF measurement (median)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["wbm", "s2ef", "site"])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mlipzoo-scale-") as tmp:  # never inside the repository
         if "wbm" not in args.skip:
             wbm(args.wbm, args.repeats)
         if "s2ef" not in args.skip:
-            s2ef(args.frames, args.atoms, Path(tmp))
+            s2ef(args.frames, args.atoms, Path(tmp), args.s2ef_repeats)
         if "site" not in args.skip:
             site(args.models, Path(tmp))
     emit(benchmark="scale/done")
