@@ -221,6 +221,24 @@ def test_calibration_subset_is_a_rule_of_the_ids():
     assert len(alignment.calibration_ids(ids[:10], settings)) == 1  # ceil(0.1 * 10)
 
 
+def test_calibration_subset_read_in_blocks_is_the_rule(monkeypatch):
+    """Hashed a block at a time, keeping a heap of the smallest: the same subset as sorting every
+    distinct id by its digest; an id drawn twice counts once."""
+    import hashlib
+    import math
+
+    rng = np.random.default_rng(3)
+    ids = [f"sys{i}_{j}" for i, j in zip(rng.integers(0, 400, 900), rng.integers(0, 3, 900))]  # duplicates
+    monkeypatch.setattr(alignment, "BLOCK", 64)
+    for settings in (alignment.Calibration(fraction=0.25, max_rows=1000, seed=2),
+                     alignment.Calibration(fraction=0.5, max_rows=17, seed=0)):
+        distinct = sorted(set(ids))
+        k = min(settings.max_rows, math.ceil(settings.fraction * len(distinct)))
+        rule = sorted(sorted(distinct, key=lambda i: hashlib.sha256(f"{settings.seed}:{i}".encode()).digest())[:k])
+        assert alignment.calibration_ids(ids, settings) == rule
+        assert alignment.calibration_ids(pa.chunked_array([ids[:300], ids[300:]]), settings) == rule
+
+
 # --- provenance, reproduce ---------------------------------------------------------------------
 
 def test_fit_is_recorded_and_reproduce_recomputes_it(tmp_path):

@@ -284,7 +284,34 @@ def test_split_metrics_share_the_overall_terms_and_keep_a_nan_in_its_split():
     assert fast.interval("splits.id.energy_mae") is not None
 
 
-def test_terms_that_disagree_with_metrics_are_refused(runs):
+def test_rows_grouped_by_split_draw_the_same_resamples():
+    """Scoring groups OC20's reduced rows by split (each split's terms one block, read without a
+    copy): every resample draws the same structures as on the rows in file order, so the
+    metrics and every replicate agree up to the order of float sums."""
+    from synthetic import s2ef_batches
+
+    from mlip_zoo.evaluators import scoring
+
+    evaluator = evaluator_for("oc20-s2ef")
+    in_order = type("InOrder", (type(evaluator),), {"group_strata": False})(evaluator.config)
+    grouped = scoring.reduce_all(evaluator, s2ef_batches(120, atoms=6, per_group=25, seed=2))
+    as_read = scoring.reduce_all(in_order, s2ef_batches(120, atoms=6, per_group=25, seed=2))
+    splits = grouped.column("split").to_pylist()
+    assert splits == sorted(splits, key=splits.index) and as_read.column("split").to_pylist() != splits
+    terms = evaluator.metric_terms(grouped)
+    assert isinstance(terms["splits.ood.energy_mae"][2], slice)  # a block: no index array, no copy
+    point, reference = u.flatten_metrics(evaluator.metrics(grouped)), u.flatten_metrics(in_order.metrics(as_read))
+    assert point.keys() == reference.keys()
+    for key, value in point.items():
+        assert value == (None if reference[key] is None else pytest.approx(reference[key], rel=1e-12, nan_ok=True)), key
+    settings = BootstrapSettings(resamples=100, seed=4)
+    a, b = u.replicates(evaluator, grouped, settings), u.replicates(in_order, as_read, settings)
+    assert set(a.values) == set(b.values) and len(a.values) > 20
+    for key, values in a.values.items():
+        np.testing.assert_allclose(values, b.values[key], rtol=1e-12, atol=1e-15, err_msg=key)
+
+
+def test_terms_that_disagree_with_metrics_are_refused(runs, monkeypatch):
     import pyarrow.parquet as pq
 
     table = pq.read_table(runs["root"] / "results" / "low" / "oc20-s2ef.parquet")
@@ -307,6 +334,11 @@ def test_terms_that_disagree_with_metrics_are_refused(runs):
 
     with pytest.raises(MetricError, match="metric_terms gives energy_mae = .* but metrics"):
         u.replicates(Wrong(evaluator.config), table)
+    with pytest.raises(MetricError, match="on a resample.*not a ratio of per-row sums"):
+        u.replicates(Squared(evaluator.config), table)
+    # a large table is checked on a resample kept on CHECK_ROWS rows: still caught
+    monkeypatch.setattr(u, "CHECK_ROWS", 4)
+    assert np.count_nonzero(u._check_counts(np.ones(table.num_rows))) <= 4 < table.num_rows
     with pytest.raises(MetricError, match="on a resample.*not a ratio of per-row sums"):
         u.replicates(Squared(evaluator.config), table)
 
