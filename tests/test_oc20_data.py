@@ -268,7 +268,12 @@ def test_fetch_oc20_uses_a_tarball_copied_in_by_hand_once_checked(tmp_path, monk
         oc20_fetch.ARCHIVES["val_ood_both"], md5=hashlib.md5(tarball).hexdigest()))
     (tmp_path / "oc20").mkdir()
     (tmp_path / "oc20" / "s2ef_val_ood_both.tar").write_bytes(tarball)  # no network: the copy is used
-    report = oc20_fetch.fetch("val_ood_both", tmp_path, mirror="http://127.0.0.1:9", timeout=2)
+    heard = []
+    report = oc20_fetch.fetch("val_ood_both", tmp_path, mirror="http://127.0.0.1:9", timeout=2,
+                              on_unpack=lambda done, total: heard.append((done, total)))
     assert report["status"] == "local" and report["pinned"]
+    # the unpacking reports its progress in archive bytes, member by member, to the end
+    assert len(heard) >= 3 and heard[-1] == (len(tarball), len(tarball))
+    assert [d for d, _ in heard] == sorted(d for d, _ in heard)
     (record,) = iter_records(Path(report["datasets"][0]))
     assert record.info["split"] == "ood_both" and record_id(record, 0) == "1_0"

@@ -65,15 +65,22 @@ def _datasets(tops: list[Path], archive: Archive) -> list[Path]:
     return sorted({p.parent for p in inside if p.name.endswith(".lmdb")})
 
 
-def _unpack(tarball: Path, root: Path) -> list[str]:
+def _unpack(tarball: Path, root: Path, on_progress=None) -> list[str]:
     """Unpack into ``root`` through a scratch folder beside the archive, refusing unsafe members;
-    the names of the top-level entries it made (each replaces an older one of its name)."""
+    the names of the top-level entries it made (each replaces an older one of its name).
+    ``on_progress(done, total)`` hears the archive bytes read so far, member by member."""
     scratch = root / f".{tarball.name}.unpacking"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
+    total = tarball.stat().st_size
     try:
-        with tarfile.open(tarball) as tar:
-            tar.extractall(scratch, filter="data")  # no absolute paths, no .., no links out, no devices
+        with open(tarball, "rb") as raw, tarfile.open(fileobj=raw) as tar:
+            for member in tar:
+                tar.extract(member, scratch, filter="data")  # no absolute paths, no .., no links out, no devices
+                if on_progress:
+                    on_progress(raw.tell(), total)
+            if on_progress:
+                on_progress(total, total)
     except (tarfile.TarError, OSError, EOFError) as exc:
         shutil.rmtree(scratch, ignore_errors=True)
         raise DatasetError(f"{tarball}: cannot unpack ({type(exc).__name__}: {exc}); nothing was kept. Delete the "
@@ -91,9 +98,10 @@ def _unpack(tarball: Path, root: Path) -> list[str]:
 
 
 def fetch(split: str, directory: Path, *, mirror: str | None = None, keep_archive: bool = False,
-          timeout: float = 60.0, on_progress=None) -> dict:
+          timeout: float = 60.0, on_progress=None, on_unpack=None) -> dict:
     """Download, verify and unpack one OC20 archive under ``directory/oc20``; returns what was
-    done and the dataset folders to give ``--dataset``."""
+    done and the dataset folders to give ``--dataset``. ``on_progress(done, total)`` hears the
+    download's bytes, ``on_unpack(done, total)`` the archive's bytes unpacked."""
     if split not in ARCHIVES:
         raise DatasetError(f"unknown OC20 split {split!r}; known: {', '.join(ARCHIVES)}")
     archive = ARCHIVES[split]
@@ -117,7 +125,7 @@ def fetch(split: str, directory: Path, *, mirror: str | None = None, keep_archiv
                                f"(md5 {archive.md5}) and copy it to {tarball}, or give --mirror a copy") from None
         status = got["status"]
         done = {"split": split, "url": url, "md5": got["md5"], "sha256": got["sha256"], "pinned": got["pinned"],
-                "unpacked": _unpack(tarball, root)}
+                "unpacked": _unpack(tarball, root, on_unpack)}
         record.write_text(json.dumps(done, indent=2, sort_keys=True) + "\n")
         if not keep_archive:
             tarball.unlink()

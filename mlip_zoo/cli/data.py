@@ -75,16 +75,19 @@ def data_fetch(
             bar.update(tasks[key], completed=done, total=total)
 
         if name == "oc20":
-            _fetch_oc20(split, target, mirror, keep_archive, as_json, lambda d, t: on_progress(split, d, t))
+            _fetch_oc20(split, target, mirror, keep_archive, as_json, lambda d, t: on_progress(split, d, t),
+                        lambda d, t: on_progress(f"unpack {split}", d, t))
         else:
             _fetch_wbm(target, files, mirror, as_json, on_progress)
 
 
-def _fetch_oc20(split: str, target: Path, mirror: str | None, keep_archive: bool, as_json: bool, on_progress) -> None:
+def _fetch_oc20(split: str, target: Path, mirror: str | None, keep_archive: bool, as_json: bool, on_progress,
+                on_unpack) -> None:
     from mlip_zoo.evaluators.oc20.fetch import ARCHIVES, fetch, url_of
 
     try:
-        report = fetch(split, target, mirror=mirror, keep_archive=keep_archive, on_progress=on_progress)
+        report = fetch(split, target, mirror=mirror, keep_archive=keep_archive, on_progress=on_progress,
+                       on_unpack=on_unpack)
     except MlipZooError as exc:
         if not as_json:
             err.print("OC20 files, their targets and published md5 (fairchem's DATASET.md):", highlight=False)
