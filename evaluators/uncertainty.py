@@ -417,18 +417,24 @@ def record_of(settings: BootstrapSettings) -> dict[str, Any]:
 # Several models on the same structures
 
 
-def align(tables: Mapping[str, pa.Table]) -> tuple[dict[str, pa.Table], list[str]]:
-    """The rows every table has, matched by ``id`` and put in one (sorted id) order."""
-    index: dict[str, dict[str, int]] = {}
+def align(tables: Mapping[str, pa.Table]) -> tuple[dict[str, pa.Table], pa.Array]:
+    """The rows every table has, matched by ``id`` and put in one (sorted id) order; and those ids.
+    Matched in Arrow (a sort, a hash of the ids): no Python string a row."""
+    ids: dict[str, pa.ChunkedArray] = {}
     for name, table in tables.items():
         if "id" not in table.column_names:
             raise DatasetError(f"{name}: predictions have no 'id' column; models are matched by structure id")
-        ids = [str(i) for i in table.column("id").to_pylist()]
-        index[name] = {rid: i for i, rid in enumerate(ids)}
-        if len(index[name]) != len(ids):
+        ids[name] = pc.cast(table.column("id"), pa.string())
+        ordered = ids[name].take(pc.array_sort_indices(ids[name]))
+        if len(ordered) > 1 and pc.any(pc.equal(ordered.slice(1), ordered.slice(0, len(ordered) - 1))).as_py():
             raise DatasetError(f"{name}: duplicate structure ids in the predictions; ids must be unique")
-    common = sorted(set.intersection(*(set(ix) for ix in index.values()))) if index else []
-    return {name: tables[name].take([index[name][rid] for rid in common]) for name in tables}, common
+    if not ids:
+        return {}, pa.array([], pa.string())
+    common = next(iter(ids.values()))
+    for other in ids.values():
+        common = common.filter(pc.is_in(common, value_set=other))
+    common = common.take(pc.array_sort_indices(common)).combine_chunks()
+    return {name: tables[name].take(pc.index_in(common, value_set=ids[name])) for name in tables}, common
 
 
 @dataclass
@@ -472,7 +478,7 @@ def paired(evaluator: Evaluator, table_a: pa.Table, table_b: pa.Table,
     """Per metric, ``a - b`` on the structures both have, with a paired-bootstrap interval."""
     settings = settings or evaluator.config.bootstrap
     aligned, common = align({"a": table_a, "b": table_b})
-    if not common:
+    if len(common) == 0:
         raise DatasetError("the two predictions share no structure id; nothing to compare")
     strata = strata_labels(aligned["a"], settings)
     ra = replicates(evaluator, aligned["a"], settings, strata=strata)
@@ -515,7 +521,7 @@ def rank(evaluator: Evaluator, tables: Mapping[str, pa.Table], metric: str, *, h
     settings = settings or evaluator.config.bootstrap
     aligned, common = align(tables)
     names = list(aligned)
-    if not common:
+    if len(common) == 0:
         return Ranking(metric, 0, {}, {}, {})
     if len(names) == 1:  # nothing to rank against: no resamples needed
         value = flatten_metrics(evaluator.metrics(aligned[names[0]])).get(metric)

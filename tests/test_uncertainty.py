@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mlip_zoo.cli import app
-from mlip_zoo.errors import MetricError
+from mlip_zoo.errors import DatasetError, MetricError
 from mlip_zoo.evaluators import uncertainty as u
 from mlip_zoo.evaluators.base import (BootstrapSettings, Evaluator, MetricSpec, TaskConfig, evaluator_for,
                                       load_task_config)
@@ -450,3 +450,13 @@ def test_discovery_resampler_equals_metrics_on_every_resample():
     assert set(fast.values) == set(reference.values) and "subsets.most_stable.F1" in fast.values
     for key, values in fast.values.items():
         np.testing.assert_allclose(values, reference.values[key], rtol=1e-9, atol=1e-12, err_msg=key)
+
+
+def test_align_matches_ids_in_sorted_order_and_refuses_duplicates():
+    a = pa.table({"id": ["c", "a", "b", "d"], "x": [3, 1, 2, 4]})
+    b = pa.table({"id": ["b", "e", "c", "a"], "x": [20, 50, 30, 10]})
+    aligned, common = u.align({"a": a, "b": b})
+    assert common.to_pylist() == ["a", "b", "c"]
+    assert aligned["a"].column("x").to_pylist() == [1, 2, 3] and aligned["b"].column("x").to_pylist() == [10, 20, 30]
+    with pytest.raises(DatasetError, match="b: duplicate structure ids"):
+        u.align({"a": a, "b": pa.table({"id": ["a", "b", "a"], "x": [1, 2, 3]})})
