@@ -418,8 +418,9 @@ def record_of(settings: BootstrapSettings) -> dict[str, Any]:
 
 
 def align(tables: Mapping[str, pa.Table]) -> tuple[dict[str, pa.Table], pa.Array]:
-    """The rows every table has, matched by ``id`` and put in one (sorted id) order; and those ids.
-    Matched in Arrow (a sort, a hash of the ids): no Python string a row."""
+    """The rows every table has, matched by ``id``, in the first table's row order (results on
+    one dataset are in one order, grouped by split, so a table already in it is used as it is,
+    not copied); and those ids. Matched in Arrow: no Python string a row."""
     ids: dict[str, pa.ChunkedArray] = {}
     for name, table in tables.items():
         if "id" not in table.column_names:
@@ -433,8 +434,13 @@ def align(tables: Mapping[str, pa.Table]) -> tuple[dict[str, pa.Table], pa.Array
     common = next(iter(ids.values()))
     for other in ids.values():
         common = common.filter(pc.is_in(common, value_set=other))
-    common = common.take(pc.array_sort_indices(common)).combine_chunks()
-    return {name: tables[name].take(pc.index_in(common, value_set=ids[name])) for name in tables}, common
+    common = common.combine_chunks()
+    out = {}
+    for name, table in tables.items():
+        positions = pc.index_in(common, value_set=ids[name]).to_numpy(zero_copy_only=False)
+        in_order = len(positions) == table.num_rows and (np.diff(positions) == 1).all()
+        out[name] = table if in_order else table.take(pa.array(positions))
+    return out, common
 
 
 @dataclass

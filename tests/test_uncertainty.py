@@ -452,11 +452,13 @@ def test_discovery_resampler_equals_metrics_on_every_resample():
         np.testing.assert_allclose(values, reference.values[key], rtol=1e-9, atol=1e-12, err_msg=key)
 
 
-def test_align_matches_ids_in_sorted_order_and_refuses_duplicates():
+def test_align_matches_ids_in_the_first_tables_order_and_refuses_duplicates():
     a = pa.table({"id": ["c", "a", "b", "d"], "x": [3, 1, 2, 4]})
     b = pa.table({"id": ["b", "e", "c", "a"], "x": [20, 50, 30, 10]})
     aligned, common = u.align({"a": a, "b": b})
-    assert common.to_pylist() == ["a", "b", "c"]
-    assert aligned["a"].column("x").to_pylist() == [1, 2, 3] and aligned["b"].column("x").to_pylist() == [10, 20, 30]
+    assert common.to_pylist() == ["c", "a", "b"]
+    assert aligned["a"].column("x").to_pylist() == [3, 1, 2] and aligned["b"].column("x").to_pylist() == [30, 10, 20]
+    same, _ = u.align({"a": a, "again": a})
+    assert same["a"] is a and same["again"] is a  # already in order: used as they are
     with pytest.raises(DatasetError, match="b: duplicate structure ids"):
         u.align({"a": a, "b": pa.table({"id": ["a", "b", "a"], "x": [1, 2, 3]})})
