@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from ase import Atoms
 
@@ -26,7 +27,7 @@ from mlip_zoo.evaluators.plan import Plan, RunOptions, make_plan
 from mlip_zoo.evaluators.record import ResultRecord
 from mlip_zoo.evaluators.result import build_record
 from mlip_zoo.evaluators.scoring import score
-from mlip_zoo.evaluators.store import PredictionsWriter, ResultStore, writing
+from mlip_zoo.evaluators.store import ROW_GROUP_ROWS, PredictionsWriter, ResultStore, writing
 from mlip_zoo.evaluators.worker import run_shard
 from mlip_zoo.zoo.card import ModelCard
 
@@ -81,8 +82,7 @@ def run_plan(plan: Plan, opts: RunOptions, clusters: Clusters | None, progress: 
         try:
             with writing(predictions), PredictionsWriter(predictions) as writer:
                 # the shards, joined into one predictions file on the way
-                scored = score(plan.evaluator, (pq.read_table(p) for p in paths), config.bootstrap,
-                               each=writer.write)
+                scored = score(plan.evaluator, _batches(paths), config.bootstrap, each=writer.write)
             if scored is None:
                 raise DatasetError(f"{plan.dataset.path}: no structures to evaluate (empty dataset or --limit 0)")
             from mlip_zoo.zoo.weights import sha256_of
@@ -97,3 +97,20 @@ def run_plan(plan: Plan, opts: RunOptions, clusters: Clusters | None, progress: 
         finally:
             predictions.unlink(missing_ok=True)
         return record
+
+
+def _batches(paths: list[Path]) -> Iterator[pa.Table]:
+    """The shards, read one at a time and joined into batches of at least ``ROW_GROUP_ROWS``
+    rows: what ``reproduce`` reads of the predictions file (its row groups), so small shards
+    (S2EF's 500 atoms are ~160 small frames) are scored as those are, not in thousands of tiny
+    reduced tables whose overhead grew with the dataset."""
+    pending: list[pa.Table] = []
+    rows = 0
+    for path in paths:
+        pending.append(pq.read_table(path))
+        rows += pending[-1].num_rows
+        if rows >= ROW_GROUP_ROWS:
+            yield pa.concat_tables(pending)
+            pending, rows = [], 0
+    if pending:
+        yield pa.concat_tables(pending)
