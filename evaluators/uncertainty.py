@@ -344,7 +344,7 @@ CHECK_ROWS = 20_000  # rows of the resample the fast paths are checked on (metri
 
 def _check_counts(counts: np.ndarray) -> np.ndarray:
     """A resample's count vector kept on an evenly spaced subset of at most ``CHECK_ROWS`` rows
-    (every split keeps rows): the checks below copy only what it draws, whatever the table size."""
+    (spread over every split): the checks below copy only what it draws, whatever the table size."""
     if counts.size <= CHECK_ROWS:
         return counts
     kept = np.zeros_like(counts)
