@@ -10,6 +10,7 @@ holds one batch plus a few numbers per structure, whatever the size of the datas
 from __future__ import annotations
 
 import ctypes
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,12 @@ def _trimmer() -> Callable[[], object] | None:
 
 
 _TRIM = _trimmer()
+if _TRIM is not None and "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+    # Arrow's buffers from glibc too, so that release_free_memory returns them as well: Arrow's
+    # default pool (mimalloc) keeps what each batch frees and hands little of it back, which left
+    # `reproduce` of 200k S2EF frames 10-20 MiB higher (benchmarks/RESULTS.md). The environment
+    # variable, when set, still chooses.
+    pa.set_memory_pool(pa.system_memory_pool())
 
 
 def release_free_memory() -> None:

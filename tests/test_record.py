@@ -5,6 +5,7 @@ Schema is the model's. Plus the memory bound of the one scoring path (evaluators
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -95,3 +96,16 @@ def test_reproduce_and_validate_memory_does_not_grow_with_the_predictions(tmp_pa
         ratio = _peak_kib(call, large) / _peak_kib(call, small)
         print(f"{call}: peak RSS 10k / 1k frames = {ratio:.3f}")
         assert ratio < 1.2, call
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc_trim is glibc's")
+def test_arrow_allocates_from_glibc_unless_the_environment_chooses():
+    """Scoring hands freed memory back with glibc's malloc_trim, which reaches Arrow's buffers
+    only when Arrow allocates from glibc; ARROW_DEFAULT_MEMORY_POOL still chooses when set."""
+    code = "import pyarrow as pa, mlip_zoo.evaluators.scoring; print(pa.default_memory_pool().backend_name)"
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    for chosen, expected in ((None, "system"), ("mimalloc", "mimalloc")):
+        run_env = env if chosen is None else {**env, "ARROW_DEFAULT_MEMORY_POOL": chosen}
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              cwd=TESTS, env=run_env)
+        assert done.stdout.split()[-1] == expected
