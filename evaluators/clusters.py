@@ -10,6 +10,7 @@ environment's interpreter. ``run_shards`` submits a plan's pending shards to the
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 import uuid
@@ -81,6 +82,9 @@ class Clusters:
 
         opts = self.opts
         if opts.scheduler:
+            # Dask's client logs at INFO, with a traceback, the lost connection this run reports in one
+            # line of its own (cluster_faults); its warnings and errors still show.
+            logging.getLogger("distributed").setLevel(logging.WARNING)
             return Client(opts.scheduler), None
         if opts.cluster == "slurm":
             cluster, jobs = slurm_cluster(opts.cluster_config)
