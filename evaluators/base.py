@@ -328,9 +328,10 @@ class Evaluator(ABC):
 
     def resampler(self, table: pa.Table) -> Callable[[np.ndarray], dict[str, np.ndarray]] | None:
         """Optional fast path for the bootstrap of metrics that are not ratios of sums: a function
-        from a count matrix ``(resamples, rows)`` (how often each row is drawn) to each metric's
-        value in every resample (dotted keys; NaN where undefined), computed with matrix products
-        rather than one ``metrics()`` call per resample. Checked against ``metrics()``."""
+        from a count matrix ``(resamples, rows)`` (how often each row is drawn; ``uint8`` from the
+        bootstrap, float in its checks) to each metric's value in every resample (dotted keys; NaN
+        where undefined), computed with matrix products (``uncertainty.weighted_sums``) rather
+        than one ``metrics()`` call per resample. Checked against ``metrics()``."""
         return None
 
     def metric_terms(self, table: pa.Table) -> Terms:

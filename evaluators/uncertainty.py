@@ -21,14 +21,15 @@ Which values get an interval:
   are fitted once, on the full table, and held fixed in every resample: the intervals do not
   include the uncertainty of the fit itself.
 
-Resamples are count vectors: ``W[b, i]`` is how often row ``i`` is drawn in resample ``b``. One
+Resamples are count vectors: ``W[b, i]`` is how often row ``i`` is drawn in resample ``b`` (a byte
+a cell, so a chunk holds many resamples; ``weighted_sums`` multiplies it in row blocks). One
 seed gives the same ``W`` for every table with the same number of rows and strata, so two
 models' predictions on the same structures (aligned by ``id``) share their resamples: that is
 the paired bootstrap of their difference, and of their ranks. A model compared with itself
 differs by exactly 0 in every resample.
 
 Speed: a task whose metrics are ratios of sums over rows can declare per-row terms
-(``Evaluator.metric_terms``); then all resamples are ``W @ total / W @ numel`` at once, checked
+(``Evaluator.metric_terms``); then all resamples are ``(W @ total) / (W @ numel)`` at once, checked
 against ``metrics()`` on the full table and on one resample. A task whose metrics are other
 functions of weighted sums (F1, DAF, RMSE, R2, a most-stable-N subset from one sort and cumulative
 counts) can give ``Evaluator.resampler``: every resample of a chunk from its count matrix, checked
@@ -51,7 +52,8 @@ from mlip_zoo.errors import DatasetError, MetricError
 from mlip_zoo.evaluators.base import BootstrapSettings, Evaluator, Terms
 from mlip_zoo.evaluators.result import flatten_metrics
 
-MAX_CELLS = 1_000_000  # resamples x rows per count matrix (8 MB): WBM gets 3 a chunk
+COUNT_CELLS = 8_000_000  # resamples x rows per count matrix (a byte each, 8 MB): WBM gets 31 a chunk
+PRODUCT_CELLS = 131_072  # of a count matrix taken as floats at a time by weighted_sums (1 MB)
 TERMS_RTOL = 1e-9  # fast path vs metrics(): the same sums in another order
 
 
@@ -129,7 +131,7 @@ def strata_labels(table: pa.Table, settings: BootstrapSettings) -> Strata | None
     return Strata.of(table.column(settings.strata))
 
 
-SHARED_CELLS = 4_000_000  # resamples x rows up to which the count matrices are kept for reuse (32 MB)
+SHARED_CELLS = 4_000_000  # resamples x rows up to which the count matrices are kept for reuse (4 MB)
 _shared: dict[tuple, list[np.ndarray]] = {}
 
 
@@ -153,9 +155,9 @@ def resample_counts(n: int, settings: BootstrapSettings, strata: Strata | None =
 
 def _draw_counts(n: int, settings: BootstrapSettings, strata: Strata | None = None
                  ) -> Iterator[np.ndarray]:
-    """Count matrices of up to 128 resamples each (``settings.resamples`` rows in all), shape
-    ``(chunk, n)``. Resample ``b`` draws, for each stratum in sorted order, as many rows as the
-    stratum has, uniformly with replacement from it; the draws depend only on the seed, ``n``
+    """Count matrices (``uint8``) of up to 128 resamples each (``settings.resamples`` rows in all),
+    shape ``(chunk, n)``. Resample ``b`` draws, for each stratum in sorted order, as many rows as
+    the stratum has, uniformly with replacement from it; the draws depend only on the seed, ``n``
     and the strata, never on the values."""
     rng = np.random.default_rng(settings.seed)
     if strata is None:
@@ -164,19 +166,36 @@ def _draw_counts(n: int, settings: BootstrapSettings, strata: Strata | None = No
         if len(strata) != n:
             raise ValueError(f"{len(strata)} strata labels for {n} rows")
         groups = [strata.rows(s) for s in strata.names]
-    chunk = max(1, min(128, MAX_CELLS // max(n, 1)))
+    chunk = max(1, min(128, COUNT_CELLS // max(n, 1)))
     for start in range(0, settings.resamples, chunk):
         size = min(chunk, settings.resamples - start)
-        counts = np.zeros((size, n))  # float: the products below take it as it is, with no copy
+        counts = np.zeros((size, n), dtype=np.uint8)
         for b in range(size):
-            for group in groups:
-                if isinstance(group, slice):  # a block of rows: the same draw, without an index array
-                    m = group.stop - group.start
-                    counts[b, group] += np.bincount(rng.integers(0, m, m), minlength=m)
-                else:
-                    counts[b] += np.bincount(group[rng.integers(0, group.size, group.size)], minlength=n)
+            for group in groups:  # disjoint: each stratum's rows are set once
+                m = group.stop - group.start if isinstance(group, slice) else group.size
+                drawn = np.bincount(rng.integers(0, m, m), minlength=m)  # the j-th row of the stratum, drawn[j] times
+                if m > 255 and drawn.max() > 255:  # odds below 1e-500 (a binomial(m, 1/m) count)
+                    raise MetricError(f"a resample drew one row {drawn.max()} times: more than a count matrix "
+                                      "holds (255); report this with the seed")
+                counts[b, group] = drawn
         yield counts
         del counts  # one chunk alive at a time: not the last one while the next is drawn
+
+
+def weighted_sums(counts: np.ndarray, columns: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """``[counts @ c for c in columns]`` for a count matrix ``(resamples, rows)`` of any dtype and
+    float columns ``(rows,)`` or ``(rows, k)``, a block of rows at a time: each block of counts is
+    converted to floats once, and it and the columns' block stay in cache for every product, so
+    the columns are read once per chunk of resamples (not once per resample, as a product of a
+    few-resample matrix reads them) and no float copy of the whole matrix is made."""
+    resamples, n = counts.shape
+    out = [np.zeros((resamples,) + np.shape(c)[1:]) for c in columns]
+    step = max(1, PRODUCT_CELLS // max(resamples, 1))
+    for start in range(0, n, step):
+        block = np.asarray(counts[:, start:start + step], dtype=float)
+        for total, column in zip(out, columns, strict=True):
+            total += block @ column[start:start + step]
+    return out
 
 
 def _rows_of(counts: np.ndarray) -> np.ndarray:
@@ -289,6 +308,20 @@ def _in_blocks(terms: Terms, n_rows: int) -> tuple[np.ndarray | None, Terms]:
     return order, out
 
 
+def _by_rows(fast: Terms) -> list[tuple[np.ndarray | slice, list[np.ndarray], dict[str, tuple[int, int]]]]:
+    """The fast-path terms grouped by the rows they sum over: per row set, the distinct arrays its
+    metrics read (an array shared by several metrics once) and, per metric, the positions of its
+    total and numel among them. One pass over a chunk's counts then gives every sum of a row set."""
+    groups: dict[Any, tuple[np.ndarray | slice, dict[int, tuple[int, np.ndarray]], dict[str, tuple[int, int]]]] = {}
+    for key, (total, numel, rows) in fast.items():
+        where = (rows.start, rows.stop, rows.step) if isinstance(rows, slice) else id(rows)
+        _, arrays, pairs = groups.setdefault(where, (rows, {}, {}))
+        for array in (total, numel):
+            arrays.setdefault(id(array), (len(arrays), array))
+        pairs[key] = (arrays[id(total)][0], arrays[id(numel)][0])
+    return [(rows, [a for _, a in arrays.values()], pairs) for rows, arrays, pairs in groups.values()]
+
+
 def replicates(evaluator: Evaluator, table: pa.Table, settings: BootstrapSettings | None = None, *,
                strata: Strata | None = None, keys: Sequence[str] | None = None,
                metrics: dict[str, Any] | None = None) -> Replicates:
@@ -313,15 +346,17 @@ def replicates(evaluator: Evaluator, table: pa.Table, settings: BootstrapSetting
     if first is not None:  # the fast paths must also agree with metrics() under duplication
         _check_paths(evaluator, table, fast, vector, slow, point, first[0])
     order, fast = _in_blocks(fast, n_rows)
+    products = _by_rows(fast)
     values = {k: np.full(settings.resamples, np.nan) for k in wanted}
     start = 0
     chunks = itertools.chain(() if first is None else (first,), chunks)
     del first  # one count matrix alive at a time (see _draw_counts)
     for counts in chunks:
         weights = counts if order is None or not fast else counts[:, order]
-        for key, (total, numel, rows) in fast.items():
-            w = weights[:, rows]
-            values[key][start:start + len(counts)] = _ratio(w @ total[rows], w @ numel[rows])
+        for rows, arrays, pairs in products:
+            sums = weighted_sums(weights[:, rows], [a[rows] for a in arrays])
+            for key, (total, numel) in pairs.items():
+                values[key][start:start + len(counts)] = _ratio(sums[total], sums[numel])
         rest = slow
         if vector is not None and slow:
             chunk = vector(counts)
@@ -335,7 +370,7 @@ def replicates(evaluator: Evaluator, table: pa.Table, settings: BootstrapSetting
                 for key in rest:
                     values[key][start + j] = _number(drawn.get(key))
         start += len(counts)
-        counts = weights = w = None  # this chunk goes before the next is drawn
+        counts = weights = sums = None  # this chunk goes before the next is drawn
     return Replicates(point, values, settings)
 
 

@@ -235,6 +235,36 @@ def test_resamplers_equal_metrics_on_every_resample(task):
     assert np.ptp(headline) > 0
 
 
+def test_count_matrices_are_bytes_that_hold_the_published_draws(monkeypatch):
+    """Results record intervals from these draws: per resample, per stratum in sorted order,
+    ``integers(0, m, m)`` of a generator seeded with the settings' seed, counted. A byte a
+    count (not a float) changes none of them, however the resamples are chunked."""
+    monkeypatch.setattr(u, "COUNT_CELLS", 600)  # 3 resamples a chunk of 200 rows
+    labels = np.array(["b", "a", "b", "b", "a"] * 40)  # strata interleaved: index groups
+    settings = BootstrapSettings(resamples=100, seed=9)
+    for strata in (None, u.Strata.of(pa.array(labels))):
+        chunks = list(u._draw_counts(labels.size, settings, strata))
+        assert {c.dtype for c in chunks} == {np.dtype(np.uint8)} and len(chunks[0]) == 3
+        rng = np.random.default_rng(9)
+        groups = [np.arange(labels.size)] if strata is None else [np.flatnonzero(labels == s) for s in ("a", "b")]
+        want = np.zeros((100, labels.size), dtype=np.int64)
+        for b in range(100):
+            for rows in groups:
+                want[b] += np.bincount(rows[rng.integers(0, rows.size, rows.size)], minlength=labels.size)
+        np.testing.assert_array_equal(np.concatenate(chunks), want)
+
+
+def test_weighted_sums_are_the_product_in_row_blocks(monkeypatch):
+    monkeypatch.setattr(u, "PRODUCT_CELLS", 50)  # 7 resamples: blocks of 7 rows, the last one short
+    rng = np.random.default_rng(3)
+    counts = rng.integers(0, 4, (7, 1000)).astype(np.uint8)
+    ones, values = np.ones(1000), rng.normal(size=(1000, 3))
+    n, sums = u.weighted_sums(counts, [ones, values])
+    np.testing.assert_array_equal(n, counts.sum(axis=1))  # integer sums: exact in any order
+    np.testing.assert_allclose(sums, counts.astype(float) @ values, rtol=1e-12)
+    assert sums.shape == (7, 3)
+
+
 def test_sorted_median_is_numpys_median_of_the_draw():
     rng = np.random.default_rng(2)
     values = np.sort(rng.normal(size=9))

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from mlip_zoo.evaluators.uncertainty import weighted_sums
+
 STABILITY_THRESHOLD = 0.0  # eV/atom above the hull
 RMSD_FILL = 1.0  # Å: StructureMatcher's stol, for structures it cannot match
 NAN = float("nan")
@@ -272,13 +274,12 @@ class DiscoveryResampler:
         self.sorted_sums = sums[self.order]
 
     def __call__(self, counts: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
-        W = np.asarray(counts, dtype=float)
         k = len(_SUMS)
-        totals = W @ self.by_row
+        [totals] = weighted_sums(counts, [self.by_row])
         uniq_prevalence = _ratio_v(totals[:, 2 * k + 1], totals[:, 2 * k])
         prefix = min(self.order.size, 2 * self.n_most + 64)  # enough for almost every resample
         while True:
-            drawn = W[:, self.order[:prefix]]
+            drawn = counts[:, self.order[:prefix]].astype(float)
             reached = drawn.sum(axis=1) >= self.n_most
             if reached.all() or prefix == self.order.size:
                 break

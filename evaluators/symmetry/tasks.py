@@ -113,7 +113,7 @@ class Symmetry(Evaluator):
                            np.array([float(np.sum(v)) for v in lists]))
 
         def resampled(counts: np.ndarray) -> dict[str, np.ndarray]:
-            drawn = np.asarray(counts, dtype=float)[:, ok]
+            drawn = counts[:, ok].astype(float)
             out = {}
             for name, (n, top, total) in stats.items():
                 present = (drawn > 0) & (n > 0)
