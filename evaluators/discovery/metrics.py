@@ -257,9 +257,13 @@ class DiscoveryResampler:
     The most-stable subset takes, in the order ``subsets`` sorts the unique prototypes (by
     each_pred, ties in row order, NaN last; a drawn row's copies are adjacent), the first
     ``most_stable_n`` drawn copies: one sort for all resamples, then a cumulative count per
-    resample over as many sorted rows as it takes to reach ``most_stable_n``."""
+    resample over as many sorted rows as it takes to reach ``most_stable_n``.
 
-    def __init__(self, each_true, e_form_pred, e_form_dft, unique, most_stable_n: int):
+    ``tallies``: further per-row columns ``(rows, k)`` whose weighted sums the caller needs (the
+    task's converged fraction), returned under ``"tallies"`` from the same pass over the counts."""
+
+    def __init__(self, each_true, e_form_pred, e_form_dft, unique, most_stable_n: int,
+                 tallies: np.ndarray | None = None):
         each_true = np.asarray(each_true, float)
         each_pred = each_true + np.asarray(e_form_pred, float) - np.asarray(e_form_dft, float)
         self.unique = np.asarray(unique, bool)
@@ -267,13 +271,14 @@ class DiscoveryResampler:
         sums = _row_sums(each_true, each_pred)
         stable_unique = self.unique & (each_true <= STABILITY_THRESHOLD)
         # full set | unique prototypes | the two counts of the unique prevalence (DAF's denominator)
-        self.by_row = np.column_stack([sums, sums * self.unique[:, None], self.unique, stable_unique])
+        tallies = np.zeros((each_true.size, 0)) if tallies is None else np.asarray(tallies, float)
+        self.by_row = np.column_stack([sums, sums * self.unique[:, None], self.unique, stable_unique, tallies])
         uniq_idx = np.flatnonzero(self.unique)
         values = each_pred[uniq_idx]
         self.order = uniq_idx[np.lexsort((values, np.isnan(values)))]
         self.sorted_sums = sums[self.order]
 
-    def __call__(self, counts: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    def __call__(self, counts: np.ndarray) -> dict[str, Any]:
         k = len(_SUMS)
         [totals] = weighted_sums(counts, [self.by_row])
         uniq_prevalence = _ratio_v(totals[:, 2 * k + 1], totals[:, 2 * k])
@@ -288,4 +293,5 @@ class DiscoveryResampler:
         taken = np.clip(self.n_most - before, 0.0, drawn)
         return {"full_test_set": _from_sums(totals[:, :k], None),
                 "unique_prototypes": _from_sums(totals[:, k:2 * k], uniq_prevalence),
-                "most_stable": _from_sums(taken @ self.sorted_sums[:prefix], uniq_prevalence)}
+                "most_stable": _from_sums(taken @ self.sorted_sums[:prefix], uniq_prevalence),
+                "tallies": totals[:, 2 * k + 2:]}

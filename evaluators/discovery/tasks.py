@@ -28,7 +28,6 @@ from mlip_zoo.evaluators.discovery.energy import (
 )
 from mlip_zoo.evaluators.discovery.wbm import WBM_FORMAT
 from mlip_zoo.evaluators.relax import RelaxProtocol, relax_many
-from mlip_zoo.evaluators.uncertainty import weighted_sums
 from mlip_zoo.zoo.potential import Potential
 
 from mlip_zoo.errors import DatasetError
@@ -159,15 +158,14 @@ class Discovery(_WbmRelaxation):
         by_subsets = m.DiscoveryResampler(
             _floats(table.column("each_true")), _floats(table.column("e_form_pred"), ok),
             _floats(table.column("e_form_dft")), table.column("unique_prototype").to_numpy(zero_copy_only=False),
-            self.options.most_stable_n)
-        converged_and_ok = np.column_stack([converged & ok, ok]).astype(float)
+            self.options.most_stable_n, tallies=np.column_stack([converged & ok, ok]))
         headline = self.options.headline_subset
 
         def resampled(counts: np.ndarray) -> dict[str, np.ndarray]:
             by_subset = by_subsets(counts)
+            n_converged, n_ok = by_subset.pop("tallies").T
             out = {f"subsets.{name}.{key}": v for name, values in by_subset.items() for key, v in values.items()}
             out.update(by_subset[headline])
-            n_converged, n_ok = weighted_sums(counts, [converged_and_ok])[0].T
             with np.errstate(invalid="ignore", divide="ignore"):
                 out["converged_fraction"] = n_converged / n_ok
             return out
